@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The command line of the 4D video studio; the one place that wires the engine, the studio
+(app/) and the 3D viewer (viewer/) together.
+
+    python launch.py                 # the studio on the embedded default model
+    python launch.py COMMAND --help  # every other command
+
+Exit status: 0 success, 2 bad input (one line on stderr says what and what is allowed),
+1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+
+def _add_app_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="studio port (default 7860)")
+    p.add_argument("--viewer-port", type=int, default=8080, help="3D viewer port (default 8080)")
+    p.add_argument("--model", default="default", help="'default' (embedded) or a model folder")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--runs", default=None, help="folder for run folders (default ./runs)")
+
+
+def _run_app(args) -> int:
+    try:
+        from app.studio import launch_studio
+    except ImportError as e:
+        print(f"error: the studio is not available ({e})", file=sys.stderr)
+        return 1
+    try:
+        from viewer.server import ViewerServer
+    except ImportError:
+        ViewerServer = None
+    return launch_studio(args, viewer_factory=ViewerServer)
+
+
+def build_parser():
+    from core.commands import discover
+
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        description="4D video studio: turn a fixed-view and a freeze-time video into a grid of "
+        "views x times, and that grid into deformable 3D Gaussians.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    app = sub.add_parser("app", help="start the studio (the default when no command is given)")
+    _add_app_arguments(app)
+    app.set_defaults(func=_run_app)
+    for mod in discover():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        argv = ["app"]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed usage and the reason
+        return 2 if e.code else 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+
+    from core.errors import InputError
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show_warning
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
