@@ -135,12 +135,42 @@ def read_video(path: str | os.PathLike, times: int, height: int, width: int,
     info = probe_video(path, what)
     frames = _decode_picked(info, times, height, width, what)
     duration = info.frames / info.fps if info.frames else times / info.fps
-    fps = max(1.0, min(60.0, (times - 1) / duration)) if duration > 0 and times > 1 else info.fps
-    return frames, float(fps)
+    # Play the resampled clip over about the source's duration, within a watchable range.
+    fps = (times - 1) / duration if duration > 0 and times > 1 else info.fps
+    return frames, float(min(30.0, max(4.0, fps)))
+
+
+# Picks further apart than this many frames are reached by seeking (to the previous keyframe, then
+# decoding forward) instead of decoding every frame in between.
+SEEK_GAP = 150
+
+
+def _decode_by_seeking(info: VideoInfo, want: np.ndarray, height: int, width: int) -> np.ndarray | None:
+    """Frames at ``want`` by seeking; None if the container does not seek frame-accurately."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(info.path))
+    out = []
+    try:
+        for idx in want.tolist():
+            if not cap.set(cv2.CAP_PROP_POS_FRAMES, idx):
+                return None
+            if int(cap.get(cv2.CAP_PROP_POS_FRAMES)) != idx:
+                return None
+            ok, fr = cap.read()
+            if not ok or fr is None:
+                return None
+            out.append(resize_crop(to_rgb(fr), height, width))
+    finally:
+        cap.release()
+    return np.stack(out)
 
 
 def _decode_picked(info: VideoInfo, times: int, height: int, width: int, what: str) -> np.ndarray:
     cv2 = _cv2()
+    if info.frames >= 2 and times > 1 and info.frames / times > SEEK_GAP:
+        frames = _decode_by_seeking(info, pick_indices(info.frames, times), height, width)
+        if frames is not None:
+            return frames
     name = info.path.name
     n_claimed = info.frames
     for attempt in range(2):

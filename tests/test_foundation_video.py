@@ -202,3 +202,14 @@ def test_corrupt_image_is_refused(tmp_path):
     p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(InputError, match="could not be decoded"):
         read_image(p, 32, 32)
+
+
+def test_seeking_picks_the_same_frames_as_decoding_everything(tmp_path, monkeypatch):
+    import core.video as video
+
+    p = write_clip(tmp_path / "seek.mp4", moving_square(90), codec="libx264")
+    monkeypatch.setattr(video, "SEEK_GAP", 5)  # 90 frames / 6 picks > 5: the seeking path
+    seeked, _ = read_video(p, times=6, height=24, width=32)
+    monkeypatch.setattr(video, "SEEK_GAP", 10**9)  # never seek: decode every frame
+    decoded, _ = read_video(p, times=6, height=24, width=32)
+    assert np.array_equal(seeked, decoded)
