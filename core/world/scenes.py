@@ -394,8 +394,11 @@ def sample_scene(seed: int) -> SceneSpec:
     el0 = math.radians(rng.uniform(8, 38))
     el1 = float(np.clip(el0 + math.radians(rng.uniform(-15, 15)), math.radians(6), math.radians(45)))
     d0 = float(rng.uniform(4.2, 5.4))
+    azimuth = float(rng.uniform(0, 2 * math.pi))
+    if objs[0].motion in ("slide", "roll"):  # the first camera sees the subject slide past, not towards it
+        azimuth = objs[0].heading + math.pi / 2 * float(rng.choice([-1, 1])) + float(rng.uniform(-0.6, 0.6))
     cam = CameraPath(
-        azimuth=float(rng.uniform(0, 2 * math.pi)), arc=arc, elevation0=el0, elevation1=el1,
+        azimuth=azimuth, arc=arc, elevation0=el0, elevation1=el1,
         distance0=d0, distance1=d0 * float(rng.uniform(0.75, 1.25)), fov_x=math.radians(rng.uniform(50, 62)),
         target=(0.0, 0.0, float(rng.uniform(0.35, 0.6))),
     )
