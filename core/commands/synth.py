@@ -60,7 +60,8 @@ def synth_run(out: Path, seed: int, views: int, times: int, height: int, width: 
     from ..export import write_mp4
     from ..grid import Grid, check_grid_shape, known_mask
     from ..runfolder import base_manifest, check_new_output, write_run
-    from ..world import render_scene, sample_scene, split_of
+    from ..world import camera_viewmats, intrinsics, render_scene, sample_scene, split_of
+    from ..world.render import grid_u
     from ..world.split import MAX_SEED
 
     # 1. Check everything before any work.
@@ -83,7 +84,8 @@ def synth_run(out: Path, seed: int, views: int, times: int, height: int, width: 
     depth = io.BytesIO()
     np.savez_compressed(depth, depth=gt.depth)
     extra = {
-        "cameras.json": json.dumps(cameras_json(height, width, gt.viewmats, gt.Ks), indent=1) + "\n",
+        "cameras.json": json.dumps(cameras_json(height, width, camera_viewmats(spec, grid_u(views)),
+                                                [intrinsics(spec, height, width)] * views), indent=1) + "\n",
         "caption.txt": gt.caption + "\n",
         "scene.json": json.dumps(dataclasses.asdict(spec), indent=1) + "\n",
         "depth.npz": depth.getvalue(),
