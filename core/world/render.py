@@ -23,7 +23,6 @@ EPS = 1e-3  # minimum ray parameter (world units; depth is in the same units)
 FLOOR_FADE = (9.0, 24.0)  # the floor fades into the horizon between these distances from the origin
 TORUS_STEPS = 28
 SPHERE, BOX, CYLINDER, CAPSULE, TORUS = (SHAPE_IDS[s] for s in ("sphere", "box", "cylinder", "capsule", "torus"))
-ROUND = (SPHERE, CYLINDER, CAPSULE, TORUS)
 
 
 @dataclass

@@ -10,6 +10,7 @@ Cameras are OpenCV (x right, y down, z forward), world-to-camera ``viewmat [4, 4
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -309,8 +310,6 @@ def _place(rng: np.random.Generator, objs: list[ObjectSpec]) -> list[ObjectSpec]
     """Positions without collisions along the motion paths; objects that find no room are
     dropped (object 0, the subject, is placed first and always kept). Candidate positions are
     drawn 64 at a time and tested together; the first that fits wins."""
-    import dataclasses
-
     placed: list[ObjectSpec] = []
     objs = list(objs)
     if objs[0].motion == "orbit":  # the subject circles object 1
@@ -340,17 +339,14 @@ def _place(rng: np.random.Generator, objs: list[ObjectSpec]) -> list[ObjectSpec]
     return placed
 
 
-def _fit_camera(rng: np.random.Generator, objs: list[ObjectSpec], cam: CameraPath) -> CameraPath:
-    """Dolly out until every object's bounding sphere stays in frame along the whole path."""
-    import dataclasses
-
+def _fit_camera(spec: SceneSpec) -> CameraPath:
+    """Dolly ``spec.camera`` out until every object's bounding sphere stays in frame (at a
+    16:9 reference aspect) along the whole path and over the whole clip."""
+    cam = spec.camera
     fx = 0.5 / math.tan(cam.fov_x / 2)  # normalised: x in [-0.5, 0.5]
     half_y = 0.5 / REFERENCE_ASPECT
-    ut = np.linspace(0, 1, 9)
-    spec_like = SceneSpec(0, tuple(objs), "", (0, 0, 0), (0, 0, 0), "solid", 1, 0, "", (0, 0, 0), (0, 0, 0),
-                          (0, 0, 0), (0, 0, 1), 0.3, cam)
-    centres, _, _ = object_poses(spec_like, ut)  # [U, K, 3]
-    radii = np.array([bounding_radius(o) for o in objs]) * 0.6
+    centres, _, _ = object_poses(spec, np.linspace(0, 1, 9))  # [U, K, 3]
+    radii = np.array([bounding_radius(o) for o in spec.objects]) * 0.6
     for _ in range(12):
         vms = look_at(camera_eyes(cam, np.linspace(0, 1, 5)), np.asarray(cam.target))
         pc = np.einsum("vij,ukj->vuki", vms[:, :3, :3], centres) + vms[:, None, None, :3, 3]
@@ -368,8 +364,6 @@ def sample_scene(seed: int) -> SceneSpec:
     rng = np.random.default_rng(int(seed))
     n = int(rng.integers(2, 6))
     objs = [_sample_object(rng, _SUBJECT_MOTIONS)] + [_sample_object(rng, _OTHER_MOTIONS) for _ in range(n - 1)]
-    import dataclasses
-
     shrink = 1.0 - 0.07 * (n - 2)  # more objects, smaller objects: they must fit on the stage
     objs = [dataclasses.replace(o, size=o.size * shrink) for o in objs]
     objs = [dataclasses.replace(o, rgb2=_second_color(rng, o.color, o.rgb)) for o in objs]
@@ -412,7 +406,8 @@ def sample_scene(seed: int) -> SceneSpec:
     paths = np.concatenate([_floor_xy(o, _PATH_U) for o in spec.objects])
     mid = 0.5 * (paths.min(0) + paths.max(0))
     cam = dataclasses.replace(cam, target=(float(mid[0]), float(mid[1]), cam.target[2]))
-    spec = dataclasses.replace(spec, camera=_fit_camera(rng, list(spec.objects), cam))
+    spec = dataclasses.replace(spec, camera=cam)
+    spec = dataclasses.replace(spec, camera=_fit_camera(spec))
     return dataclasses.replace(spec, caption=scene_caption(spec))
 
 
