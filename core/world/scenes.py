@@ -24,6 +24,9 @@ from .captions import COLORS, FLOOR_COLORS, SHAPES, SKIES, make_caption
 SHAPE_IDS = {name: i for i, name in enumerate(SHAPES)}
 PATTERN_IDS = {"solid": 0, "striped": 1, "checker": 2, "noise": 3}
 
+# Bump when the sampler or the renderer changes what a seed looks like: seeds are scene
+# identities only within one world version (manifests and evaluations record it).
+WORLD_VERSION = 1
 STAGE_RADIUS = 1.8  # object paths stay within this distance of the origin
 REFERENCE_ASPECT = 16 / 9  # W / H used to keep every object in frame along the camera path
 
