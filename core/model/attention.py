@@ -1,0 +1,147 @@
+"""Token layouts of the 4D grid, their RoPE tables, and the attention kernels each mode needs.
+
+Tokens of one sample are kept flat, ``[B, M, D]`` with ``M = V·T·P``, in one of two orders:
+``grid`` order (v, t, p) — the time stream and the fused stream — and ``view`` order (t, v, p) —
+the view stream. Attention then only reshapes (no copies) into its sequences:
+
+    view stream   [B·T, V·P]   attends across views at one time    RoPE frame index = v
+    time stream   [B·V, T·P]   attends across times in one view    RoPE frame index = t
+    fused         [B, V·T·P]   own frame ∪ own row ∪ own column     RoPE frame index = v·T_max + t
+
+Fused attention has three kernels that give the same result: a dense boolean mask (CPU, tests),
+a FlexAttention block mask (GPU), and ``split``: row attention, column attention and frame
+attention with dense kernels, merged exactly through their log-sum-exps (row ∪ column counts the
+own frame twice, so its share is subtracted once). ``split`` is inference only (the LSE of the
+fused kernels carries no gradient).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+FUSED_BACKENDS = ("auto", "dense", "flex", "split")
+
+
+# -- RoPE ------------------------------------------------------------------------------------
+def rope_table(rope, frame_pos: torch.Tensor, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin ``[F·hp·wp, d/2]`` (float32) for frames at positions ``frame_pos [F]``.
+
+    ``rope`` is the backbone's ``WanRotaryPosEmbed``: head_dim split into (frame, height, width)
+    parts; tokens are frame-major, then row, then column, as in ``WanTransformer3DModel``.
+    """
+    limit = rope.max_seq_len
+    if int(frame_pos.max()) >= limit or max(hp, wp) > limit:
+        raise ValueError(
+            f"RoPE positions up to {int(frame_pos.max())} (frames) and {max(hp, wp)} (patches) exceed "
+            f"the backbone's rope_max_seq_len {limit}: use a smaller grid"
+        )
+    split = [rope.t_dim, rope.h_dim, rope.w_dim]
+    n = frame_pos.numel()
+    parts_c, parts_s = [], []
+    for table, out in ((rope.freqs_cos, parts_c), (rope.freqs_sin, parts_s)):
+        ft, fh, fw = table.split(split, dim=1)
+        ft = ft[frame_pos.to(table.device)]
+        out.append(ft[:, None, None, :].expand(n, hp, wp, -1))
+        out.append(fh[:hp][None, :, None, :].expand(n, hp, wp, -1))
+        out.append(fw[:wp][None, None, :, :].expand(n, hp, wp, -1))
+    cos = torch.cat(parts_c, dim=-1).reshape(n * hp * wp, -1)
+    sin = torch.cat(parts_s, dim=-1).reshape(n * hp * wp, -1)
+    # Wan rotates interleaved pairs (x[2i], x[2i+1]); its tables repeat each angle twice.
+    return cos[:, 0::2].float().contiguous(), sin[:, 1::2].float().contiguous()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [N, S, H, d]`` by per-token angles ``cos, sin [S, d/2]`` (Wan's pairing)."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [N, S, H, d/2] each
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+# -- kernels ---------------------------------------------------------------------------------
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention over ``[N, S, H, d]`` tensors (torch SDPA: flash / memory-efficient / math)."""
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return o.transpose(1, 2)
+
+
+def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention and its log-sum-exp: ``o [N, S, H, d]``, ``lse [N, H, S]`` (float32)."""
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    S = q.shape[1]
+    if q.device.type == "cpu":
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)
+    elif q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        out = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)
+        o, lse = out[0], out[1]
+    else:
+        s = (qt.float() @ kt.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        lse = torch.logsumexp(s, dim=-1)
+        o = (torch.softmax(s, dim=-1) @ vt.float()).type_as(q)
+    return o.transpose(1, 2), lse[..., :S].float()
+
+
+def fused_dense_mask(V: int, T: int, P: int, device) -> torch.Tensor:
+    """Boolean ``[M, M]`` mask over grid-ordered tokens: True where key is in the query's row or
+    column (own frame included). Density (V+T−1)/(V·T)."""
+    f = torch.arange(V * T, device=device).repeat_interleave(P)
+    v, t = f // T, f % T
+    return (v[:, None] == v[None, :]) | (t[:, None] == t[None, :])
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def fused_block_mask(V: int, T: int, P: int, device):
+    """FlexAttention ``BlockMask`` of the same pattern as ``fused_dense_mask``."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        fq, fk = q_idx // P, kv_idx // P
+        return ((fq // T) == (fk // T)) | ((fq % T) == (fk % T))
+
+    M = V * T * P
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=M, KV_LEN=M, device=device)
+
+
+def flex(q, k, v, block_mask) -> torch.Tensor:
+    """FlexAttention over ``[N, S, H, d]`` with a block mask (compiled kernel on CUDA)."""
+    if q.device.type == "cuda":
+        fn = _compiled_flex()
+    else:
+        from torch.nn.attention.flex_attention import flex_attention as fn
+    o = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
+    return o.transpose(1, 2)
+
+
+def fused_split(q, k, v, B: int, V: int, T: int, P: int) -> torch.Tensor:
+    """Exact row ∪ column attention from three dense attentions, merged by log-sum-exp.
+
+    With ``Z_s = Σ_{j∈s} exp(q·k_j)`` and ``O_s`` the attention output over set s,
+    ``O_{row∪col} = (Z_row·O_row + Z_col·O_col − Z_frame·O_frame) / (Z_row + Z_col − Z_frame)``.
+    """
+    H, d = q.shape[-2:]
+    g = (B, V, T, P, H, d)
+
+    def to_cols(x):  # grid order -> [B·T, V·P, H, d]
+        return x.view(g).transpose(1, 2).reshape(B * T, V * P, H, d)
+
+    o_r, l_r = sdpa_lse(q.view(B * V, T * P, H, d), k.view(B * V, T * P, H, d), v.view(B * V, T * P, H, d))
+    o_c, l_c = sdpa_lse(to_cols(q), to_cols(k), to_cols(v))
+    o_f, l_f = sdpa_lse(q.view(B * V * T, P, H, d), k.view(B * V * T, P, H, d), v.view(B * V * T, P, H, d))
+    o_r, o_c, o_f = o_r.view(g), o_c.view(B, T, V, P, H, d).transpose(1, 2), o_f.view(g)
+    l_r = l_r.view(B, V, H, T, P).permute(0, 1, 3, 4, 2)  # [B, V, T, P, H]
+    l_c = l_c.view(B, T, H, V, P).permute(0, 3, 1, 4, 2)
+    l_f = l_f.view(B, V, T, H, P).permute(0, 1, 2, 4, 3)
+    m = torch.maximum(l_r, l_c)
+    w_r, w_c, w_f = (torch.exp(x - m)[..., None] for x in (l_r, l_c, l_f))
+    out = (w_r * o_r.float() + w_c * o_c.float() - w_f * o_f.float()) / (w_r + w_c - w_f)
+    return out.type_as(q).reshape(B, V * T * P, H, d)

@@ -1,0 +1,132 @@
+"""One pretrained Wan block applied to our token layouts: the only place the block's math lives.
+
+``run_block`` is ``diffusers.WanTransformerBlock.forward`` written out over the block's own
+modules, with three changes that do not alter the result: self-attention goes through our layouts
+(``attention.py``), the text keys/values can come precomputed (they do not change across
+denoising steps), and sequential mode runs the self-attention sub-layer twice (across views, then
+across times; 4Real-Video supplement Sec. 1.2, "Sequential"). A test holds it to the diffusers
+block to 1e-5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import attention as A
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the tokens of ``x [N, M, D]`` sit (ints only: a compiled block guards on them).
+
+    kind: ``streams`` (N = 2B: view stream in view order, then time stream in grid order),
+    ``sequential`` (N = B, grid order; view attention then time attention), ``fused`` (N = B,
+    grid order), ``time`` / ``view`` (one stream alone, N = B, its own order).
+    """
+
+    kind: str
+    B: int
+    V: int
+    T: int
+    P: int
+    fused_backend: str = "dense"
+
+
+def _qkv(attn, h: torch.Tensor):
+    if getattr(attn, "fused_projections", False):
+        q, k, v = attn.to_qkv(h).chunk(3, dim=-1)
+    else:
+        q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
+    q, k = attn.norm_q(q), attn.norm_k(k)
+    H = attn.heads
+    return q.unflatten(2, (H, -1)), k.unflatten(2, (H, -1)), v.unflatten(2, (H, -1))
+
+
+def _attend(q, k, v, lay: Layout, ropes: dict, mask):
+    """Self-attention of ``q, k, v [N, M, H, d]`` in layout ``lay`` (RoPE applied here)."""
+    B, V, T, P = lay.B, lay.V, lay.T, lay.P
+    N, M, H, d = q.shape
+
+    def seq(x, n, s, rope):  # reshape into n sequences of s tokens, rotate
+        x = x.reshape(n, s, H, d)
+        return x if rope is None else A.apply_rope(x, *rope)
+
+    if lay.kind == "streams":
+        if V == T:  # both streams have T·B = V·B sequences of the same length and positions
+            qs, ks = seq(q, 2 * B * T, V * P, ropes["view"]), seq(k, 2 * B * T, V * P, ropes["view"])
+            return A.sdpa(qs, ks, v.reshape(2 * B * T, V * P, H, d)).reshape(N, M, H, d)
+        ov = A.sdpa(seq(q[:B], B * T, V * P, ropes["view"]), seq(k[:B], B * T, V * P, ropes["view"]),
+                    v[:B].reshape(B * T, V * P, H, d))
+        ot = A.sdpa(seq(q[B:], B * V, T * P, ropes["time"]), seq(k[B:], B * V, T * P, ropes["time"]),
+                    v[B:].reshape(B * V, T * P, H, d))
+        return torch.cat([ov.reshape(B, M, H, d), ot.reshape(B, M, H, d)])
+    if lay.kind == "view":  # one stream in view order
+        o = A.sdpa(seq(q, B * T, V * P, ropes["view"]), seq(k, B * T, V * P, ropes["view"]),
+                   v.reshape(B * T, V * P, H, d))
+        return o.reshape(N, M, H, d)
+    if lay.kind == "time":  # one stream in grid order
+        o = A.sdpa(seq(q, B * V, T * P, ropes["time"]), seq(k, B * V, T * P, ropes["time"]),
+                   v.reshape(B * V, T * P, H, d))
+        return o.reshape(N, M, H, d)
+    if lay.kind == "view_of_grid":  # grid order in, attention across views, grid order out
+        def cols(x):
+            return x.view(B, V, T, P, H, d).transpose(1, 2).reshape(N, M, H, d)
+
+        o = _attend(cols(q), cols(k), cols(v), Layout("view", B, V, T, P), ropes, None)
+        return o.reshape(B, T, V, P, H, d).transpose(1, 2).reshape(N, M, H, d)
+    if lay.kind == "fused":
+        q, k = A.apply_rope(q, *ropes["fused"]), A.apply_rope(k, *ropes["fused"])
+        if lay.fused_backend == "split":
+            return A.fused_split(q, k, v, B, V, T, P)
+        if lay.fused_backend == "flex":
+            return A.flex(q, k, v, mask)
+        return A.sdpa(q, k, v, mask)
+    raise ValueError(f"unknown layout {lay.kind!r}")
+
+
+def text_kv(blk, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cross-attention keys and values of one block for projected text ``[B, L, D]``:
+    ``[B, L, H, d]`` each. They depend on the text only, so a sampler computes them once."""
+    attn = blk.attn2
+    if attn.add_k_proj is not None:
+        raise ValueError("image-conditioned Wan backbones (added K/V) are not supported; use a T2V backbone")
+    if getattr(attn, "fused_projections", False):
+        k, v = attn.to_kv(text).chunk(2, dim=-1)
+    else:
+        k, v = attn.to_k(text), attn.to_v(text)
+    k = attn.norm_k(k)
+    return k.unflatten(2, (attn.heads, -1)), v.unflatten(2, (attn.heads, -1))
+
+
+def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_v: torch.Tensor,
+              lay: Layout, ropes: dict, mask=None) -> torch.Tensor:
+    """``x [N, M, D]`` -> ``[N, M, D]`` through Wan block ``blk``.
+
+    tproj: ``[N, 6, D]`` timestep projection (adaLN shift/scale/gate), kv_k/kv_v: ``[N, L, H, d]``
+    text keys/values of this block, ropes: layout name -> (cos, sin), mask: fused-mode mask.
+    """
+    shift, scale, gate, c_shift, c_scale, c_gate = (blk.scale_shift_table + tproj.float()).chunk(6, dim=1)
+
+    # 1. Self-attention (twice in sequential mode: across views, then across times)
+    sub_layouts = ([Layout("view_of_grid", lay.B, lay.V, lay.T, lay.P), Layout("time", lay.B, lay.V, lay.T, lay.P)]
+                   if lay.kind == "sequential" else [lay])
+    for sub in sub_layouts:
+        h = (blk.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+        q, k, v = _qkv(blk.attn1, h)
+        o = _attend(q, k, v, sub, ropes, mask).flatten(2).type_as(q)
+        o = blk.attn1.to_out[0](o)
+        x = (x.float() + o * gate).type_as(x)
+
+    # 2. Cross-attention to the text
+    h = blk.norm2(x.float()).type_as(x)
+    attn = blk.attn2
+    q = attn.norm_q(attn.to_q(h)).unflatten(2, (attn.heads, -1))
+    o = A.sdpa(q, kv_k, kv_v).flatten(2).type_as(q)
+    x = x + attn.to_out[0](o)
+
+    # 3. Feed-forward
+    h = (blk.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
+    x = (x.float() + blk.ffn(h).float() * c_gate).type_as(x)
+    return x

@@ -1,0 +1,398 @@
+"""The 4D transformer: a diffusers ``WanTransformer3DModel`` run over a V x T grid of frames in one
+of four stream modes, plus the new layers that make it a 4D model (sync, conditioning, context).
+
+Modes (DESIGN.md, "The engine"; 4Real-Video Sec. 3 and supplement Sec. 1.2; 4Real-Video-V2):
+
+* ``soft`` / ``hard`` — parallel: the view stream (T sequences of V·P tokens) and the time stream
+  (V sequences of T·P tokens) go through every pretrained block side by side (one batch), then a
+  sync layer (``sync.py``) merges them; after the last block the streams are averaged before the
+  output head.
+* ``sequential`` — one stream; each block attends across views, then across times.
+* ``fused`` — one stream over the whole grid; a token attends to its own row ∪ own column.
+
+Conditioning: known cells enter as extra input channels (clean latents x mask, and the mask),
+through a zero-initialised patch embedding whose output adds to the backbone's — the same as
+widening Wan's patch embedding with zero columns, as its image-to-video model does. Known cells
+of the noisy input are replaced by their clean values. A per-sample context flag (grid, dynamic
+row, freeze-time column) adds a zero-initialised embedding to the time embedding.
+
+Objective (rectified flow): ``x_σ = (1−σ)·x0 + σ·ε``; the model predicts the velocity ``ε − x0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import attention as A
+from .blocks import Layout, run_block, text_kv
+from .config import MODES, NUM_CONTEXTS, FourDConfig
+from .sync import SyncLayer
+
+try:  # diffusers is a runtime dependency; imported here so a bare `import core` stays light
+    from diffusers import ModelMixin, WanTransformer3DModel
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+except ImportError:  # pragma: no cover
+    raise
+
+
+class FourDLayers(ModelMixin, ConfigMixin):
+    """The parameters we add to a Wan backbone; saved in their own folder (``fourd_layers/``).
+
+    All start as the identity or the training-free formula: cond embedding and context embedding
+    are zero, soft sync is the weighted average, hard sync is ½·I.
+    """
+
+    @register_to_config
+    def __init__(self, dim: int, num_layers: int, in_channels: int, mask_channels: int = 1,
+                 patch_size: tuple = (1, 2, 2), sync_rank: int = 16, sync_embed_dim: int = 64,
+                 num_contexts: int = NUM_CONTEXTS):
+        super().__init__()
+        patch = tuple(patch_size)
+        self.cond_embedding = nn.Conv3d(in_channels + mask_channels, dim, kernel_size=patch, stride=patch)
+        nn.init.zeros_(self.cond_embedding.weight)
+        nn.init.zeros_(self.cond_embedding.bias)
+        self.context_embedding = nn.Embedding(num_contexts, dim)
+        nn.init.zeros_(self.context_embedding.weight)
+        self.sync_embed = nn.Sequential(nn.SiLU(), nn.Linear(dim, sync_embed_dim), nn.SiLU())
+        self.soft_sync = nn.ModuleList(
+            [SyncLayer("soft", dim, sync_embed_dim, sync_rank, l, num_layers) for l in range(num_layers)])
+        self.hard_sync = nn.ModuleList(
+            [SyncLayer("hard", dim, sync_embed_dim, sync_rank, l, num_layers) for l in range(num_layers)])
+
+
+@dataclass
+class Plan:
+    """Everything about one sample that does not change across denoising steps.
+
+    Built by ``FourDTransformer.prepare``; ``step`` only adds the noisy grid and σ.
+    """
+
+    mode: str
+    sync: bool
+    B: int
+    V: int
+    T: int
+    hp: int  # patches per frame, vertically
+    wp: int  # and horizontally
+    layout: Layout
+    ropes: dict  # layout name -> (cos, sin)  [S, d/2]
+    mask: object  # fused mode: dense bool [M, M] or a FlexAttention BlockMask; else None
+    text: torch.Tensor  # [B, L, D] projected text states
+    kv: list | None  # per block (k, v) [G·B, L, H, d], G streams; None = compute every step
+    cond_tokens: torch.Tensor  # [B, V, T, P, D] zero-initialised condition embedding
+    cond: torch.Tensor | None  # [B, V, T, C, h, w] clean latents of known cells
+    known_cells: torch.Tensor | None  # [B, V, T] bool: all mask channels known
+    context: torch.Tensor  # [B] long
+    time_cache: dict = field(default_factory=dict)
+
+    @property
+    def P(self) -> int:
+        return self.hp * self.wp
+
+
+class FourDTransformer(nn.Module):
+    """Backbone (``WanTransformer3DModel``) + new layers (``FourDLayers``); see the module doc.
+
+    Training forward: ``model(noisy, sigma, text_states, cond, known, mode=..., context=...)``.
+    Sampling: ``plan = model.prepare(...)`` once, then ``model.step(plan, noisy, sigma)`` per step.
+    """
+
+    def __init__(self, backbone: WanTransformer3DModel, layers: FourDLayers, chunk_times: int = 8):
+        super().__init__()
+        cfg = backbone.config
+        if cfg.image_dim is not None or cfg.added_kv_proj_dim is not None:
+            raise ValueError("image-to-video Wan backbones are not supported; use a text-to-video one")
+        if tuple(cfg.patch_size)[0] != 1:
+            raise ValueError(f"the backbone must patch one frame at a time (patch_size[0] == 1), got {cfg.patch_size}")
+        self.backbone = backbone
+        self.layers = layers
+        self.chunk_times = chunk_times  # time stride of fused RoPE positions
+        # Switches the benchmark flips to show what each optimisation buys.
+        self.batch_streams = True  # both streams' linear layers in one batch
+        self.cache_text_kv = True  # text K/V once per sample, not per step
+        self.cache_time = True  # timestep embeddings once per distinct σ
+        self._block_fn = run_block
+        self._layer_fn = self._parallel_layer
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: FourDConfig, mask_channels: int = 1) -> "FourDTransformer":
+        backbone = WanTransformer3DModel(**cfg.backbone)
+        return cls(backbone, cls.new_layers_for(backbone, cfg, mask_channels), cfg.chunk_times)
+
+    @staticmethod
+    def new_layers_for(backbone, cfg: FourDConfig, mask_channels: int = 1) -> FourDLayers:
+        bc = backbone.config
+        return FourDLayers(
+            dim=bc.num_attention_heads * bc.attention_head_dim, num_layers=bc.num_layers,
+            in_channels=bc.in_channels, mask_channels=mask_channels, patch_size=tuple(bc.patch_size),
+            sync_rank=cfg.sync_rank, sync_embed_dim=cfg.sync_embed_dim)
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.config.num_attention_heads * self.backbone.config.attention_head_dim
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        return tuple(self.backbone.config.patch_size)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.backbone.blocks)
+
+    @property
+    def mask_channels(self) -> int:
+        return self.layers.config.mask_channels
+
+    def backbone_parameters(self):
+        """Pretrained backbone parameters (frozen when real weights are fine-tuned)."""
+        return [p for _, p in self.backbone.named_parameters()]
+
+    def new_parameters(self):
+        """Parameters of the new layers: sync, conditioning, context (always trained)."""
+        return [p for _, p in self.layers.named_parameters()]
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"backbone": self.backbone_parameters(), "new": self.new_parameters()}
+
+    def cast(self, dtype: torch.dtype) -> "FourDTransformer":
+        """``.to(dtype)`` but keeping Wan's fp32 modules (time embedder, norms, adaLN tables)."""
+        self.to(dtype)
+        keep = getattr(self.backbone, "_keep_in_fp32_modules", None) or []
+        for name, mod in self.backbone.named_modules():
+            if any(k in name.split(".") for k in keep):
+                mod.float()
+        for name, p in self.backbone.named_parameters():
+            if name.split(".")[-1] == "scale_shift_table":
+                p.data = p.data.float()
+        return self
+
+    def fuse_projections(self) -> None:
+        """Fuse Q/K/V (self-attention) and K/V (cross-attention) into single matmuls, for
+        inference (training would update copies). Results are unchanged."""
+        for blk in self.backbone.blocks:
+            blk.attn1.fuse_projections()
+            blk.attn2.fuse_projections()
+
+    def compile(self, **kwargs) -> None:
+        """Compile the per-layer function once; all blocks share the graph (regional compile)."""
+        kwargs.setdefault("dynamic", False)
+        self._block_fn = torch.compile(run_block, **kwargs)
+        self._layer_fn = torch.compile(self._parallel_layer, **kwargs)
+
+    # -- conditioning --------------------------------------------------------------------------
+    def _embed_text(self, text_states: torch.Tensor) -> torch.Tensor:
+        return self.backbone.condition_embedder.text_embedder(text_states)  # [B, L, D]
+
+    def _time(self, plan: Plan, sigma: torch.Tensor):
+        """(temb [B, D], tproj [B, 6, D], sync modulations per layer) for noise levels ``sigma [B]``."""
+        key = None
+        if self.cache_time and sigma.device.type == "cpu" and not torch.is_grad_enabled():
+            key = (tuple(sigma.tolist()), plan.mode)
+            if key in plan.time_cache:
+                return plan.time_cache[key]
+        ce = self.backbone.condition_embedder
+        timestep = sigma.to(plan.text.device, torch.float32) * self.backbone_timesteps
+        t = ce.timesteps_proj(timestep)
+        emb_dtype = next(iter(ce.time_embedder.parameters())).dtype
+        temb = ce.time_embedder(t.to(emb_dtype)).type_as(plan.text)
+        temb = temb + self.layers.context_embedding(plan.context).to(temb.dtype)
+        tproj = ce.time_proj(ce.act_fn(temb)).unflatten(1, (6, -1))  # [B, 6, D]
+        syncs = None
+        if plan.mode in ("soft", "hard") and plan.sync:
+            e = self.layers.sync_embed(temb)
+            layers = self.layers.soft_sync if plan.mode == "soft" else self.layers.hard_sync
+            syncs = [layer.modulation_of(e) for layer in layers]
+        out = (temb, tproj, syncs)
+        if key is not None:
+            plan.time_cache[key] = out
+        return out
+
+    backbone_timesteps = 1000.0  # Wan's timestep = σ · num_train_timesteps
+
+    # -- tokens in and out -----------------------------------------------------------------------
+    def _patchify(self, conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+        """``[B, V, T, C, h, w]`` -> tokens ``[B, V, T, P, D]`` through a Conv3d patch embedding."""
+        B, V, T, C, h, w = x.shape
+        y = conv(x.permute(0, 1, 3, 2, 4, 5).reshape(B * V, C, T, h, w).to(conv.weight.dtype))  # [B·V, D, T, hp, wp]
+        return y.flatten(3).permute(0, 2, 3, 1).reshape(B, V, T, -1, y.shape[1])
+
+    def _head(self, x: torch.Tensor, temb: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """Grid-ordered tokens ``[B, M, D]`` -> velocity ``[B, V, T, C, h, w]`` (Wan's output head)."""
+        bb = self.backbone
+        shift, scale = (bb.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        x = (bb.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+        x = bb.proj_out(x)  # [B, M, C·ph·pw]
+        _, ph, pw = self.patch
+        B, V, T, hp, wp = plan.B, plan.V, plan.T, plan.hp, plan.wp
+        x = x.reshape(B, V, T, hp, wp, ph, pw, -1).permute(0, 1, 2, 7, 3, 5, 4, 6)
+        return x.reshape(B, V, T, -1, hp * ph, wp * pw)
+
+    # -- the plan --------------------------------------------------------------------------------
+    def prepare(self, text_states: torch.Tensor, grid: tuple[int, int, int, int], *,
+                cond: torch.Tensor | None = None, known: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, mode: str = "soft", sync: bool = True,
+                fused_backend: str = "auto", cache: bool = True) -> Plan:
+        """Precompute what does not change across steps for grids of ``grid = (V, T, h, w)``.
+
+        text_states: ``[B, L, D_text]``; cond: ``[B, V, T, C, h, w]`` clean latents (anything in
+        unknown cells); known: ``[B, V, T]`` bool or ``[B, V, T, m]`` per-channel masks;
+        context: ``[B]`` long (config.CONTEXT_*); mode: one of ``MODES``; sync: False runs the two
+        streams independently (tests); fused_backend: ``auto|dense|flex|split``.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        V, T, h, w = grid
+        _, ph, pw = self.patch
+        if h % ph or w % pw:
+            raise ValueError(f"latent frames {h}x{w} are not a multiple of the patch {ph}x{pw}")
+        hp, wp = h // ph, w // pw
+        B = text_states.shape[0]
+        dev = text_states.device
+        P = hp * wp
+        rope = self.backbone.rope
+        ar = lambda n: torch.arange(n, device=rope.freqs_cos.device)  # noqa: E731
+        ropes, mask = {}, None
+        if mode in ("soft", "hard", "sequential"):
+            ropes["view"] = tuple(r.to(dev) for r in A.rope_table(rope, ar(V), hp, wp))
+            ropes["time"] = tuple(r.to(dev) for r in A.rope_table(rope, ar(T), hp, wp))
+            kind = "streams" if mode in ("soft", "hard") else "sequential"
+            layout = Layout(kind, B, V, T, P)
+        else:
+            if T > self.chunk_times:
+                raise ValueError(f"fused mode makes at most {self.chunk_times} times a pass, got {T}")
+            pos = (ar(V)[:, None] * self.chunk_times + ar(T)[None, :]).flatten()
+            ropes["fused"] = tuple(r.to(dev) for r in A.rope_table(rope, pos, hp, wp))
+            backend = self._fused_backend(fused_backend, dev, V * T * P)
+            if backend == "dense":
+                mask = A.fused_dense_mask(V, T, P, dev)
+            elif backend == "flex":
+                mask = A.fused_block_mask(V, T, P, dev)
+            layout = Layout("fused", B, V, T, P, backend)
+
+        text = self._embed_text(text_states)
+        G = 2 if layout.kind == "streams" else 1
+        kv = None
+        if cache and self.cache_text_kv:
+            kv = [tuple(t.repeat(G, 1, 1, 1) for t in text_kv(blk, text)) for blk in self.backbone.blocks]
+
+        if context is None:
+            context = torch.zeros(B, dtype=torch.long, device=dev)
+        # The condition embedding always runs (no known cell = all-zero mask), so a sample without
+        # known cells sees the same bias in training and in sampling.
+        C = self.backbone.config.in_channels
+        if known is None:
+            known = torch.zeros(B, V, T, dtype=torch.bool, device=dev)
+        if cond is None:
+            if bool(known.any()):
+                raise ValueError("known cells need their clean values in `cond`")
+            cond = torch.zeros(B, V, T, C, h, w, device=dev, dtype=text.dtype)
+        mask_ch = known.to(torch.bool)
+        if mask_ch.ndim == 3:
+            mask_ch = mask_ch[..., None].expand(-1, -1, -1, self.mask_channels)
+        if mask_ch.shape[-1] != self.mask_channels:
+            raise ValueError(f"known must have {self.mask_channels} mask channels, got {mask_ch.shape[-1]}")
+        known_cells = mask_ch.all(dim=-1)  # [B, V, T]
+        m = mask_ch.to(cond.dtype)[..., None, None].expand(-1, -1, -1, -1, h, w)  # [B, V, T, m, h, w]
+        # Cells with no known frame contribute nothing, whatever the caller left in them.
+        clean = cond * mask_ch.any(dim=-1)[..., None, None, None].to(cond.dtype)
+        cond_tokens = self._patchify(self.layers.cond_embedding, torch.cat([clean, m], dim=3))
+        any_known = bool(known_cells.any())
+        return Plan(mode, sync, B, V, T, hp, wp, layout, ropes, mask, text, kv, cond_tokens,
+                    cond if any_known else None, known_cells if any_known else None, context.to(dev))
+
+    @staticmethod
+    def _fused_backend(choice: str, device, M: int) -> str:
+        if choice not in A.FUSED_BACKENDS:
+            raise ValueError(f"fused_backend must be one of {A.FUSED_BACKENDS}, got {choice!r}")
+        if choice != "auto":
+            return choice
+        if torch.device(device).type == "cuda":
+            return "flex"
+        # A dense [M, M] mask is fine at test sizes; beyond, the exact split kernels (inference).
+        return "dense" if M <= 4096 or torch.is_grad_enabled() else "split"
+
+    # -- running -------------------------------------------------------------------------------
+    def forward(self, noisy: torch.Tensor, sigma: torch.Tensor, text_states: torch.Tensor,
+                cond: torch.Tensor | None = None, known: torch.Tensor | None = None, *,
+                mode: str = "soft", context: torch.Tensor | None = None, sync: bool = True,
+                fused_backend: str = "auto", return_streams: bool = False):
+        """Velocity ``[B, V, T, C, h, w]`` for ``noisy [B, V, T, C, h, w]`` at ``sigma [B]``.
+
+        With ``return_streams`` (parallel modes) returns ``(view, time)``: each stream through the
+        output head on its own instead of their average.
+        """
+        B, V, T, C, h, w = noisy.shape
+        plan = self.prepare(text_states, (V, T, h, w), cond=cond, known=known, context=context,
+                            mode=mode, sync=sync, fused_backend=fused_backend, cache=False)
+        return self.step(plan, noisy, sigma, return_streams=return_streams)
+
+    def step(self, plan: Plan, noisy: torch.Tensor, sigma: torch.Tensor, return_streams: bool = False):
+        """One evaluation of the model on ``noisy [B, V, T, C, h, w]`` at ``sigma [B]``."""
+        B, V, T, C, h, w = noisy.shape
+        if (B, V, T) != (plan.B, plan.V, plan.T):
+            raise ValueError(f"noisy grid {(B, V, T)} does not match the plan {(plan.B, plan.V, plan.T)}")
+        if sigma.ndim == 0:
+            sigma = sigma.expand(B)
+        temb, tproj, syncs = self._time(plan, sigma)
+        if plan.known_cells is not None and plan.cond is not None:
+            noisy = torch.where(plan.known_cells[..., None, None, None], plan.cond.to(noisy.dtype), noisy)
+        tokens = self._patchify(self.backbone.patch_embedding, noisy)  # [B, V, T, P, D]
+        tokens = tokens + plan.cond_tokens.to(tokens.dtype)
+        M, D = V * T * plan.P, tokens.shape[-1]
+        kv = plan.kv
+        if kv is None:
+            G = 2 if plan.layout.kind == "streams" else 1
+            kv = [tuple(t.repeat(G, 1, 1, 1) for t in text_kv(blk, plan.text)) for blk in self.backbone.blocks]
+
+        if plan.layout.kind == "streams":
+            xv = tokens.transpose(1, 2).reshape(B, M, D)  # view order (t, v, p)
+            xt = tokens.reshape(B, M, D)  # grid order (v, t, p)
+            x = torch.cat([xv, xt])  # [2B, M, D]
+            tproj2 = tproj.repeat(2, 1, 1)
+            sync_layers = self.layers.soft_sync if plan.mode == "soft" else self.layers.hard_sync
+            for l, blk in enumerate(self.backbone.blocks):
+                x = self._layer_fn(blk, sync_layers[l] if plan.sync else None, x, tproj2, kv[l][0], kv[l][1],
+                                   syncs[l] if plan.sync else None, plan.layout, plan.ropes)
+            yv = x[:B].view(B, T, V, plan.P, D).transpose(1, 2).reshape(B, M, D)
+            yt = x[B:]
+            if return_streams:
+                return self._head(yv, temb, plan), self._head(yt, temb, plan)
+            return self._head(((yv.float() + yt.float()) / 2).type_as(x), temb, plan)
+
+        if return_streams:
+            raise ValueError("return_streams needs a parallel mode (soft or hard)")
+        x = tokens.reshape(B, M, D)
+        for l, blk in enumerate(self.backbone.blocks):
+            x = self._block_fn(blk, x, tproj, kv[l][0], kv[l][1], plan.layout, plan.ropes, plan.mask)
+        return self._head(x, temb, plan)
+
+    def _parallel_layer(self, blk, sync_layer, x, tproj2, kv_k, kv_v, sync_mod, layout: Layout, ropes):
+        """One parallel layer: block ``l`` on both streams, then sync layer ``l`` (Fig. 2)."""
+        B, V, T, P = layout.B, layout.V, layout.T, layout.P
+        if self.batch_streams:
+            x = run_block(blk, x, tproj2, kv_k, kv_v, layout, ropes)
+        else:  # the same math, one stream at a time (for the benchmark)
+            xv = run_block(blk, x[:B], tproj2[:B], kv_k[:B], kv_v[:B], Layout("view", B, V, T, P), ropes)
+            xt = run_block(blk, x[B:], tproj2[B:], kv_k[B:], kv_v[B:], Layout("time", B, V, T, P), ropes)
+            x = torch.cat([xv, xt])
+        if sync_layer is None:
+            return x
+        M, D = x.shape[1], x.shape[2]
+        yv = x[:B].view(B, T, V, P, D).transpose(1, 2)  # grid order, [B, V, T, P, D]
+        yt = x[B:].view(B, V, T, P, D)
+        xv, xt = sync_layer(yv, yt, sync_mod)
+        return torch.cat([xv.transpose(1, 2).reshape(B, M, D), xt.reshape(B, M, D)])
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def timestep_of(sigma: torch.Tensor) -> torch.Tensor:
+    """Wan timestep (what ``WanTransformer3DModel.forward`` takes) for noise level σ."""
+    return sigma * FourDTransformer.backbone_timesteps
+
