@@ -3,7 +3,8 @@
 A run is a wall-clock budget split into phases: each phase has a stage (1 video rows/columns,
 2 pseudo-4D, 3 synthetic 4D) and a frame size, and lasts a share of the budget. The default
 schedule spends little on the warm-up stages and most on stage 3 at full size, with a
-low-resolution start (the paper's curriculum).
+low-resolution start (the paper's curriculum; 40x72 rather than 36x64 because the default
+model's 8x8 patches must tile the frame).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import InputError
 from ..grid import parse_size
 
-DEFAULT_SCHEDULE = "1@36x64:0.08,2@36x64:0.04,3@36x64:0.28,3@72x128:0.6"
+DEFAULT_SCHEDULE = "1@40x72:0.08,2@40x72:0.04,3@40x72:0.28,3@72x128:0.6"
 STAGE_NAMES = {1: "video", 2: "pseudo4d", 3: "synthetic4d"}
 
 
@@ -60,7 +61,8 @@ class TrainConfig:
     out: str
     resume: str | None = None  # a training folder (exact resume) or a model folder (weights)
     preset: str = "default"  # model preset when not resuming
-    minutes: float = 18.0  # wall-clock budget for training steps (evaluation time excluded)
+    minutes: float = 18.0  # wall-clock budget of the session's loop (steps, curve points, saves)
+    max_steps: int | None = None  # stop earlier after this many steps in this session
     schedule: str = DEFAULT_SCHEDULE
     batch: int = 16  # grids per step at 72x128; scaled up with smaller frames (same tokens)
     max_batch: int = 64
@@ -89,6 +91,9 @@ class TrainConfig:
     eval_steps: int = 10
     eval_size: str = "72x128"
     log_every: int = 20
+    workers: int = 0  # scene-planning worker processes (4 on a GPU machine)
+    reuse: float = 1.0  # stages 2-3: each rendered grid used ~reuse times (replay pool); 1 = never
+    pool_grids: int = 512  # replay pool size in 8x8 grids at the model's size (scaled by pixels)
     extra: dict = field(default_factory=dict)
 
     def phases(self) -> list[Phase]:

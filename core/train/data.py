@@ -8,6 +8,7 @@ Frames come as float [B, V, T, 3, H, W] in [-1, 1] (the model's pixel convention
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,14 +24,23 @@ class Batch:
 
 
 def stage_batches(stage: int, batch: int, views: int, times: int, height: int, width: int, device,
-                  seed: int):
-    """An endless iterator of lists of ``Batch`` (one list per training step)."""
+                  seed: int, workers: int = 0, reuse: float = 1.0, pool_size: int = 0):
+    """An endless iterator of lists of ``Batch`` (one list per training step). ``workers`` > 0
+    plans scenes in background processes (the GPU renders and trains meanwhile); ``reuse`` > 1
+    (stages 2 and 3) draws from a ``ReplayPool`` of ``pool_size`` grids."""
+    if stage in (2, 3) and reuse > 1:
+        fresh = max(1, math.ceil(batch / reuse))
+        src = stage_batches(stage, fresh, views, times, height, width, device, seed, workers)
+        gen = torch.Generator().manual_seed(seed)
+        yield from ReplayPool(src, batch, max(pool_size, 2 * batch), gen)
+        return
     from ..model.config import CONTEXT_DYNAMIC, CONTEXT_FREEZE, CONTEXT_GRID
     from ..world.dataset import GridBatches, VideoBatches
 
     if stage in (2, 3):
         kind = "pseudo4d" if stage == 2 else "synthetic"
-        src = GridBatches("train", batch, views, times, height, width, device=device, kind=kind, seed=seed)
+        src = GridBatches("train", batch, views, times, height, width, device=device, kind=kind, seed=seed,
+                          workers=workers)
         for b in src:
             x0 = b["frames"] * 2 - 1
             yield [Batch(x0, list(b["captions"]), torch.full((x0.shape[0],), CONTEXT_GRID, device=x0.device))]
@@ -41,7 +51,7 @@ def stage_batches(stage: int, batch: int, views: int, times: int, height: int, w
     # the same two shapes (a compiled model would recompile for each new split otherwise).
     frames_per_video = max(views, times)
     half = max(1, batch // 2)
-    src = VideoBatches("train", batch, frames_per_video, height, width, device=device, seed=seed)
+    src = VideoBatches("train", batch, frames_per_video, height, width, device=device, seed=seed, workers=workers)
     queues = {False: ([], []), True: ([], [])}  # freeze flag -> (videos [F, 3, H, W], captions)
     for b in src:
         x = b["frames"] * 2 - 1  # [B, F, 3, H, W]
@@ -58,3 +68,62 @@ def stage_batches(stage: int, batch: int, views: int, times: int, height: int, w
                 out.append(Batch(v, caps[:half], torch.full((half,), ctx, dtype=torch.long, device=v.device)))
                 del vids[:half], caps[:half]
             yield out
+
+
+class ReplayPool:
+    """Reuse rendered grids: a pool of grids (uint8, on the device) refreshed by ``fresh`` new
+    ones a step, from which each step draws ``batch`` at random, each mirrored left-right and/or
+    with its view order reversed at random (both are valid 4D grids of a mirrored scene or a
+    reversed camera path, and leave the caption true).
+
+    Rendering 8x8 grids can cost more than a training step of a small model; with ``reuse`` R
+    each rendered grid is seen about R times (in different augmentations), and the renderer
+    draws ``ceil(batch / R)`` grids a step. The known-cell masks are drawn per step, so a reused
+    grid still poses a new task.
+    """
+
+    def __init__(self, source, batch: int, pool_size: int, generator: torch.Generator):
+        self.source = source  # iterator of [Batch] with `fresh` grids each
+        self.batch = batch
+        self.gen = generator
+        self.frames: torch.Tensor | None = None  # uint8 [N, V, T, 3, H, W]
+        self.captions: list[str] = []
+        self.context = None
+        self.filled = 0
+        self.pool_size = pool_size
+
+    @staticmethod
+    def to_uint8(x0: torch.Tensor) -> torch.Tensor:
+        return ((x0 + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+    def _add(self, b: Batch) -> None:
+        x = self.to_uint8(b.x0)
+        n = x.shape[0]
+        if self.frames is None:
+            self.frames = torch.empty((self.pool_size,) + tuple(x.shape[1:]), dtype=torch.uint8, device=x.device)
+            self.captions = [""] * self.pool_size
+            self.context = b.context[:1]
+        if self.filled < self.pool_size:
+            idx = torch.arange(self.filled, min(self.pool_size, self.filled + n))
+            self.filled += len(idx)
+        else:
+            idx = torch.randperm(self.pool_size, generator=self.gen)[:n]
+        self.frames[idx.to(x.device)] = x[: len(idx)]
+        for j, i in enumerate(idx.tolist()):
+            self.captions[i] = b.captions[j]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[Batch]:
+        self._add(next(self.source)[0])  # fresh grids every step
+        while self.filled < min(self.pool_size, self.batch):  # the first step fills one batch
+            self._add(next(self.source)[0])
+        idx = torch.randint(0, self.filled, (self.batch,), generator=self.gen)
+        x = self.frames[idx.to(self.frames.device)].float() / 127.5 - 1  # [B, V, T, 3, H, W]
+        flip = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
+        rev = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None, None, None], x.flip(-1), x)
+        x = torch.where(rev[:, None, None, None, None, None], x.flip(1), x)
+        caps = [self.captions[i] for i in idx.tolist()]
+        return [Batch(x, caps, self.context.expand(self.batch).clone())]

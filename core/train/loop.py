@@ -226,9 +226,9 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
         torch.manual_seed(cfg.seed + step)
     ema.copy_to(ema_net)
     if cfg.compile:
-        import torch._dynamo
+        from torch import _dynamo
 
-        torch._dynamo.config.cache_size_limit = max(32, torch._dynamo.config.cache_size_limit)
+        _dynamo.config.cache_size_limit = max(32, _dynamo.config.cache_size_limit)
         model.transformer.compile()
     families = parse_families(cfg.masks)
     curve = record.get("curve") or {"points": [], "baselines": {}}
@@ -249,7 +249,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
 
     # 4. Checkpoint and curve helpers
     step_seconds = 0.0
-    timings = {"eval": 10.0, "save": 5.0}
+    timings = {"eval": 0.0, "save": 0.0}  # measured; reserved before the budget ends
 
     def train_minutes() -> float:
         return minutes_before + step_seconds / 60.0
@@ -298,8 +298,8 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     it, cur = None, -1
     while True:
         now = time.perf_counter() - t0
-        reserve = timings["eval"] + timings["save"] + 2.0
-        if now + reserve >= budget:
+        reserve = timings["eval"] + timings["save"]
+        if now + reserve >= budget or (cfg.max_steps is not None and session_step >= cfg.max_steps):
             break
         if should_cancel is not None and should_cancel():
             stopped = "cancelled"
@@ -311,7 +311,9 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             cur = k
             b = phase_batch(cfg, ph, ref_hw)
             it = stage_batches(ph.stage, b, cfg.views, cfg.times, ph.height, ph.width, device,
-                               seed=cfg.seed * 1_000_003 + step)
+                               seed=cfg.seed * 1_000_003 + step, workers=cfg.workers,
+                               reuse=cfg.reuse, pool_size=cfg.pool_grids * 64 // (cfg.views * cfg.times)
+                               * (ref_hw[0] * ref_hw[1]) // (ph.height * ph.width))
             log(f"phase {k + 1}/{len(phases)}: stage {ph.stage} ({STAGE_NAMES[ph.stage]}) at "
                 f"{ph.height}x{ph.width}, batch {b}, until minute {bounds[k] / 60:.1f}")
         batches = next(it)
@@ -353,7 +355,11 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
 
     # 6. Last curve point and checkpoint
     ph = phases[max(cur, 0)]
-    point = add_curve_point(ph.stage, f"{ph.height}x{ph.width}") if step > 0 else None
+    pts = curve["points"]
+    if pts and pts[-1]["step"] == step:
+        point = pts[-1]
+    else:
+        point = add_curve_point(ph.stage, f"{ph.height}x{ph.width}") if step > 0 else None
     checkpoint()
     summary = {"stopped": stopped, "step": step, "session_steps": session_step, "samples": samples,
                "train_minutes": round(train_minutes(), 3), "session_minutes": round(step_seconds / 60, 3),
