@@ -121,3 +121,27 @@ def test_replay_pool_hands_out_stored_grids_flipped_or_reversed():
             assert hits, "a pooled grid must be a stored grid, mirrored and/or view-reversed"
             seen.update(hits)
     assert seen == {0, 1, 2, 3}
+
+
+def test_replay_pool_renders_less_when_rendering_is_slow():
+    x = _smooth_batch(B=2, V=2, T=2, H=8, W=8)
+    calls = {"n": 0}
+
+    def slow_source():
+        import time
+
+        while True:
+            calls["n"] += 1
+            time.sleep(0.01)
+            yield [Batch(x, ["a", "b"], torch.zeros(2, dtype=torch.long))]
+
+    pool = ReplayPool(slow_source(), batch=8, pool_size=32, generator=torch.Generator().manual_seed(0), chunks=(1, 4))
+    next(pool)
+    for _ in range(5):
+        pool.observe(0.002)  # steps far faster than rendering: one chunk a step is enough
+        next(pool)
+    assert pool.k == 1 and pool.reuse > 2
+    for _ in range(30):
+        pool.observe(1.0)  # slow steps: render everything fresh again
+        next(pool)
+    assert pool.k == 4

@@ -50,8 +50,9 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-steps", type=int, default=d.eval_steps)
     p.add_argument("--eval-size", default=d.eval_size)
     p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--reuse", type=float, default=d.reuse,
-                   help="stages 2-3: use each rendered grid about this many times (replay pool; default 1)")
+    p.add_argument("--reuse", default=None,
+                   help="stages 2-3: use each rendered grid about this many times (replay pool), or 'auto' "
+                        "(render about half as long as a step takes); default auto on cuda, 1 on cpu")
     p.add_argument("--pool", type=int, default=d.pool_grids, help="replay pool size in grids (default 512)")
     p.add_argument("--workers", type=int, default=None,
                    help="scene-planning processes (default 4 on cuda, 0 on cpu)")
@@ -75,8 +76,17 @@ def config_from_args(args):
             raise InputError(f"--{name} must be > 0, got {val}")
     if args.max_steps is not None and args.max_steps < 0:
         raise InputError(f"--max-steps must be >= 0, got {args.max_steps}")
-    if not 1 <= args.reuse <= 1000:
-        raise InputError(f"--reuse must be between 1 and 1000, got {args.reuse}")
+    device = resolve_device(args.device)
+    reuse = args.reuse if args.reuse is not None else ("auto" if device == "cuda" else "1")
+    if reuse == "auto":
+        reuse = 0.0
+    else:
+        try:
+            reuse = float(reuse)
+        except ValueError:
+            raise InputError(f"--reuse must be 'auto' or a number from 1 to 1000, got {reuse!r}") from None
+        if not 1 <= reuse <= 1000:
+            raise InputError(f"--reuse must be 'auto' or a number from 1 to 1000, got {reuse:g}")
     if not 1 <= args.pool <= 100000:
         raise InputError(f"--pool must be between 1 and 100000, got {args.pool}")
     if not 0 <= args.ema < 1:
@@ -90,7 +100,7 @@ def config_from_args(args):
         bf16=not args.no_bf16, compile=args.compile, seed=args.seed, save_every_min=args.save_every,
         eval_every_min=args.eval_every, eval_scenes=args.eval_scenes, eval_steps=args.eval_steps,
         eval_size=args.eval_size, log_every=args.log_every,
-        reuse=args.reuse, pool_grids=args.pool,
+        reuse=reuse, pool_grids=args.pool,
         workers=args.workers if args.workers is not None else (4 if resolve_device(args.device) == "cuda" else 0))
 
 

@@ -92,7 +92,7 @@ class TrainConfig:
     eval_size: str = "72x128"
     log_every: int = 20
     workers: int = 0  # scene-planning worker processes (4 on a GPU machine)
-    reuse: float = 1.0  # stages 2-3: each rendered grid used ~reuse times (replay pool); 1 = never
+    reuse: float = 1.0  # stages 2-3: each rendered grid used ~reuse times (replay pool); 1 = never, 0 = auto
     pool_grids: int = 512  # replay pool size in 8x8 grids at the model's size (scaled by pixels)
     extra: dict = field(default_factory=dict)
 

@@ -9,6 +9,7 @@ Frames come as float [B, V, T, 3, H, W] in [-1, 1] (the model's pixel convention
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -26,14 +27,24 @@ class Batch:
 def stage_batches(stage: int, batch: int, views: int, times: int, height: int, width: int, device,
                   seed: int, workers: int = 0, reuse: float = 1.0, pool_size: int = 0):
     """An endless iterator of lists of ``Batch`` (one list per training step). ``workers`` > 0
-    plans scenes in background processes (the GPU renders and trains meanwhile); ``reuse`` > 1
-    (stages 2 and 3) draws from a ``ReplayPool`` of ``pool_size`` grids."""
-    if stage in (2, 3) and reuse > 1:
-        fresh = max(1, math.ceil(batch / reuse))
-        src = stage_batches(stage, fresh, views, times, height, width, device, seed, workers)
+    plans scenes in background processes (the GPU renders and trains meanwhile). In stages 2
+    and 3, ``reuse`` > 1 draws from a ``ReplayPool`` of ``pool_size`` grids with about
+    ``batch / reuse`` fresh grids a step; ``reuse`` 0 lets the pool choose (``ReplayPool.observe``)."""
+    if stage in (2, 3) and reuse != 1:
         gen = torch.Generator().manual_seed(seed)
-        yield from ReplayPool(src, batch, max(pool_size, 2 * batch), gen)
-        return
+        if reuse == 0:
+            chunk = max(1, math.ceil(batch / 8))
+            src = rendered_batches(stage, chunk, views, times, height, width, device, seed, workers)
+            return ReplayPool(src, batch, max(pool_size, 2 * batch), gen, chunks=(1, math.ceil(batch / chunk)))
+        fresh = max(1, math.ceil(batch / reuse))
+        src = rendered_batches(stage, fresh, views, times, height, width, device, seed, workers)
+        return ReplayPool(src, batch, max(pool_size, 2 * batch), gen)
+    return rendered_batches(stage, batch, views, times, height, width, device, seed, workers)
+
+
+def rendered_batches(stage: int, batch: int, views: int, times: int, height: int, width: int, device,
+                     seed: int, workers: int = 0):
+    """Freshly rendered batches, no reuse (see ``stage_batches``)."""
     from ..model.config import CONTEXT_DYNAMIC, CONTEXT_FREEZE, CONTEXT_GRID
     from ..world.dataset import GridBatches, VideoBatches
 
@@ -71,19 +82,20 @@ def stage_batches(stage: int, batch: int, views: int, times: int, height: int, w
 
 
 class ReplayPool:
-    """Reuse rendered grids: a pool of grids (uint8, on the device) refreshed by ``fresh`` new
-    ones a step, from which each step draws ``batch`` at random, each mirrored left-right and/or
-    with its view order reversed at random (both are valid 4D grids of a mirrored scene or a
-    reversed camera path, and leave the caption true).
+    """Reuse rendered grids: a pool of grids (uint8, on the device) refreshed by fresh ones every
+    step, from which each step draws ``batch`` at random, each mirrored left-right and/or with
+    its view order reversed at random (both are valid 4D grids of a mirrored scene or a reversed
+    camera path, and leave the caption true).
 
-    Rendering 8x8 grids can cost more than a training step of a small model; with ``reuse`` R
-    each rendered grid is seen about R times (in different augmentations), and the renderer
-    draws ``ceil(batch / R)`` grids a step. The known-cell masks are drawn per step, so a reused
-    grid still poses a new task.
+    Rendering 8x8 grids can cost more than a training step of a small model. Each step pulls
+    ``k`` source batches (``chunks = (lo, hi)`` bounds k; fixed at 1 by default). With a range,
+    ``observe(step_seconds)`` adapts k so that rendering takes about ``ratio`` of the time of a
+    training step. The known-cell masks are drawn per step, so a reused grid still poses a new task.
     """
 
-    def __init__(self, source, batch: int, pool_size: int, generator: torch.Generator):
-        self.source = source  # iterator of [Batch] with `fresh` grids each
+    def __init__(self, source, batch: int, pool_size: int, generator: torch.Generator,
+                 chunks: tuple[int, int] = (1, 1), ratio: float = 0.5):
+        self.source = source  # iterator of [Batch]
         self.batch = batch
         self.gen = generator
         self.frames: torch.Tensor | None = None  # uint8 [N, V, T, 3, H, W]
@@ -91,14 +103,31 @@ class ReplayPool:
         self.context = None
         self.filled = 0
         self.pool_size = pool_size
+        self.lo, self.hi = chunks
+        self.k = self.hi  # start all fresh; observe() lowers it if rendering is slow
+        self.ratio = ratio
+        self.render_s: float | None = None  # smoothed seconds per source batch
+        self.step_s: float | None = None
+        self.fresh_seen = 0
+        self.drawn = 0
 
     @staticmethod
     def to_uint8(x0: torch.Tensor) -> torch.Tensor:
         return ((x0 + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
+    def _pull(self) -> None:
+        t = time.perf_counter()
+        b = next(self.source)[0]
+        if b.x0.device.type == "cuda":
+            torch.cuda.synchronize(b.x0.device)
+        dt = time.perf_counter() - t
+        self.render_s = dt if self.render_s is None else 0.9 * self.render_s + 0.1 * dt
+        self._add(b)
+
     def _add(self, b: Batch) -> None:
         x = self.to_uint8(b.x0)
         n = x.shape[0]
+        self.fresh_seen += n
         if self.frames is None:
             self.frames = torch.empty((self.pool_size,) + tuple(x.shape[1:]), dtype=torch.uint8, device=x.device)
             self.captions = [""] * self.pool_size
@@ -112,14 +141,27 @@ class ReplayPool:
         for j, i in enumerate(idx.tolist()):
             self.captions[i] = b.captions[j]
 
+    def observe(self, step_seconds: float) -> None:
+        """Tell the pool how long the last training step took (adapts the fresh share)."""
+        self.step_s = step_seconds if self.step_s is None else 0.9 * self.step_s + 0.1 * step_seconds
+        if self.hi > self.lo and self.render_s:
+            self.k = int(min(self.hi, max(self.lo, round(self.ratio * self.step_s / self.render_s))))
+
+    @property
+    def reuse(self) -> float:
+        """Grids drawn per grid rendered so far."""
+        return self.drawn / max(1, self.fresh_seen)
+
     def __iter__(self):
         return self
 
     def __next__(self) -> list[Batch]:
-        self._add(next(self.source)[0])  # fresh grids every step
+        for _ in range(self.k):  # fresh grids every step
+            self._pull()
         while self.filled < min(self.pool_size, self.batch):  # the first step fills one batch
-            self._add(next(self.source)[0])
+            self._pull()
         idx = torch.randint(0, self.filled, (self.batch,), generator=self.gen)
+        self.drawn += self.batch
         x = self.frames[idx.to(self.frames.device)].float() / 127.5 - 1  # [B, V, T, 3, H, W]
         flip = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
         rev = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)

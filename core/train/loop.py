@@ -324,7 +324,10 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
         ema.update(net)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        step_seconds += time.perf_counter() - ts
+        dt_step = time.perf_counter() - ts
+        step_seconds += dt_step
+        if hasattr(it, "observe"):
+            it.observe(dt_step)
         step += 1
         session_step += 1
         samples += sum(bb.x0.shape[0] for bb in batches)
@@ -338,6 +341,8 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
                     "grad_norm": res["grad_norm"], "stage": ph.stage, "size": f"{ph.height}x{ph.width}",
                     "batch": sum(bb.x0.shape[0] for bb in batches), "steps_per_s": n_acc / dt,
                     "train_minutes": round(train_minutes(), 3), "wall_s": round(time.perf_counter() - t_start, 1)}
+            if hasattr(it, "reuse"):
+                line["reuse"] = round(it.reuse, 2)
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(line) + "\n")
             log(f"step {step}  loss {line['loss']:.4f}  lr {line['lr']:.2e}  {line['steps_per_s']:.2f} it/s  "
