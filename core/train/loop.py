@@ -108,6 +108,14 @@ def lr_at(cfg: TrainConfig, session_step: int, frac: float) -> float:
     return warm * (lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
+def uncompile(transformer) -> None:
+    """Undo ``FourDTransformer.compile`` (its compiled functions are plain attributes)."""
+    from ..model.blocks import run_block
+
+    transformer._block_fn = run_block
+    transformer._layer_fn = transformer._parallel_layer
+
+
 # -- one step ---------------------------------------------------------------------------------
 def encode_text_train(text, captions: list[str], device) -> torch.Tensor:
     """``TextEncoder.encode`` with gradients (the tiny encoder trains with the transformer)."""
@@ -296,6 +304,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     loss_acc, n_acc, t_log = 0.0, 0, time.perf_counter()
     log_path = out / "log.jsonl"
     it, cur = None, -1
+    rebuild, batch_scale, compiled = False, 1.0, cfg.compile
     while True:
         now = time.perf_counter() - t0
         reserve = timings["eval"] + timings["save"]
@@ -307,9 +316,10 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
         k = int(np.searchsorted(bounds, now, side="right"))
         k = min(k, len(phases) - 1)
         ph = phases[k]
-        if k != cur:
-            cur = k
-            b = phase_batch(cfg, ph, ref_hw)
+        if k != cur or rebuild:
+            cur, rebuild = k, False
+            b = max(2 if ph.stage == 1 else 1, int(phase_batch(cfg, ph, ref_hw) * batch_scale))
+            b += b % 2 if ph.stage == 1 else 0
             it = stage_batches(ph.stage, b, cfg.views, cfg.times, ph.height, ph.width, device,
                                seed=cfg.seed * 1_000_003 + step, workers=cfg.workers,
                                reuse=cfg.reuse, pool_size=cfg.pool_grids * 64 // (cfg.views * cfg.times)
@@ -320,7 +330,27 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, session_step, now / budget)
         ts = time.perf_counter()
-        res = train_step(model, net, opt, batches, ph.stage, cfg, families, gen, device)
+        try:
+            res = train_step(model, net, opt, batches, ph.stage, cfg, families, gen, device)
+        except torch.cuda.OutOfMemoryError:
+            if batch_scale < 1 / 16:
+                raise
+            opt.zero_grad(set_to_none=True)
+            del batches
+            torch.cuda.empty_cache()
+            batch_scale /= 2
+            rebuild = True
+            log(f"out of GPU memory at batch {b}: halving the batch")
+            continue
+        except Exception as e:  # a compiler failure must not cost the session: go on eagerly
+            if not compiled:
+                raise  # (an error that is not the compiler's comes back in eager mode and ends here)
+            log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                "training eagerly")
+            uncompile(model.transformer)
+            compiled = False
+            opt.zero_grad(set_to_none=True)
+            continue
         ema.update(net)
         if device.type == "cuda":
             torch.cuda.synchronize()
