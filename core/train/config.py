@@ -69,7 +69,7 @@ class TrainConfig:
     views: int = 8
     times: int = 8
     mode: str = "soft"  # stream mode trained
-    lr: float = 4e-4
+    lr: float = 5e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 200
     lr_schedule: str = "cosine"  # or "constant"
@@ -80,10 +80,11 @@ class TrainConfig:
     sigma_mean: float = 0.0
     sigma_std: float = 1.0
     text_drop: float = 0.1
-    masks: str = "row0+col0:0.6,cell0:0.15,none:0.1,col0:0.15"
+    masks: str = "row0+col0:0.7,cell0:0.1,none:0.1,col0:0.1"
     device: str = "cpu"
     bf16: bool = True  # autocast on CUDA
     compile: bool = False
+    compile_min_minutes: float = 2.0  # phases shorter than this run eagerly even with compile
     seed: int = 0
     save_every_min: float = 3.0
     eval_every_min: float = 3.0

@@ -237,7 +237,6 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
         from torch import _dynamo
 
         _dynamo.config.cache_size_limit = max(32, _dynamo.config.cache_size_limit)
-        model.transformer.compile()
     families = parse_families(cfg.masks)
     curve = record.get("curve") or {"points": [], "baselines": {}}
     sessions = list(record.get("sessions", []))
@@ -304,7 +303,8 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     loss_acc, n_acc, t_log = 0.0, 0, time.perf_counter()
     log_path = out / "log.jsonl"
     it, cur = None, -1
-    rebuild, batch_scale, compiled = False, 1.0, cfg.compile
+    rebuild, batch_scale, compiled = False, 1.0, False
+    compile_failed = False
     while True:
         now = time.perf_counter() - t0
         reserve = timings["eval"] + timings["save"]
@@ -324,8 +324,16 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
                                seed=cfg.seed * 1_000_003 + step, workers=cfg.workers,
                                reuse=cfg.reuse, pool_size=cfg.pool_grids * 64 // (cfg.views * cfg.times)
                                * (ref_hw[0] * ref_hw[1]) // (ph.height * ph.width))
+            # Compiling costs tens of seconds a shape: only for phases long enough to win it back.
+            want = cfg.compile and not compile_failed and ph.share * budget >= cfg.compile_min_minutes * 60
+            if want and not compiled:
+                model.transformer.compile()
+            elif compiled and not want:
+                uncompile(model.transformer)
+            compiled = want
             log(f"phase {k + 1}/{len(phases)}: stage {ph.stage} ({STAGE_NAMES[ph.stage]}) at "
-                f"{ph.height}x{ph.width}, batch {b}, until minute {bounds[k] / 60:.1f}")
+                f"{ph.height}x{ph.width}, batch {b}, until minute {bounds[k] / 60:.1f}"
+                + (", compiled" if compiled else ""))
         batches = next(it)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, session_step, now / budget)
@@ -348,7 +356,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                 "training eagerly")
             uncompile(model.transformer)
-            compiled = False
+            compiled, compile_failed = False, True
             opt.zero_grad(set_to_none=True)
             continue
         ema.update(net)
