@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import InputError
 from .codec import PixelCodec, WanVAECodec
@@ -114,7 +115,7 @@ class FourDModel:
                 layers = FourDTransformer.new_layers_for(backbone, cfg, codec.mask_channels)
             text = TextEncoder.load(folder, cfg.max_text_len, dtype=torch.float32 if dtype == torch.float32 else dtype,
                                     offload=cfg.text_encoder == "umt5")
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
             raise InputError(f"model folder {folder} could not be loaded ({type(e).__name__}: {e})") from None
         model = cls(cfg, FourDTransformer(backbone, layers, cfg.chunk_times).eval(), text, codec)
         return model.to(device, dtype)

@@ -78,8 +78,16 @@ class TextEncoder:
         return cls(tok, enc, max_len, offload=offload)
 
     def save(self, folder: str | Path) -> None:
+        import json
+
         folder = Path(folder)
         self.tokenizer.save_pretrained(folder / "tokenizer")
+        # A reloaded tokenizer records how it was loaded; drop that so saves are reproducible.
+        cfg_path = folder / "tokenizer" / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        for key in ("is_local", "local_files_only"):
+            cfg.pop(key, None)
+        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
         self.encoder.save_pretrained(folder / "text_encoder", safe_serialization=True, max_shard_size="15MB")
 
     def unknown_words(self, prompt: str) -> list[str]:

@@ -1,0 +1,47 @@
+"""Small real instances for tests and benchmarks: tiny models of the real classes, "trained-like"
+new layers (random instead of identity), and little input clips. No mocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TEST_WORDS = ["a", "the", "red", "blue", "green", "ball", "cube", "rolls", "spins", "on", "floor", "sky"]
+
+
+def tiny_model(seed: int = 0, name: str = "tiny", trained: bool = False):
+    """A ``FourDModel`` from preset ``name`` with random weights (float32, CPU)."""
+    from .pipeline import FourDModel
+
+    model = FourDModel.from_preset(name, words=TEST_WORDS, seed=seed)
+    if trained:
+        perturb_new_layers(model.transformer, seed=seed + 1)
+    return model
+
+
+@torch.no_grad()
+def perturb_new_layers(transformer, seed: int = 1, scale: float = 0.05) -> None:
+    """Give the new layers (sync, conditioning, context) random values, as training would, so
+    tests can see them act; their identity start is tested separately."""
+    g = torch.Generator().manual_seed(seed)
+    for p in transformer.layers.parameters():
+        p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def moving_square(n: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    """n frames of a white square sliding over a colour gradient: uint8 [n, h, w, 3]."""
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 40 + 20 * seed)], -1).astype(np.uint8)
+    out = np.repeat(base[None], n, 0)
+    for i in range(n):
+        x0 = int(i * (w - 8) / max(1, n - 1))
+        out[i, h // 3:h // 3 + 8, x0:x0 + 8] = 255
+    return out
+
+
+def write_clip(path: str | Path, frames: np.ndarray, fps: float = 8.0) -> Path:
+    from ..export import write_mp4
+
+    return write_mp4(path, frames, fps)

@@ -1,0 +1,143 @@
+"""``launch.py generate`` and ``Engine.generate`` with a tiny random model saved to a folder: all
+three input kinds write a whole run folder, known cells come back exactly, bad input exits 2
+with one line, cancel leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import launch
+from core import engine as engine_mod
+from core.engine import Engine, GenerateRequest
+from core.errors import Cancelled, InputError
+from core.export import write_png
+from core.grid import Grid
+from core.model.testing import moving_square, tiny_model, write_clip
+
+SIZE = ["--views", "2", "--times", "3", "--size", "16x16", "--steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("engine")
+    model = tiny_model(trained=True).save_pretrained(d / "model")
+    fixed = write_clip(d / "fixed.mp4", moving_square(12))
+    orbit = write_clip(d / "orbit.mp4", moving_square(12, seed=1)[:, :, ::-1].copy())
+    image = write_png(d / "still.png", moving_square(1)[0])
+    return {"model": str(model), "fixed": str(fixed), "orbit": str(orbit), "image": str(image), "dir": d}
+
+
+def assert_run_folder(run, V, T, known_kind):
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["command"] == "generate"
+    assert manifest["model"]["hash"] and manifest["seed"] == 0
+    assert manifest["timings"]["steps"] >= 2
+    grid = Grid.load_npz(run / "grid.npz")
+    assert grid.frames.shape == (V, T, 16, 16, 3)
+    from core.grid import known_mask
+
+    assert (grid.known == known_mask(V, T, known_kind)).all()
+    for rel in ("grid.mp4", "grid.png", "views/view_00.mp4", f"views/view_{V - 1:02d}.mp4",
+                "times/time_00.mp4", f"times/time_{T - 1:02d}.mp4"):
+        assert (run / rel).is_file(), rel
+    return manifest, grid
+
+
+def test_generate_from_two_videos_writes_a_run_folder(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = launch.main(["generate", "--fixed-view", files["fixed"], "--freeze-time", files["orbit"],
+                      "--prompt", "a red ball", "--model", files["model"], "--out", str(out), *SIZE])
+    assert rc == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    manifest, grid = assert_run_folder(out, 2, 3, "row0+col0")
+    assert (out / "inputs" / "fixed_view.mp4").is_file() and (out / "inputs" / "freeze_time.mp4").is_file()
+    assert manifest["input_kind"] == "videos" and "shared_cell_psnr" in manifest
+    # Known cells are the inputs as used (resampled), exactly.
+    from core.video import load_inputs
+
+    inp = load_inputs(files["fixed"], files["orbit"], 2, 3, 16, 16)
+    assert np.array_equal(grid.frames[0], inp["row0"])
+    assert np.array_equal(grid.frames[1:, 0], inp["col0"][1:])
+
+
+def test_generate_from_one_image_writes_a_run_folder(files, tmp_path):
+    out = tmp_path / "run"
+    rc = launch.main(["generate", "--image", files["image"], "--model", files["model"], "--out", str(out),
+                      "--mode", "fused", "--quiet", *SIZE])
+    assert rc == 0
+    manifest, grid = assert_run_folder(out, 2, 3, "cell0")
+    assert (out / "inputs" / "image.png").is_file() and manifest["asked"]["mode"] == "fused"
+
+
+def test_generate_from_a_prompt_writes_a_run_folder_and_extends_in_chunks(files, tmp_path):
+    out = tmp_path / "run"
+    rc = launch.main(["generate", "--prompt", "a blue cube spins", "--model", files["model"], "--out", str(out),
+                      "--guidance", "2", "--quiet", "--views", "2", "--times", "5", "--size", "16x16", "--steps", "2"])
+    assert rc == 0
+    manifest, grid = assert_run_folder(out, 2, 5, "none")
+    assert manifest["timings"]["steps"] == 4  # two chunks of 3 times (one shared column) x 2 steps
+    assert (out / "inputs" / "prompt.txt").read_text().strip() == "a blue cube spins"
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--fixed-view", "FIXED"], "give both --fixed-view"),
+    (["--image", "IMAGE", "--fixed-view", "FIXED", "--freeze-time", "ORBIT"], "either two videos or one image"),
+    (["--prompt", "  "], "nothing to generate from"),
+    (["--image", "missing.png"], "does not exist"),
+    (["--prompt", "x", "--size", "18x16"], "multiple of 4"),
+    (["--prompt", "x", "--views", "9"], "at most 4 views"),
+    (["--prompt", "x", "--steps", "0"], "steps must be"),
+    (["--prompt", "x", "--mode", "diagonal"], "invalid choice"),
+    (["--prompt", "x", "--model", "MISSING_MODEL"], "does not exist"),
+])
+def test_bad_inputs_exit_2_with_one_line(files, tmp_path, capsys, args, expect):
+    args = [a.replace("FIXED", files["fixed"]).replace("ORBIT", files["orbit"]).replace("IMAGE", files["image"])
+             .replace("MISSING_MODEL", str(tmp_path / "nomodel")) for a in args]
+    base = ["generate", "--out", str(tmp_path / "run"), "--quiet", "--times", "3"]
+    if "--model" not in args:
+        base += ["--model", files["model"]]
+    if "--size" not in args:
+        base += ["--size", "16x16"]
+    rc = launch.main(base + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert expect in err[-1]
+    if "invalid choice" not in expect:  # argparse prints its usage first
+        assert len(err) == 1 and err[0].startswith("error: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_output_folder_is_refused_before_loading(files, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    rc = launch.main(["generate", "--prompt", "x", "--model", files["model"], "--out", str(tmp_path / "run"), *SIZE])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_missing_default_model_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engine_mod, "DEFAULT_MODEL_DIR", tmp_path / "assets" / "model")
+    rc = launch.main(["generate", "--prompt", "x", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "default model is missing" in err and len(err.splitlines()) == 1
+
+
+def test_engine_progress_cancel_and_info(files, tmp_path):
+    eng = Engine(files["model"], device="cpu")
+    info = eng.info()
+    assert info["size_multiple"] == 4 and info["chunk_times"] == 3 and info["loaded"] is False
+    req = GenerateRequest(prompt="a ball", views=2, times=3, height=16, width=16, steps=3)
+    seen = []
+    with pytest.raises(Cancelled):
+        eng.generate(req, tmp_path / "run", on_progress=lambda s, t, p: seen.append((s, t, p.shape, p.dtype)),
+                     should_cancel=lambda: len(seen) >= 1)
+    assert seen == [(1, 3, (2, 3, 16, 16, 3), np.uint8)]
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+    a = eng.generate(req, tmp_path / "a")
+    b = eng.generate(req, tmp_path / "b")
+    assert np.array_equal(Grid.load_npz(a / "grid.npz").frames, Grid.load_npz(b / "grid.npz").frames)
+    info = eng.info()
+    assert info["loaded"] and info["parameters"]["transformer"] > 0 and info["hash"]
+    with pytest.raises(InputError, match="multiple of 4"):
+        eng.check(GenerateRequest(prompt="x", views=2, times=3, height=17, width=16))
