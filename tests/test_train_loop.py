@@ -145,3 +145,14 @@ def test_replay_pool_renders_less_when_rendering_is_slow():
         pool.observe(1.0)  # slow steps: render everything fresh again
         next(pool)
     assert pool.k == 4
+
+
+def test_phase_batches_keep_pixels_per_step_within_caps():
+    from core.train.config import Phase
+    from core.train.loop import phase_batch
+
+    cfg = TrainConfig(out="x", batch=16, max_batch=64)
+    assert phase_batch(cfg, Phase(3, 72, 128, 1.0), (72, 128)) == 16
+    assert phase_batch(cfg, Phase(3, 36, 64, 1.0), (72, 128)) == 64  # 4x fewer pixels a grid
+    video = phase_batch(cfg, Phase(1, 72, 128, 1.0), (72, 128))
+    assert video == 64 and video % 2 == 0  # 8x fewer frames, capped at 4x the batch for planning

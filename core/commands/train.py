@@ -55,7 +55,7 @@ def add_arguments(p) -> None:
                         "(render about half as long as a step takes); default auto on cuda, 1 on cpu")
     p.add_argument("--pool", type=int, default=d.pool_grids, help="replay pool size in grids (default 512)")
     p.add_argument("--workers", type=int, default=None,
-                   help="scene-planning processes (default 4 on cuda, 0 on cpu)")
+                   help="scene-planning processes (default 6 on cuda, 0 on cpu)")
 
 
 def config_from_args(args):
@@ -101,7 +101,7 @@ def config_from_args(args):
         eval_every_min=args.eval_every, eval_scenes=args.eval_scenes, eval_steps=args.eval_steps,
         eval_size=args.eval_size, log_every=args.log_every,
         reuse=reuse, pool_grids=args.pool,
-        workers=args.workers if args.workers is not None else (4 if resolve_device(args.device) == "cuda" else 0))
+        workers=args.workers if args.workers is not None else (6 if device == "cuda" else 0))
 
 
 def run(args) -> int:

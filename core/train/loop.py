@@ -96,6 +96,8 @@ def phase_batch(cfg: TrainConfig, ph: Phase, ref_hw: tuple[int, int]) -> int:
     frames = max(cfg.views, cfg.times) if ph.stage == 1 else cells
     ratio = cells * ref_hw[0] * ref_hw[1] / (frames * ph.height * ph.width)
     cap = cfg.max_batch * cells // frames
+    if ph.stage == 1:  # short warm-up: scene planning on the CPU, not the GPU, bounds it
+        cap = min(cap, 4 * cfg.batch)
     b = max(1, min(int(round(cfg.batch * ratio)), cap))
     return b + (b % 2 if ph.stage == 1 else 0)  # stage 1: rows and columns in equal halves
 
