@@ -15,7 +15,8 @@
 #       and copies into OUT: model.tar (the model folder; split into <= 15 MB parts if larger),
 #       learning_curve.json/.png, sample.png, log.jsonl, eval.json (if done), report.txt.
 #
-# Environment: TRAIN_DIR (default /tmp/train), BATCH (32), COMPILE (1), STAGE (auto), EVAL_SEEDS
+# Environment: TRAIN_DIR (default /tmp/train), BATCH (32), COMPILE (1), STAGE (auto), FRESH (0; 1
+# starts from scratch whatever exists), EVAL_SEEDS
 # (8), PYTHON (python), DEVICE (cuda; cpu for a local dry run), EVAL_ARGS (extra eval arguments).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,10 @@ start)
   if busy; then echo "already running (pid $(cat "$DIR/job.pid")); see: $0 status"; exit 1; fi
   mkdir -p "$DIR"
   rm -f "$DIR"/train.rc "$DIR"/eval.rc "$DIR"/skip-eval
-  if [ -f "$RUN/state.pt" ]; then
+  if [ "${FRESH:-0}" = 1 ]; then
+    resume=(); stage=${STAGE:-all}
+    [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
+  elif [ -f "$RUN/state.pt" ]; then
     resume=(--resume "$RUN"); stage=${STAGE:-3}
   elif [ -f assets/model/transformer/config.json ] && [ -f assets/model/training.json ]; then
     resume=(--resume assets/model); stage=${STAGE:-3}

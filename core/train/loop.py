@@ -238,7 +238,9 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     if cfg.compile:
         from torch import _dynamo
 
-        _dynamo.config.cache_size_limit = max(32, _dynamo.config.cache_size_limit)
+        for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+            if hasattr(_dynamo.config, name):
+                setattr(_dynamo.config, name, max(32, getattr(_dynamo.config, name)))
     families = parse_families(cfg.masks)
     curve = record.get("curve") or {"points": [], "baselines": {}}
     sessions = list(record.get("sessions", []))
