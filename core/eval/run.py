@@ -11,7 +11,8 @@ Rows of the table (each over the same scenes, given row 0 + column 0 unless said
 - ``image-to-4D`` (only cell (0, 0) known) and ``text-to-4D`` (nothing known: no pixel ground
   truth, so only the consistency figure);
 - ``ground truth``: the consistency figure of the real grids, the bar for every other row.
-PSNR/SSIM are over unknown cells; consistency is ``consistency.epipolar_consistency``.
+PSNR/SSIM are over unknown cells; consistency is ``consistency.epipolar_consistency`` over
+columns 1..T-1 (the same columns for every row, ground truth included).
 """
 
 from __future__ import annotations
@@ -65,11 +66,16 @@ def baseline_scores(scenes: list[EvalScene], mask_kind: str = "row0+col0", consi
             ps.append(psnr_unknown(pred, sc.frames, known))
             ss.append(ssim_unknown(pred, sc.frames, known))
             if consistency:
-                cons.append(epipolar_consistency(pred))
+                cons.append(epipolar_consistency(pred, times=consistency_times(pred.shape[1])))
         res[name] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
         if consistency:
             res[name]["consistency"] = pooled(cons)
     return res
+
+
+def consistency_times(T: int) -> list[int]:
+    """The columns the consistency figure looks at: all but column 0 (an input) when T > 1."""
+    return list(range(1, T)) if T > 1 else [0]
 
 
 def pooled(cons) -> float:
@@ -122,7 +128,7 @@ def score_scenes(model, scenes: list[EvalScene], mask_kind: str, steps: int, mod
             ps.append(psnr_unknown(gen, sc.frames, known))
             ss.append(ssim_unknown(gen, sc.frames, known))
         if consistency:
-            cons.append(epipolar_consistency(gen))
+            cons.append(epipolar_consistency(gen, times=consistency_times(T)))
     out = {"psnr": float(np.mean(ps)) if ps else None, "ssim": float(np.mean(ss)) if ss else None,
            "seconds": float(np.mean(secs)), "psnr_per_scene": ps, "first": first}
     if consistency:
@@ -159,7 +165,8 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
     scenes = render_eval_scenes(es.seeds, es.views, es.times, es.height, es.width, device=dev)
     log(f"rendered {len(scenes)} evaluation scenes in {time.perf_counter() - t0:.1f} s")
     rows = []
-    gt_cons = pooled([epipolar_consistency(sc.frames) for sc in scenes]) if es.consistency else None
+    gt_cons = (pooled([epipolar_consistency(sc.frames, times=consistency_times(es.times)) for sc in scenes])
+               if es.consistency else None)
     rows.append({"row": "ground truth", "psnr": None, "ssim": None, "consistency": gt_cons, "seconds": None})
     # 3. Baselines
     for name, r in baseline_scores(scenes, "row0+col0", consistency=es.consistency).items():
