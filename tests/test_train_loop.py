@@ -108,7 +108,7 @@ def test_resume_from_a_bare_model_folder_starts_from_its_weights(tmp_path):
 def test_replay_pool_hands_out_stored_grids_flipped_or_reversed():
     src_x = _smooth_batch(B=3, V=3, T=2, H=8, W=8)
     src = iter([[Batch(src_x, ["a", "b", "c"], torch.zeros(3, dtype=torch.long))]] * 100)
-    pool = ReplayPool(src, batch=5, pool_size=6, generator=torch.Generator().manual_seed(0))
+    pool = ReplayPool(src, batch=5, pool_size=6, generator=torch.Generator().manual_seed(0), reverse_views=True)
     stored = ReplayPool.to_uint8(src_x).float() / 127.5 - 1
     variants = [stored, stored.flip(-1), stored.flip(1), stored.flip(-1).flip(1)]
     seen = set()

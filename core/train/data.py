@@ -83,9 +83,10 @@ def rendered_batches(stage: int, batch: int, views: int, times: int, height: int
 
 class ReplayPool:
     """Reuse rendered grids: a pool of grids (uint8, on the device) refreshed by fresh ones every
-    step, from which each step draws ``batch`` at random, each mirrored left-right and/or with
-    its view order reversed at random (both are valid 4D grids of a mirrored scene or a reversed
-    camera path, and leave the caption true).
+    step, from which each step draws ``batch`` at random, each mirrored left-right at random (a
+    valid 4D grid of the mirrored scene; the caption stays true). With ``reverse_views`` the view
+    order is also reversed at random (a valid grid of the reversed camera path, but one the
+    world's paths never start from, so off by default).
 
     Rendering 8x8 grids can cost more than a training step of a small model. Each step pulls
     ``k`` source batches (``chunks = (lo, hi)`` bounds k; fixed at 1 by default). With a range,
@@ -94,7 +95,7 @@ class ReplayPool:
     """
 
     def __init__(self, source, batch: int, pool_size: int, generator: torch.Generator,
-                 chunks: tuple[int, int] = (1, 1), ratio: float = 0.5):
+                 chunks: tuple[int, int] = (1, 1), ratio: float = 0.5, reverse_views: bool = False):
         self.source = source  # iterator of [Batch]
         self.batch = batch
         self.gen = generator
@@ -106,6 +107,7 @@ class ReplayPool:
         self.lo, self.hi = chunks
         self.k = self.hi  # start all fresh; observe() lowers it if rendering is slow
         self.ratio = ratio
+        self.reverse_views = reverse_views
         self.render_s: float | None = None  # smoothed seconds per source batch
         self.step_s: float | None = None
         self.fresh_seen = 0
@@ -164,8 +166,9 @@ class ReplayPool:
         self.drawn += self.batch
         x = self.frames[idx.to(self.frames.device)].float() / 127.5 - 1  # [B, V, T, 3, H, W]
         flip = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
-        rev = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None, None, None], x.flip(-1), x)
-        x = torch.where(rev[:, None, None, None, None, None], x.flip(1), x)
+        if self.reverse_views:
+            rev = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
+            x = torch.where(rev[:, None, None, None, None, None], x.flip(1), x)
         caps = [self.captions[i] for i in idx.tolist()]
         return [Batch(x, caps, self.context.expand(self.batch).clone())]
