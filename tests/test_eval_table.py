@@ -66,6 +66,8 @@ def test_untrained_soft_resets_only_the_soft_sync_layers(tiny_folder):
     ["train", "--out", "X", "--stage", "5"],
     ["train", "--out", "X", "--batch", "0"],
     ["train", "--out", "X", "--resume", "/nonexistent/run"],
+    ["train", "--out", "X", "--preset", "huge"],
+    ["train", "--out", "X", "--reuse", "0.5"],
     ["train"],
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, capsys, tmp_path, monkeypatch):

@@ -63,6 +63,10 @@ def config_from_args(args):
     from ..grid import parse_size
     from ..train.config import DEFAULT_SCHEDULE, TrainConfig
 
+    from ..model.config import PRESETS
+
+    if args.resume is None and args.preset not in PRESETS:
+        raise InputError(f"unknown --preset {args.preset!r}; allowed: {', '.join(PRESETS)}")
     stage = args.stage.strip()
     schedule = STAGE_SHORTCUTS.get(stage, stage) or DEFAULT_SCHEDULE
     parse_size(args.eval_size)
