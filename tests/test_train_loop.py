@@ -156,3 +156,23 @@ def test_phase_batches_keep_pixels_per_step_within_caps():
     assert phase_batch(cfg, Phase(3, 36, 64, 1.0), (72, 128)) == 64  # 4x fewer pixels a grid
     video = phase_batch(cfg, Phase(1, 72, 128, 1.0), (72, 128))
     assert video == 64 and video % 2 == 0  # 8x fewer frames, capped at 4x the batch for planning
+
+
+@pytest.mark.parametrize("stage,reuse", [(1, 1.0), (2, 1.0), (3, 1.0), (3, 0.0)])
+def test_training_batches_come_from_training_seeds_only(stage, reuse):
+    from core.model.config import CONTEXT_DYNAMIC, CONTEXT_FREEZE, CONTEXT_GRID
+    from core.train.data import stage_batches
+    from core.world.split import is_train_seed
+
+    it = stage_batches(stage, 4, 2, 3, 8, 8, "cpu", seed=5, reuse=reuse, pool_size=8)
+    for _ in range(2):
+        batches = next(it)
+        for b in batches:
+            assert b.seeds and all(is_train_seed(s) for s in b.seeds)
+            assert b.x0.min() >= -1 and b.x0.max() <= 1 and len(b.captions) == b.x0.shape[0]
+            if stage == 1:
+                V, T = b.x0.shape[1:3]
+                want = CONTEXT_FREEZE if T == 1 else CONTEXT_DYNAMIC
+                assert (V, T) in ((3, 1), (1, 3)) and bool((b.context == want).all())
+            else:
+                assert b.x0.shape[1:3] == (2, 3) and bool((b.context == CONTEXT_GRID).all())

@@ -22,6 +22,7 @@ class Batch:
     x0: torch.Tensor  # [B, V, T, 3, H, W] in [-1, 1]
     captions: list[str]
     context: torch.Tensor  # [B] long, CONTEXT_*
+    seeds: list[int] | None = None  # scene identities (provenance: training seeds only)
 
 
 def stage_batches(stage: int, batch: int, views: int, times: int, height: int, width: int, device,
@@ -54,7 +55,8 @@ def rendered_batches(stage: int, batch: int, views: int, times: int, height: int
                           workers=workers)
         for b in src:
             x0 = b["frames"] * 2 - 1
-            yield [Batch(x0, list(b["captions"]), torch.full((x0.shape[0],), CONTEXT_GRID, device=x0.device))]
+            yield [Batch(x0, list(b["captions"]), torch.full((x0.shape[0],), CONTEXT_GRID, device=x0.device),
+                         list(b["seeds"]))]
         return
     if stage != 1:
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
@@ -63,21 +65,23 @@ def rendered_batches(stage: int, batch: int, views: int, times: int, height: int
     frames_per_video = max(views, times)
     half = max(1, batch // 2)
     src = VideoBatches("train", batch, frames_per_video, height, width, device=device, seed=seed, workers=workers)
-    queues = {False: ([], []), True: ([], [])}  # freeze flag -> (videos [F, 3, H, W], captions)
+    queues = {False: ([], [], []), True: ([], [], [])}  # freeze flag -> (videos [F, 3, H, W], captions, seeds)
     for b in src:
         x = b["frames"] * 2 - 1  # [B, F, 3, H, W]
         freeze = torch.as_tensor(b["freeze_time"], dtype=torch.bool).tolist()
         for i, flag in enumerate(freeze):
             queues[flag][0].append(x[i])
             queues[flag][1].append(b["captions"][i])
+            queues[flag][2].append(int(b["seeds"][i]))
         if all(len(q[0]) >= half for q in queues.values()):
             out = []
             for flag, ctx in ((False, CONTEXT_DYNAMIC), (True, CONTEXT_FREEZE)):
-                vids, caps = queues[flag]
+                vids, caps, seeds = queues[flag]
                 v = torch.stack(vids[:half])  # [half, F, 3, H, W]
                 v = v[:, :, None] if flag else v[:, None]  # freeze: [B, F, 1] column; dynamic: [B, 1, F] row
-                out.append(Batch(v, caps[:half], torch.full((half,), ctx, dtype=torch.long, device=v.device)))
-                del vids[:half], caps[:half]
+                out.append(Batch(v, caps[:half], torch.full((half,), ctx, dtype=torch.long, device=v.device),
+                                 seeds[:half]))
+                del vids[:half], caps[:half], seeds[:half]
             yield out
 
 
@@ -101,6 +105,7 @@ class ReplayPool:
         self.gen = generator
         self.frames: torch.Tensor | None = None  # uint8 [N, V, T, 3, H, W]
         self.captions: list[str] = []
+        self.seeds: list[int] = []
         self.context = None
         self.filled = 0
         self.pool_size = pool_size
@@ -133,6 +138,7 @@ class ReplayPool:
         if self.frames is None:
             self.frames = torch.empty((self.pool_size,) + tuple(x.shape[1:]), dtype=torch.uint8, device=x.device)
             self.captions = [""] * self.pool_size
+            self.seeds = [-1] * self.pool_size
             self.context = b.context[:1]
         if self.filled < self.pool_size:
             idx = torch.arange(self.filled, min(self.pool_size, self.filled + n))
@@ -142,6 +148,7 @@ class ReplayPool:
         self.frames[idx.to(x.device)] = x[: len(idx)]
         for j, i in enumerate(idx.tolist()):
             self.captions[i] = b.captions[j]
+            self.seeds[i] = b.seeds[j] if b.seeds is not None else -1
 
     def observe(self, step_seconds: float) -> None:
         """Tell the pool how long the last training step took (adapts the fresh share)."""
@@ -171,4 +178,4 @@ class ReplayPool:
             rev = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
             x = torch.where(rev[:, None, None, None, None, None], x.flip(1), x)
         caps = [self.captions[i] for i in idx.tolist()]
-        return [Batch(x, caps, self.context.expand(self.batch).clone())]
+        return [Batch(x, caps, self.context.expand(self.batch).clone(), [self.seeds[i] for i in idx.tolist()])]
