@@ -69,55 +69,73 @@ def sample_grid(model, frames: torch.Tensor, known: torch.Tensor, prompt: str, s
     """
     # 1. Check inputs
     s.check()
-    V, T, _, H, W = frames.shape
+    V, T = frames.shape[:2]
     model.codec.check_times(T)
-    dev, dtype = model.device, model.dtype
-    tr = model.transformer
-    total = total_steps or s.steps
+    dev = model.device
 
-    # 2. Encode the prompt (and the empty prompt for guidance)
-    guided = s.guidance != 1.0
+    # 2. Encode the prompt (and the negative prompt when guiding)
     if text_states is None:
-        text_states = encode_prompts(model, prompt, s.negative_prompt if guided else None)
-    G = text_states.shape[0]
+        text_states = encode_prompts(model, prompt, s.negative_prompt if s.guidance != 1.0 else None)
 
     # 3. Conditioning latents and mask
     known = known.to(torch.bool)
     clean = frames.to(dev, torch.float32) * known[:, :, None, None, None].to(dev)
     cond = model.codec.encode(clean[None])  # [1, V, T', C, h, w]
     mask = model.codec.mask(known[None].to(dev))  # [1, V, T', m]
+
+    # 4.-6. Noise, timesteps, denoising loop
+    preview = None
+    if on_step is not None and s.preview_every:
+        preview = lambda x0: model.codec.decode(x0)[0]  # noqa: E731
+    x = denoise(model.transformer, make_scheduler(model), cond, mask, text_states.to(dev, model.dtype), s,
+                on_step=on_step, should_cancel=should_cancel, preview=preview, step_offset=step_offset,
+                total_steps=total_steps)
+
+    # 7. Decode
+    return model.codec.decode(x)[0]
+
+
+@torch.no_grad()
+def denoise(transformer, scheduler, cond: torch.Tensor, mask: torch.Tensor, text_states: torch.Tensor,
+            s: SampleSettings, on_step: StepCallback | None = None, should_cancel: Callable[[], bool] | None = None,
+            preview: Callable[[torch.Tensor], torch.Tensor] | None = None, step_offset: int = 0,
+            total_steps: int | None = None) -> torch.Tensor:
+    """The loop in latent space: ``cond [1, V, T', C, h, w]`` clean latents, ``mask [1, V, T', m]``
+    known channels, ``text_states [G, L, D]`` (G = 2 with guidance: prompt, then negative).
+    Returns the final latents ``[1, V, T', C, h, w]`` (float32)."""
+    dev = cond.device
+    dtype = text_states.dtype
+    G = text_states.shape[0]
+    guided = G == 2
+    total = total_steps or s.steps
     known_cells = mask.all(dim=-1)[..., None, None, None]  # [1, V, T', 1, 1, 1]
 
     # 4. Noise and timesteps
     x = initial_noise(tuple(cond.shape), s.seed).to(dev)
     x = torch.where(known_cells, cond, x)
-    scheduler = make_scheduler(model)
     scheduler.set_timesteps(s.steps, device="cpu")
     sigmas = scheduler.sigmas  # [steps + 1], float32 on the CPU, last = 0
 
     # 5. Everything that does not change across steps
-    _, Tl, _, h, w = cond.shape[1:]
-    plan = tr.prepare(text_states.to(dev, dtype), (V, Tl, h, w), cond=cond.expand(G, -1, -1, -1, -1, -1).to(dtype),
-                      known=mask.expand(G, -1, -1, -1), mode=s.mode, fused_backend=s.fused_backend)
+    V, Tl, _, h, w = cond.shape[1:]
+    plan = transformer.prepare(text_states, (V, Tl, h, w), cond=cond.expand(G, -1, -1, -1, -1, -1).to(dtype),
+                               known=mask.expand(G, -1, -1, -1), mode=s.mode, fused_backend=s.fused_backend)
 
     # 6. Denoising loop
     for i, t in enumerate(scheduler.timesteps):
         if should_cancel is not None and should_cancel():
             raise Cancelled("generation cancelled")
         sigma = sigmas[i]
-        v = tr.step(plan, x.to(dtype).expand(G, -1, -1, -1, -1, -1), sigma.expand(G)).float()
+        v = transformer.step(plan, x.to(dtype).expand(G, -1, -1, -1, -1, -1), sigma.expand(G)).float()
         if guided:
             v = v[1:] + s.guidance * (v[:1] - v[1:])
         x0 = x - sigma.to(dev) * v
         x = scheduler.step(v, t, x, return_dict=False)[0]
         x = torch.where(known_cells, cond, x)
         if on_step is not None:
-            want = s.preview_every and ((i + 1) % s.preview_every == 0 or i + 1 == s.steps)
-            preview = model.codec.decode(torch.where(known_cells, cond, x0))[0] if want else None
-            on_step(step_offset + i + 1, total, preview)
-
-    # 7. Decode
-    return model.codec.decode(x)[0]
+            want = preview is not None and ((i + 1) % s.preview_every == 0 or i + 1 == s.steps)
+            on_step(step_offset + i + 1, total, preview(torch.where(known_cells, cond, x0)) if want else None)
+    return x
 
 
 def encode_prompts(model, prompt: str, negative: str | None) -> torch.Tensor:

@@ -56,6 +56,10 @@ def rope_table(rope, frame_pos: torch.Tensor, hp: int, wp: int) -> tuple[torch.T
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x [N, S, H, d]`` by per-token angles ``cos, sin [S, d/2]`` (Wan's pairing)."""
+    if x.dtype == torch.float32 and not torch.compiler.is_compiling():
+        # Eager float32 (the CPU path): one complex multiply instead of six elementwise passes.
+        xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+        return torch.view_as_real(xc * torch.complex(cos, sin)[:, None, :]).flatten(-2)
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [N, S, H, d/2] each
     c, s = cos[:, None, :], sin[:, None, :]
     out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
@@ -113,11 +117,12 @@ def fused_block_mask(V: int, T: int, P: int, device):
 
 
 def flex(q, k, v, block_mask) -> torch.Tensor:
-    """FlexAttention over ``[N, S, H, d]`` with a block mask (compiled kernel on CUDA)."""
-    if q.device.type == "cuda":
+    """FlexAttention over ``[N, S, H, d]`` with a block mask (compiled kernel on CUDA; inside a
+    compiled region the surrounding compile makes the kernel)."""
+    from torch.nn.attention.flex_attention import flex_attention as fn
+
+    if q.device.type == "cuda" and not torch.compiler.is_compiling():
         fn = _compiled_flex()
-    else:
-        from torch.nn.attention.flex_attention import flex_attention as fn
     o = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
     return o.transpose(1, 2)
 

@@ -113,11 +113,11 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_
     sub_layouts = ([Layout("view_of_grid", lay.B, lay.V, lay.T, lay.P), Layout("time", lay.B, lay.V, lay.T, lay.P)]
                    if lay.kind == "sequential" else [lay])
     for sub in sub_layouts:
-        h = (blk.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+        h = torch.addcmul(shift, blk.norm1(x.float()), 1 + scale).type_as(x)
         q, k, v = _qkv(blk.attn1, h)
         o = _attend(q, k, v, sub, ropes, mask).flatten(2).type_as(q)
         o = blk.attn1.to_out[0](o)
-        x = (x.float() + o * gate).type_as(x)
+        x = torch.addcmul(x.float(), o, gate).type_as(x)
 
     # 2. Cross-attention to the text
     h = blk.norm2(x.float()).type_as(x)
@@ -127,6 +127,6 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_
     x = x + attn.to_out[0](o)
 
     # 3. Feed-forward
-    h = (blk.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
-    x = (x.float() + blk.ffn(h).float() * c_gate).type_as(x)
+    h = torch.addcmul(c_shift, blk.norm3(x.float()), 1 + c_scale).type_as(x)
+    x = torch.addcmul(x.float(), blk.ffn(h), c_gate).type_as(x)
     return x

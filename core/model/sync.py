@@ -55,6 +55,40 @@ class SyncLayer(nn.Module):
         """``e(σ) [B, E]`` -> this layer's modulation ``[B, 2D + 2r]`` (computed once per step)."""
         return self.modulation(e)
 
+    def apply_streams(self, x: torch.Tensor, B: int, V: int, T: int, P: int, mod: torch.Tensor) -> torch.Tensor:
+        """The same merge on the model's two-stream tensor ``x [2B, M, D]`` (view stream in
+        (t, v, p) order, then time stream in (v, t, p) order), written straight into a new
+        two-stream tensor: no concatenation, no copy of the transposed view stream."""
+        D, r = self.dim, self.rank
+        out = torch.empty_like(x)
+        yv = x[:B].view(B, T, V, P, D).transpose(1, 2)  # grid order view of the view stream
+        yt = x[B:].view(B, V, T, P, D)
+        ov = out[:B].view(B, T, V, P, D).transpose(1, 2)
+        ot = out[B:].view(B, V, T, P, D)
+        shape = (B, 1, 1, 1, D)
+        g_v = (self.weight_v + mod[:, :D]).view(shape).to(x.dtype)
+        g_t = (self.weight_t + mod[:, D:2 * D]).view(shape).to(x.dtype)
+        if self.kind == "soft":
+            diff = yt - yv
+            torch.addcmul(yv, g_v, diff, out=ov)
+            torch.addcmul(yt, g_t, diff, value=-1, out=ot)
+        else:
+            torch.addcmul(g_t * yt, g_v, yv, out=ot)
+            ov.copy_(ot)
+        if r:
+            scale, shift = mod[:, 2 * D:2 * D + r], mod[:, 2 * D + r:]
+            hv = self.down_v(x[:B]).view(B, T, V, P, r).transpose(1, 2)  # small: r channels
+            h = hv + self.down_t(yt)
+            h = torch.addcmul(shift.view(B, 1, 1, 1, r).to(h.dtype), h, 1 + scale.view(B, 1, 1, 1, r).to(h.dtype))
+            up = self.up(h)
+            if self.kind == "soft":
+                ov.add_(up[..., :D])
+                ot.add_(up[..., D:])
+            else:
+                ov.add_(up)
+                ot.add_(up)
+        return out
+
     def forward(self, yv: torch.Tensor, yt: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``yv, yt [B, ..., D]`` aligned (same token order), ``mod [B, 2D + 2r]`` -> ``(xv, xt)``."""
         D, r = self.dim, self.rank

@@ -27,7 +27,7 @@ def perturb_new_layers(transformer, seed: int = 1, scale: float = 0.05) -> None:
     tests can see them act; their identity start is tested separately."""
     g = torch.Generator().manual_seed(seed)
     for p in transformer.layers.parameters():
-        p.add_(torch.randn(p.shape, generator=g) * scale)
+        p.add_(torch.randn(p.shape, generator=g).to(p.device, p.dtype) * scale)
 
 
 def moving_square(n: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:

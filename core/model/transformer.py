@@ -183,6 +183,10 @@ class FourDTransformer(nn.Module):
         self._block_fn = torch.compile(run_block, **kwargs)
         self._layer_fn = torch.compile(self._parallel_layer, **kwargs)
 
+    def uncompile(self) -> None:
+        self._block_fn = run_block
+        self._layer_fn = self._parallel_layer
+
     # -- conditioning --------------------------------------------------------------------------
     def _embed_text(self, text_states: torch.Tensor) -> torch.Tensor:
         return self.backbone.condition_embedder.text_embedder(text_states)  # [B, L, D]
@@ -381,11 +385,7 @@ class FourDTransformer(nn.Module):
             x = torch.cat([xv, xt])
         if sync_layer is None:
             return x
-        M, D = x.shape[1], x.shape[2]
-        yv = x[:B].view(B, T, V, P, D).transpose(1, 2)  # grid order, [B, V, T, P, D]
-        yt = x[B:].view(B, V, T, P, D)
-        xv, xt = sync_layer(yv, yt, sync_mod)
-        return torch.cat([xv.transpose(1, 2).reshape(B, M, D), xt.reshape(B, M, D)])
+        return sync_layer.apply_streams(x, B, V, T, P, sync_mod)
 
 
 def count_parameters(module: nn.Module) -> int:
