@@ -78,3 +78,17 @@ def test_example_scenes_are_evaluation_scenes():
     assert 3 <= len(EXAMPLES) <= 5
     assert all(is_eval_seed(s) for s in list(EXAMPLES.values()) + list(SHEET_SEEDS))
     assert np.unique(list(EXAMPLES.values())).size == len(EXAMPLES)
+
+
+def test_seed_identity_is_locked_for_this_world_version():
+    """Seeds are scene identities: if this fails, the sampler changed what a seed means; bump
+    WORLD_VERSION (evaluations are only comparable within one version) and update the lock."""
+    from core.world import WORLD_VERSION
+
+    assert WORLD_VERSION == 1
+    assert sample_scene(1_000_000_011).caption == (
+        "a cyan striped sphere rolls past a bouncing red striped cylinder on a green checkered floor under a blue sky")
+    spec = sample_scene(0)
+    assert spec.caption == ("a green capsule grows beside a sliding red checkered capsule and a still gray striped box "
+                            "and a bouncing black box on a white speckled floor under a gray sky")
+    assert abs(spec.camera.fov_x - 0.914485) < 1e-6 and abs(spec.camera.distance0 - 6.157658) < 1e-5

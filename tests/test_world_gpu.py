@@ -21,6 +21,19 @@ def test_cuda_render_matches_cpu():
         assert np.abs(cpu.depth[both] - gpu.depth[both]).max() < 1e-2
 
 
+def test_cuda_render_ignores_tf32_matmul_settings():
+    """Trainers turn TF32 on; the ray caster must not go through (coarse) TF32 matmuls."""
+    spec = sample_scene(31)
+    cpu = render_scene(spec, 2, 2, 72, 128, device="cpu")
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        gpu = render_scene(spec, 2, 2, 72, 128, device="cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert np.abs(cpu.frames.astype(int) - gpu.frames.astype(int)).mean() < 0.5
+
+
 def test_cuda_grid_batches_stay_on_the_device_and_workers_feed_them():
     b = next(iter(GridBatches(batch=4, device="cuda", workers=2, steps=1)))
     assert b["frames"].device.type == "cuda" and b["frames"].shape == (4, 8, 8, 3, 72, 128)

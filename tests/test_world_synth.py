@@ -62,37 +62,28 @@ def test_synth_refuses_an_existing_folder(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_shipped_examples_are_small_readable_and_reproducible(tmp_path):
+def test_shipped_examples_are_small_readable_and_reproducible():
     import imageio.v3 as iio
 
     from core.world.examples import EXAMPLES as SEEDS
-    from core.world.examples import FRAMES, write_example
+    from core.world.examples import FRAMES, example_inputs
 
     names = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
     assert names == sorted(SEEDS) and 3 <= len(names) <= 5
     total = sum(f.stat().st_size for f in EXAMPLES.rglob("*") if f.is_file())
     assert total < 600_000, total
+    clips = {}
     for name in names:
-        for clip in ("fixed_view.mp4", "freeze_time.mp4"):
-            frames = iio.imread(EXAMPLES / name / clip)
-            assert frames.shape == (FRAMES, 72, 128, 3), (name, clip, frames.shape)
+        for clip in ("fixed_view", "freeze_time"):
+            clips[name, clip] = iio.imread(EXAMPLES / name / f"{clip}.mp4").astype(int)
+            assert clips[name, clip].shape == (FRAMES, 72, 128, 3), (name, clip)
+        assert np.abs(clips[name, "fixed_view"][0] - clips[name, "freeze_time"][0]).mean() < 3.0  # shared cell
         caption = (EXAMPLES / name / "caption.txt").read_text().strip()
         assert caption == sample_scene(SEEDS[name]).caption
     name = names[0]
-    again = write_example(tmp_path / name, SEEDS[name])
-    for clip in ("fixed_view.mp4", "freeze_time.mp4"):
-        a = iio.imread(EXAMPLES / name / clip).astype(int)
-        b = iio.imread(again / clip).astype(int)
-        assert np.abs(a - b).mean() < 2.0  # same scene; H.264 may differ by a hair between encoders
-
-
-def test_examples_share_their_first_frame():
-    import imageio.v3 as iio
-
-    for d in sorted(p for p in EXAMPLES.iterdir() if p.is_dir()):
-        a = iio.imread(d / "fixed_view.mp4")[0].astype(int)
-        b = iio.imread(d / "freeze_time.mp4")[0].astype(int)
-        assert np.abs(a - b).mean() < 2.0, d.name
+    row, column, _ = example_inputs(SEEDS[name])  # the clips hold these renders, up to H.264 loss
+    assert np.abs(clips[name, "fixed_view"] - row).mean() < 4.0  # yuv420p + quality 8: ~2-3 levels
+    assert np.abs(clips[name, "freeze_time"] - column).mean() < 4.0
 
 
 def test_bench_runs_on_cpu_and_writes_json(tmp_path):

@@ -60,7 +60,9 @@ def synth_run(out: Path, seed: int, views: int, times: int, height: int, width: 
     from ..export import write_mp4
     from ..grid import Grid, check_grid_shape, known_mask
     from ..runfolder import base_manifest, check_new_output, write_run
-    from ..world import render_scene, sample_scene, split_of
+    from ..world import camera_viewmats, intrinsics, render_scene, sample_scene, split_of
+    from ..world.render import grid_u
+    from ..world.scenes import WORLD_VERSION
     from ..world.split import MAX_SEED
 
     # 1. Check everything before any work.
@@ -78,12 +80,13 @@ def synth_run(out: Path, seed: int, views: int, times: int, height: int, width: 
     grid = Grid(gt.frames, known_mask(views, times, "row0+col0"), fps=FPS, caption=gt.caption)
     manifest = base_manifest("synth", seed=seed, views=views, times=times, size=f"{height}x{width}",
                              ssaa=ssaa, device=device)
-    manifest.update(seed=seed, split=split_of(seed), caption=gt.caption)
+    manifest.update(seed=seed, split=split_of(seed), world_version=WORLD_VERSION, caption=gt.caption)
     manifest["timings"]["render_s"] = round(render_s, 3)
     depth = io.BytesIO()
     np.savez_compressed(depth, depth=gt.depth)
     extra = {
-        "cameras.json": json.dumps(cameras_json(height, width, gt.viewmats, gt.Ks), indent=1) + "\n",
+        "cameras.json": json.dumps(cameras_json(height, width, camera_viewmats(spec, grid_u(views)),
+                                                [intrinsics(spec, height, width)] * views), indent=1) + "\n",
         "caption.txt": gt.caption + "\n",
         "scene.json": json.dumps(dataclasses.asdict(spec), indent=1) + "\n",
         "depth.npz": depth.getvalue(),

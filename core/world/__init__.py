@@ -17,7 +17,7 @@ from .captions import VOCABULARY, make_caption
 from .dataset import GridBatches, VideoBatches
 from .pseudo4d import pseudo4d_batch, pseudo4d_grid, pseudo4d_homographies
 from .render import FrameBatch, SceneRender, pack_frames, render_frames, render_grids, render_scene
-from .scenes import CameraPath, ObjectSpec, SceneSpec, camera_viewmats, intrinsics, object_poses, sample_scene, scene_caption
+from .scenes import WORLD_VERSION, CameraPath, ObjectSpec, SceneSpec, camera_viewmats, intrinsics, object_poses, sample_scene, scene_caption
 from .split import EVAL_SEEDS, TRAIN_SEEDS, eval_seeds, is_eval_seed, is_train_seed, split_of
 
 __all__ = [
@@ -25,5 +25,5 @@ __all__ = [
     "pseudo4d_homographies", "FrameBatch", "SceneRender", "pack_frames", "render_frames", "render_grids",
     "render_scene", "CameraPath", "ObjectSpec", "SceneSpec", "camera_viewmats", "intrinsics", "object_poses",
     "sample_scene", "scene_caption", "EVAL_SEEDS", "TRAIN_SEEDS", "eval_seeds", "is_eval_seed", "is_train_seed",
-    "split_of",
+    "split_of", "WORLD_VERSION",
 ]

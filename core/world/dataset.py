@@ -118,7 +118,7 @@ class _Batches:
                 yield _plan(self.cfg, seeds)
             return
         loader = torch.utils.data.DataLoader(
-            _PlanStream(self.cfg), batch_size=None, num_workers=self.workers, prefetch_factor=4,
+            _PlanStream(self.cfg), batch_size=None, num_workers=self.workers, prefetch_factor=2,
             pin_memory=self.device.type == "cuda",
         )
         steps = self.cfg.steps

@@ -82,9 +82,11 @@ def warp_homography(frames: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     ys = (torch.arange(hh, device=frames.device, dtype=frames.dtype) + 0.5) / hh * 2 - 1
     xs = (torch.arange(ww, device=frames.device, dtype=frames.dtype) + 0.5) / ww * 2 - 1
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    pts = torch.stack([gx, gy, torch.ones_like(gx)], -1).reshape(1, -1, 3)  # [1, HW, 3]
-    q = pts @ h.to(frames.dtype).transpose(1, 2)  # [N, HW, 3]
-    grid = (q[..., :2] / q[..., 2:].clamp_min(1e-6)).reshape(n, hh, ww, 2)
+    gx, gy = gx.reshape(1, -1), gy.reshape(1, -1)  # [1, HW]
+    h = h.to(frames.dtype)[..., None]  # [N, 3, 3, 1]; products written out: exact fp32, no TF32 matmul
+    qx, qy, qz = (h[:, i, 0] * gx + h[:, i, 1] * gy + h[:, i, 2] for i in range(3))  # [N, HW]
+    grid = torch.stack([qx, qy], -1) / qz.clamp_min(1e-6)[..., None]
+    grid = grid.reshape(n, hh, ww, 2)
     return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

@@ -23,7 +23,6 @@ EPS = 1e-3  # minimum ray parameter (world units; depth is in the same units)
 FLOOR_FADE = (9.0, 24.0)  # the floor fades into the horizon between these distances from the origin
 TORUS_STEPS = 28
 SPHERE, BOX, CYLINDER, CAPSULE, TORUS = (SHAPE_IDS[s] for s in ("sphere", "box", "cylinder", "capsule", "torus"))
-ROUND = (SPHERE, CYLINDER, CAPSULE, TORUS)
 
 
 @dataclass
@@ -141,6 +140,12 @@ def _dot(a, b):
     return (a * b).sum(-1)
 
 
+def _mv(m, v):
+    """Matrix [..., 3, 3] times vector [..., 3], elementwise: exact fp32 on every device (a
+    matmul may run in TF32 on a GPU, too coarse for ray casting)."""
+    return (m * v[..., None, :]).sum(-1)
+
+
 def _hit_sphere(o, d, radius=1.0):
     a = _dot(d, d)
     b = _dot(o, d)
@@ -242,15 +247,19 @@ def _cast(fb: FrameBatch, o: torch.Tensor, d: torch.Tensor, mask: torch.Tensor |
     """Nearest hit of every object slot: origins o [N, P|1, 3], directions d [N, P|1, 3] (world,
     not unit), optional ray mask [N, P] -> t [N, P, K] (MISS where none).
 
-    A bounding-sphere test against all slots (batched matmuls, no gathers) picks the candidate
-    (ray, slot) pairs; the exact intersection runs in the slot's local frame only for those.
+    A bounding-sphere test against all slots (no gathers) picks the candidate (ray, slot)
+    pairs; the exact intersection runs in the slot's local frame only for those.
     """
     n, k = fb.kind.shape
     p = max(o.shape[1], d.shape[1])
     c = fb.centre  # [N, K, 3]
     a = _dot(d, d)  # [N, P|1]
-    b = _dot(o, d)[..., None] - d @ c.transpose(1, 2)  # [N, P, K]: (o - c) . d
-    cc = _dot(o, o)[..., None] - 2 * (o @ c.transpose(1, 2)) + (_dot(c, c) - fb.radius ** 2)[:, None]
+    b, cc = 0, 0
+    for j in range(3):  # component by component: exact fp32 (a matmul may run in TF32 on a GPU)
+        oc = o[..., j, None] - c[:, None, :, j]  # [N, P|1, K]
+        b = b + d[..., j, None] * oc  # (o - c) . d
+        cc = cc + oc * oc
+    cc = cc - (fb.radius ** 2)[:, None]
     disc = b * b - a[..., None] * cc
     cand = (disc > 0) & (disc.clamp_min(0).sqrt() - b > EPS * a[..., None]) & (fb.kind >= 0)[:, None]
     if mask is not None:
@@ -262,8 +271,8 @@ def _cast(fb: FrameBatch, o: torch.Tensor, d: torch.Tensor, mask: torch.Tensor |
     minv = fb.minv[ni, ki]  # [Q, 3, 3]
     oq = o[ni, pi if o.shape[1] > 1 else 0]
     dq = d[ni, pi if d.shape[1] > 1 else 0]
-    ol = torch.einsum("qij,qj->qi", minv, oq - c[ni, ki])[:, None]  # [Q, 1, 3]
-    dl = torch.einsum("qij,qj->qi", minv, dq)[:, None]
+    ol = _mv(minv, oq - c[ni, ki])[:, None]  # [Q, 1, 3]
+    dl = _mv(minv, dq)[:, None]
     kind = fb.kind[ni, ki]
     param = fb.param[ni, ki]
     t = torch.full((len(ni),), MISS, device=o.device, dtype=o.dtype)
@@ -404,8 +413,9 @@ def _render_chunk(fb: FrameBatch, height: int, width: int) -> tuple[torch.Tensor
     cx, cy = fb.K[:, 0, 2, None], fb.K[:, 1, 2, None]
     d_cam = torch.stack([(jj.reshape(1, p) - cx) / fx, (ii.reshape(1, p) - cy) / fy, torch.ones(n, p, device=dev)], -1)
     rot = fb.viewmat[:, :3, :3]  # [N, 3, 3] world -> camera
-    eye = -torch.einsum("nji,nj->ni", rot, fb.viewmat[:, :3, 3])  # [N, 3]
-    d = torch.einsum("nji,npj->npi", rot, d_cam)  # [N, P, 3] world directions (R^T d_cam)
+    rot_t = rot.transpose(1, 2)
+    eye = -_mv(rot_t, fb.viewmat[:, :3, 3])  # [N, 3]
+    d = _mv(rot_t[:, None], d_cam)  # [N, P, 3] world directions (R^T d_cam)
     # 2. Nearest surface: objects or the floor (z = 0); else sky.
     t_best, k_best = _cast(fb, eye[:, None], d).min(-1)  # [N, P]
     dz = d[..., 2]
@@ -427,10 +437,10 @@ def _render_chunk(fb: FrameBatch, height: int, width: int) -> tuple[torch.Tensor
         ko = k_best[fo, po]
         kind = fb.kind[fo, ko]
         minv = fb.minv[fo, ko]  # [Q, 3, 3]
-        pl = torch.einsum("qij,qj->qi", minv, pw[fo, po] - fb.centre[fo, ko])
+        pl = _mv(minv, pw[fo, po] - fb.centre[fo, ko])
         param = fb.param[fo, ko]
         nl = _object_normals(kind, param, pl)
-        nw = torch.einsum("qji,qj->qi", minv, nl)  # inverse transpose of the local->world map
+        nw = _mv(minv.transpose(1, 2), nl)  # inverse transpose of the local->world map
         nw = nw / nw.norm(dim=-1, keepdim=True).clamp_min(1e-9)
         normal[fo, po] = nw
         mix[fo, po] = _object_mix(kind, fb.pattern[fo, ko], fb.freq[fo, ko], pl, ko.to(torch.float32))

@@ -10,6 +10,7 @@ Cameras are OpenCV (x right, y down, z forward), world-to-camera ``viewmat [4, 4
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -23,6 +24,9 @@ from .captions import COLORS, FLOOR_COLORS, SHAPES, SKIES, make_caption
 SHAPE_IDS = {name: i for i, name in enumerate(SHAPES)}
 PATTERN_IDS = {"solid": 0, "striped": 1, "checker": 2, "noise": 3}
 
+# Bump when the sampler or the renderer changes what a seed looks like: seeds are scene
+# identities only within one world version (manifests and evaluations record it).
+WORLD_VERSION = 1
 STAGE_RADIUS = 1.8  # object paths stay within this distance of the origin
 REFERENCE_ASPECT = 16 / 9  # W / H used to keep every object in frame along the camera path
 
@@ -309,8 +313,6 @@ def _place(rng: np.random.Generator, objs: list[ObjectSpec]) -> list[ObjectSpec]
     """Positions without collisions along the motion paths; objects that find no room are
     dropped (object 0, the subject, is placed first and always kept). Candidate positions are
     drawn 64 at a time and tested together; the first that fits wins."""
-    import dataclasses
-
     placed: list[ObjectSpec] = []
     objs = list(objs)
     if objs[0].motion == "orbit":  # the subject circles object 1
@@ -340,17 +342,14 @@ def _place(rng: np.random.Generator, objs: list[ObjectSpec]) -> list[ObjectSpec]
     return placed
 
 
-def _fit_camera(rng: np.random.Generator, objs: list[ObjectSpec], cam: CameraPath) -> CameraPath:
-    """Dolly out until every object's bounding sphere stays in frame along the whole path."""
-    import dataclasses
-
+def _fit_camera(spec: SceneSpec) -> CameraPath:
+    """Dolly ``spec.camera`` out until every object's bounding sphere stays in frame (at a
+    16:9 reference aspect) along the whole path and over the whole clip."""
+    cam = spec.camera
     fx = 0.5 / math.tan(cam.fov_x / 2)  # normalised: x in [-0.5, 0.5]
     half_y = 0.5 / REFERENCE_ASPECT
-    ut = np.linspace(0, 1, 9)
-    spec_like = SceneSpec(0, tuple(objs), "", (0, 0, 0), (0, 0, 0), "solid", 1, 0, "", (0, 0, 0), (0, 0, 0),
-                          (0, 0, 0), (0, 0, 1), 0.3, cam)
-    centres, _, _ = object_poses(spec_like, ut)  # [U, K, 3]
-    radii = np.array([bounding_radius(o) for o in objs]) * 0.6
+    centres, _, _ = object_poses(spec, np.linspace(0, 1, 9))  # [U, K, 3]
+    radii = np.array([bounding_radius(o) for o in spec.objects]) * 0.6
     for _ in range(12):
         vms = look_at(camera_eyes(cam, np.linspace(0, 1, 5)), np.asarray(cam.target))
         pc = np.einsum("vij,ukj->vuki", vms[:, :3, :3], centres) + vms[:, None, None, :3, 3]
@@ -368,8 +367,6 @@ def sample_scene(seed: int) -> SceneSpec:
     rng = np.random.default_rng(int(seed))
     n = int(rng.integers(2, 6))
     objs = [_sample_object(rng, _SUBJECT_MOTIONS)] + [_sample_object(rng, _OTHER_MOTIONS) for _ in range(n - 1)]
-    import dataclasses
-
     shrink = 1.0 - 0.07 * (n - 2)  # more objects, smaller objects: they must fit on the stage
     objs = [dataclasses.replace(o, size=o.size * shrink) for o in objs]
     objs = [dataclasses.replace(o, rgb2=_second_color(rng, o.color, o.rgb)) for o in objs]
@@ -394,8 +391,11 @@ def sample_scene(seed: int) -> SceneSpec:
     el0 = math.radians(rng.uniform(8, 38))
     el1 = float(np.clip(el0 + math.radians(rng.uniform(-15, 15)), math.radians(6), math.radians(45)))
     d0 = float(rng.uniform(4.2, 5.4))
+    azimuth = float(rng.uniform(0, 2 * math.pi))
+    if objs[0].motion in ("slide", "roll"):  # the first camera sees the subject slide past, not towards it
+        azimuth = objs[0].heading + math.pi / 2 * float(rng.choice([-1, 1])) + float(rng.uniform(-0.6, 0.6))
     cam = CameraPath(
-        azimuth=float(rng.uniform(0, 2 * math.pi)), arc=arc, elevation0=el0, elevation1=el1,
+        azimuth=azimuth, arc=arc, elevation0=el0, elevation1=el1,
         distance0=d0, distance1=d0 * float(rng.uniform(0.75, 1.25)), fov_x=math.radians(rng.uniform(50, 62)),
         target=(0.0, 0.0, float(rng.uniform(0.35, 0.6))),
     )
@@ -409,7 +409,8 @@ def sample_scene(seed: int) -> SceneSpec:
     paths = np.concatenate([_floor_xy(o, _PATH_U) for o in spec.objects])
     mid = 0.5 * (paths.min(0) + paths.max(0))
     cam = dataclasses.replace(cam, target=(float(mid[0]), float(mid[1]), cam.target[2]))
-    spec = dataclasses.replace(spec, camera=_fit_camera(rng, list(spec.objects), cam))
+    spec = dataclasses.replace(spec, camera=cam)
+    spec = dataclasses.replace(spec, camera=_fit_camera(spec))
     return dataclasses.replace(spec, caption=scene_caption(spec))
 
 
