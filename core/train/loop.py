@@ -27,6 +27,7 @@ from .config import STAGE_NAMES, Phase, TrainConfig
 from .curve import draw_curve, load_curve, save_curve
 from .data import Batch, stage_batches
 from .ema import EMA
+from .layers import set_training_layers
 from .flow import add_noise, masked_velocity_loss, sample_sigmas
 from .masks import parse_families, sample_grid_masks, sample_video_masks
 
@@ -85,7 +86,9 @@ def load_model(cfg: TrainConfig):
 
 
 def trainable(model) -> nn.ModuleDict:
-    """The modules that train: the 4D transformer (backbone + new layers) and the text encoder."""
+    """The modules that train: the 4D transformer (backbone + new layers) and the text encoder.
+    The transformer is switched to the autograd-safe layer functions (``layers.py``)."""
+    set_training_layers(model.transformer, compile=False)
     return nn.ModuleDict({"transformer": model.transformer, "text_encoder": model.text.encoder})
 
 
@@ -108,14 +111,6 @@ def lr_at(cfg: TrainConfig, session_step: int, frac: float) -> float:
         return cfg.lr * warm
     lo = cfg.lr * cfg.min_lr_ratio
     return warm * (lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-
-def uncompile(transformer) -> None:
-    """Undo ``FourDTransformer.compile`` (its compiled functions are plain attributes)."""
-    from ..model.blocks import run_block
-
-    transformer._block_fn = run_block
-    transformer._layer_fn = transformer._parallel_layer
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -235,6 +230,8 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     else:
         torch.manual_seed(cfg.seed + step)
     ema.copy_to(ema_net)
+    if hasattr(ema_model.transformer, "uncompile"):  # sampling: the engine's own (in-place) layers
+        ema_model.transformer.uncompile()
     if cfg.compile:
         from torch import _dynamo
 
@@ -330,10 +327,8 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
                                * (ref_hw[0] * ref_hw[1]) // (ph.height * ph.width))
             # Compiling costs tens of seconds a shape: only for phases long enough to win it back.
             want = cfg.compile and not compile_failed and ph.share * budget >= cfg.compile_min_minutes * 60
-            if want and not compiled:
-                model.transformer.compile()
-            elif compiled and not want:
-                uncompile(model.transformer)
+            if want != compiled:
+                set_training_layers(model.transformer, compile=want)
             compiled = want
             log(f"phase {k + 1}/{len(phases)}: stage {ph.stage} ({STAGE_NAMES[ph.stage]}) at "
                 f"{ph.height}x{ph.width}, batch {b}, until minute {bounds[k] / 60:.1f}"
@@ -359,7 +354,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
                 raise  # (an error that is not the compiler's comes back in eager mode and ends here)
             log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                 "training eagerly")
-            uncompile(model.transformer)
+            set_training_layers(model.transformer, compile=False)
             compiled, compile_failed = False, True
             opt.zero_grad(set_to_none=True)
             continue
