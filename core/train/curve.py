@@ -63,7 +63,7 @@ def draw_curve(curve: dict) -> np.ndarray:
         x = x0 + (x1 - x0) * k / 4
         px, _ = to_px(x, y0)
         d.line([px, PLOT_H - MARGIN, px, PLOT_H - MARGIN + 4], fill=(0, 0, 0))
-        d.text((px - 8, PLOT_H - MARGIN + 8), f"{x:.0f}", fill=(0, 0, 0))
+        d.text((px - 8, PLOT_H - MARGIN + 8), f"{x:.0f}" if x1 >= 10 else f"{x:.2g}", fill=(0, 0, 0))
     d.text((PLOT_W // 2 - 60, PLOT_H - 18), "training minutes", fill=(0, 0, 0))
     d.text((MARGIN, 8), "PSNR (dB) on unknown cells, evaluation scenes", fill=(0, 0, 0))
     ly = MARGIN + 6
