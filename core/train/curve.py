@@ -33,6 +33,27 @@ def save_curve(path: str | os.PathLike, curve: dict) -> None:
     os.replace(tmp, path)
 
 
+def save_png(path: str | os.PathLike, image: np.ndarray) -> bool:
+    """Write uint8 [H, W, 3] as PNG atomically with Pillow (a diffusers dependency, so present on
+    the GPU machine, which lacks imageio), else imageio; False if neither can."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    try:
+        from PIL import Image
+
+        Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(tmp, format="PNG")
+    except ImportError:
+        try:
+            from ..export import write_png
+
+            write_png(path, image)
+            return True
+        except ImportError:
+            return False
+    os.replace(tmp, path)
+    return True
+
+
 def draw_curve(curve: dict) -> np.ndarray:
     """uint8 [H, W, 3]: model PSNR (blue) over training minutes; baselines as flat lines."""
     from PIL import Image, ImageDraw

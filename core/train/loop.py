@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import InputError
 from .checkpoint import load_state, model_dir_of, read_training, save_model_folder, save_state
 from .config import STAGE_NAMES, Phase, TrainConfig
-from .curve import draw_curve, load_curve, save_curve
+from .curve import draw_curve, save_curve, save_png
 from .data import Batch, stage_batches
 from .ema import EMA
 from .layers import set_training_layers
@@ -175,14 +175,14 @@ def curve_point(ema_model, scenes, cfg: TrainConfig, device, out: Path, tag: str
 
 def write_sample_png(path: Path, scene, generated: np.ndarray) -> None:
     """Ground-truth contact sheet above the generated one (known cells outlined)."""
-    from ..export import contact_sheet, write_png
+    from ..export import contact_sheet
     from ..grid import Grid, known_mask
 
     known = known_mask(scene.frames.shape[0], scene.frames.shape[1], "row0+col0")
     gt = contact_sheet(Grid(scene.frames, known), mark_known=True)
     gen = contact_sheet(Grid(generated, known), mark_known=True)
     sep = np.full((6, gt.shape[1], 3), 255, np.uint8)
-    write_png(path, np.concatenate([gt, sep, gen]))
+    save_png(path, np.concatenate([gt, sep, gen]))
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -287,9 +287,10 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
                   device=session["gpu"] or str(device))
         curve["points"].append(pt)
         save_curve(out / "learning_curve.json", curve)
-        from ..export import write_png
-
-        write_png(out / "learning_curve.png", draw_curve(curve))
+        try:
+            save_png(out / "learning_curve.png", draw_curve(curve))
+        except ImportError:  # no Pillow: the JSON is the curve
+            pass
         timings["eval"] = time.perf_counter() - t
         log(f"  eval step {step}: PSNR {pt['psnr']:.2f} dB, SSIM {pt['ssim']:.3f} "
             f"(baselines {', '.join(f'{k} {v:.2f}' for k, v in curve['baselines'].items())})")
