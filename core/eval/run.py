@@ -157,11 +157,12 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
     from ..engine import Engine
 
     # 1. The model, as the studio and the command line load it
-    import importlib.util
-
-    if es.consistency and importlib.util.find_spec("cv2") is None:
-        log("warning: OpenCV (cv2) is not installed: no consistency figure")
-        es.consistency = False
+    if es.consistency:
+        try:
+            import cv2  # noqa: F401
+        except ImportError:
+            log("warning: OpenCV (cv2) is not installed: no consistency figure")
+            es.consistency = False
     eng = Engine(es.model, es.device)
     model = eng.load()
     dev = model.device

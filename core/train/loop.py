@@ -310,7 +310,10 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     while True:
         now = time.perf_counter() - t0
         reserve = timings["eval"] + timings["save"]
-        if now + reserve >= budget or (cfg.max_steps is not None and session_step >= cfg.max_steps):
+        if now + reserve >= budget:
+            break
+        if cfg.max_steps is not None and session_step >= cfg.max_steps:
+            stopped = "max_steps"
             break
         if should_cancel is not None and should_cancel():
             stopped = "cancelled"
