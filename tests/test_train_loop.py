@@ -88,6 +88,9 @@ def test_resume_continues_the_step_count_from_saved_weights(tmp_path):
     log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert len(log) > lines_before and log[lines_before]["step"] == s1["step"] + 1
     assert (out / "learning_curve.png").is_file() and list((out / "samples").glob("*.png"))
+    from core.eval.run import trained_modes
+
+    assert trained_modes(out / "model") == {"soft"}
 
 
 def test_resume_from_a_bare_model_folder_starts_from_its_weights(tmp_path):

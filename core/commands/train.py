@@ -34,7 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer's layers")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 on CUDA (default: bf16 autocast)")
     p.add_argument("--preset", default=d.preset, help="model preset for a fresh start (default 'default')")
-    p.add_argument("--mode", default=d.mode, choices=["soft", "hard", "sequential", "fused"])
+    p.add_argument("--mode", default=d.mode,
+                   help="stream mode to train: soft (default), hard, sequential, fused, or a comma list whose "
+                        "modes alternate by step (the first is the model's default)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["cosine", "constant"])
     p.add_argument("--warmup", type=int, default=d.warmup_steps, help="warm-up steps of the learning rate")

@@ -180,29 +180,64 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
         log(f"{name}: PSNR {r['psnr']:.2f} dB")
     # 4. The model in each mode, then image- and text-to-4D
     trained_mode = model.config.mode
+    trained = trained_modes(eng.path)
     for row in es.rows:
         mode = ROW_MODE[row] or trained_mode
         m = untrained_soft(model) if row == "parallel soft untrained" else model
         r = score_scenes(m, scenes, ROW_MASK.get(row, "row0+col0"), es.steps, mode, guidance=es.guidance,
                          consistency=es.consistency, should_cancel=should_cancel)
         r.pop("first")
-        rows.append({"row": row, "mode": mode, **r})
+        was = None if trained is None else (mode in trained and row != "parallel soft untrained")
+        rows.append({"row": row, "mode": mode, "trained_in_mode": was, **r})
         log(f"{row}: PSNR {r['psnr'] if r['psnr'] is None else round(r['psnr'], 2)} dB, "
             f"{r['seconds']:.2f} s a grid")
     return {"model": es.model, "model_info": eng.info(), "device": str(dev),
+            "trained_modes": sorted(trained) if trained is not None else None,
+            "training": training_facts(eng.path),
             "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in es.__dict__.items()},
             "seeds": [sc.seed for sc in scenes], "rows": rows}
 
 
+def training_facts(model_dir) -> dict | None:
+    """Step, samples and minutes of training behind a model folder (``training.json``), or None."""
+    import json
+    from pathlib import Path
+
+    p = Path(model_dir) / "training.json"
+    if not p.is_file():
+        return None
+    rec = json.loads(p.read_text())
+    return {"step": rec.get("step"), "samples": rec.get("samples"), "train_minutes": rec.get("train_minutes"),
+            "sessions": [{"device": s.get("gpu") or s.get("device"), "minutes": s.get("minutes"),
+                          "steps": (s.get("end_step") or 0) - (s.get("start_step") or 0)}
+                         for s in rec.get("sessions", [])]}
+
+
+def trained_modes(model_dir) -> set[str] | None:
+    """The stream modes a model folder was trained in (from its ``training.json``), or None."""
+    import json
+    from pathlib import Path
+
+    p = Path(model_dir) / "training.json"
+    if not p.is_file():
+        return None
+    modes = set()
+    for sess in json.loads(p.read_text()).get("sessions", []):
+        modes.update(m.strip() for m in str(sess.get("config", {}).get("mode", "")).split(",") if m.strip())
+    return modes
+
+
 def format_table(result: dict) -> str:
     """A markdown table of ``evaluate``'s result."""
-    lines = ["| row | PSNR (dB) | SSIM | consistency (% inliers) | s / grid |", "|---|---|---|---|---|"]
+    lines = ["| row | PSNR (dB) | SSIM | consistency (% inliers) | s / grid | trained in this mode |",
+             "|---|---|---|---|---|---|"]
 
     def f(x, fmt):
         return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
 
     for r in result["rows"]:
         lines.append(f"| {r['row']} | {f(r.get('psnr'), '.2f')} | {f(r.get('ssim'), '.3f')} | "
-                     f"{f(r.get('consistency'), '.1f')} | {f(r.get('seconds'), '.2f')} |")
+                     f"{f(r.get('consistency'), '.1f')} | {f(r.get('seconds'), '.2f')} | "
+                     f"{ {True: 'yes', False: 'no', None: '–'}[r.get('trained_in_mode')] } |")
     return "\n".join(lines)

@@ -68,7 +68,7 @@ class TrainConfig:
     max_batch: int = 64
     views: int = 8
     times: int = 8
-    mode: str = "soft"  # stream mode trained
+    mode: str = "soft"  # stream mode trained; a comma list alternates steps ("soft,fused"), first = main
     lr: float = 5e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 200
@@ -96,6 +96,9 @@ class TrainConfig:
     reuse: float = 1.0  # stages 2-3: each rendered grid used ~reuse times (replay pool); 1 = never, 0 = auto
     pool_grids: int = 512  # replay pool size in 8x8 grids at the model's size (scaled by pixels)
     extra: dict = field(default_factory=dict)
+
+    def modes(self) -> list[str]:
+        return [m.strip() for m in self.mode.split(",") if m.strip()] or ["soft"]
 
     def phases(self) -> list[Phase]:
         return parse_schedule(self.schedule)

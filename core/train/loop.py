@@ -42,8 +42,9 @@ def check_config(cfg: TrainConfig) -> list[Phase]:
         raise InputError(f"minutes must be in (0, 1440], got {cfg.minutes}")
     if not 1 <= cfg.batch <= 4096:
         raise InputError(f"batch must be between 1 and 4096, got {cfg.batch}")
-    if cfg.mode not in ("soft", "hard", "sequential", "fused"):
-        raise InputError(f"mode must be soft, hard, sequential or fused, got {cfg.mode!r}")
+    for m in cfg.modes():
+        if m not in ("soft", "hard", "sequential", "fused"):
+            raise InputError(f"mode must be soft, hard, sequential or fused (or a comma list), got {m!r}")
     if cfg.lr_schedule not in ("cosine", "constant"):
         raise InputError(f"lr schedule must be cosine or constant, got {cfg.lr_schedule!r}")
     if not 0 <= cfg.text_drop <= 1:
@@ -134,8 +135,11 @@ def batch_masks(b: Batch, stage: int, families: dict, gen: torch.Generator) -> t
 
 
 def train_step(model, net: nn.Module, opt: torch.optim.Optimizer, batches: list[Batch], stage: int,
-               cfg: TrainConfig, families: dict, gen: torch.Generator, device: torch.device) -> dict:
-    """One optimizer step over ``batches`` (several shapes in stage 1); returns loss and norms."""
+               cfg: TrainConfig, families: dict, gen: torch.Generator, device: torch.device,
+               mode: str | None = None) -> dict:
+    """One optimizer step over ``batches`` (several shapes in stage 1) in stream ``mode``
+    (default: the config's main mode); returns loss and norms."""
+    mode = mode or cfg.modes()[0]
     opt.zero_grad(set_to_none=True)
     knowns = [batch_masks(b, stage, families, gen).to(device) for b in batches]
     n_unknown = sum(int((~k).sum()) for k in knowns)
@@ -151,7 +155,7 @@ def train_step(model, net: nn.Module, opt: torch.optim.Optimizer, batches: list[
         caps = ["" if d else c for c, d in zip(b.captions, drop)]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             text = encode_text_train(model.text, caps, device)
-            v = model.transformer(xt, sigma, text, cond=x0, known=known, mode=cfg.mode, context=b.context)
+            v = model.transformer(xt, sigma, text, cond=x0, known=known, mode=mode, context=b.context)
         loss = masked_velocity_loss(v, noise - x0, known)
         w = int((~known).sum()) / max(1, n_unknown)
         (loss * w).backward()
@@ -168,7 +172,7 @@ def curve_point(ema_model, scenes, cfg: TrainConfig, device, out: Path, tag: str
 
     amp = device.type == "cuda" and cfg.bf16
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        res = score_scenes(ema_model, scenes, "row0+col0", steps=cfg.eval_steps, mode=cfg.mode, keep_first=True)
+        res = score_scenes(ema_model, scenes, "row0+col0", steps=cfg.eval_steps, mode=cfg.modes()[0], keep_first=True)
     write_sample_png(out / "samples" / f"{tag}.png", scenes[0], res["first"])
     return {"psnr": res["psnr"], "ssim": res["ssim"], "eval_seconds": res["seconds"]}
 
@@ -207,6 +211,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             raise InputError(f"schedule size {ph.height}x{ph.width} is not a multiple of {mult} for this model "
                              f"(e.g. 40x72 or 72x128)")
     ref_hw = (model.config.height, model.config.width)
+    model.config.mode = cfg.modes()[0]  # what generate uses by default: the mode it was trained in
     net = trainable(model).to(device).train()
     model.device, model.dtype = device, torch.float32
     ema_model = copy.deepcopy(model)
@@ -253,7 +258,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     eh, ew = (int(x) for x in cfg.eval_size.lower().split("x"))
     scenes = render_eval_scenes(cfg.eval_scenes, cfg.views, cfg.times, eh, ew, device=device)
     curve["baselines"] = {k: v["psnr"] for k, v in baseline_scores(scenes, "row0+col0").items()}
-    curve["eval"] = {"scenes": cfg.eval_scenes, "size": cfg.eval_size, "steps": cfg.eval_steps, "mode": cfg.mode}
+    curve["eval"] = {"scenes": cfg.eval_scenes, "size": cfg.eval_size, "steps": cfg.eval_steps, "mode": cfg.modes()[0]}
 
     # 4. Checkpoint and curve helpers
     step_seconds = 0.0
@@ -342,7 +347,9 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             group["lr"] = lr_at(cfg, session_step, now / budget)
         ts = time.perf_counter()
         try:
-            res = train_step(model, net, opt, batches, ph.stage, cfg, families, gen, device)
+            modes = cfg.modes()
+            res = train_step(model, net, opt, batches, ph.stage, cfg, families, gen, device,
+                             mode=modes[step % len(modes)])
         except torch.cuda.OutOfMemoryError:
             if batch_scale < 1 / 16:
                 raise
