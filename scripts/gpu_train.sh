@@ -31,6 +31,7 @@ cmd=${1:-}
 case "$cmd" in
 start)
   minutes=${2:-16}
+  [[ "$minutes" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "MINUTES must be a number (give it before extra arguments), got '$minutes'"; exit 2; }
   shift $(( $# >= 2 ? 2 : $# ))
   if busy; then echo "already running (pid $(cat "$DIR/job.pid")); see: $0 status"; exit 1; fi
   mkdir -p "$DIR"
