@@ -65,22 +65,22 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
-def step_flops(mode: str, V: int, T: int, P: int, D: int, F: int, L: int, blocks: int, text_len: int) -> float:
-    """Multiply-add work of one step x 2 (FLOPs): linear layers, self- and cross-attention."""
+def step_flops(mode: str, V: int, T: int, P: int, D: int, F: int, L: int, blocks: int, text_len: int,
+               parts: bool = False):
+    """FLOPs (2 x multiply-adds) of one step: linear layers, self-attention, cross-attention.
+    ``parts`` returns them separately. (``L`` is unused; kept for call symmetry.)"""
     M = V * T * P
     lin = 4 * D * D + 2 * D * D + 2 * D * F  # self qkv+out, cross q+out, ffn (per token)
     streams = 2 if mode in ("soft", "hard") else 1
     if mode == "sequential":
         lin += 4 * D * D
-    macs = streams * M * lin
-    if mode in ("soft", "hard"):
-        attn = T * (V * P) ** 2 + V * (T * P) ** 2
-    elif mode == "sequential":
-        attn = T * (V * P) ** 2 + V * (T * P) ** 2
+    if mode == "fused":
+        keys = M * (V + T - 1) * P  # query-key pairs under the row-and-column mask
     else:
-        attn = M * (V + T - 1) * P
-    macs += 2 * D * attn + streams * 2 * D * M * text_len
-    return 2.0 * macs * blocks
+        keys = T * (V * P) ** 2 + V * (T * P) ** 2
+    out = {"linear": 2.0 * streams * M * lin * blocks, "attention": 2.0 * 2 * D * keys * blocks,
+           "cross": 2.0 * streams * 2 * D * M * text_len * blocks}
+    return out if parts else sum(out.values())
 
 
 def build_transformer(preset_name: str, device: str, dtype: torch.dtype):

@@ -64,14 +64,14 @@ def resolve_device(device: str) -> str:
 class Engine:
     """One model on one device. ``model``: "default" (``assets/model/``) or a model folder."""
 
-    def __init__(self, model: str = "default", device: str = "auto"):
+    def __init__(self, model: str = "default", device: str = "auto", compile: bool = False):
         self.model_id = str(model)
+        self.compile = compile  # torch.compile the blocks (about a minute of warm-up per mode)
         self.path = DEFAULT_MODEL_DIR if model == "default" else Path(model).expanduser()
         self.device_name = device
         self._model = None
         self._hash: str | None = None
         self._facts: dict | None = None
-        self._text_cache: dict = {}
 
     # -- the model ----------------------------------------------------------------------------
     def _check_folder(self) -> None:
@@ -119,8 +119,12 @@ class Engine:
             self._check_folder()
             dev = self.device
             dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-            self._model = FourDModel.from_pretrained(self.path, device=dev, dtype=dtype)
+            model = FourDModel.from_pretrained(self.path, device=dev, dtype=dtype)
+            model.transformer.fuse_projections()  # inference only: one matmul for Q, K, V
+            if self.compile:
+                model.transformer.compile()
             self._hash = model_hash(self.path)
+            self._model = model
         return self._model
 
     def info(self) -> dict:

@@ -123,8 +123,10 @@ def flex(q, k, v, block_mask) -> torch.Tensor:
 
     if q.device.type == "cuda" and not torch.compiler.is_compiling():
         fn = _compiled_flex()
-    o = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
-    return o.transpose(1, 2)
+    # FlexAttention's kernels want plain [N, H, S, d] tensors (under compile the copy fuses
+    # into the RoPE kernel that makes q and k).
+    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    return fn(qt, kt, vt, block_mask=block_mask).transpose(1, 2)
 
 
 def fused_split(q, k, v, B: int, V: int, T: int, P: int) -> torch.Tensor:

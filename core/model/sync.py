@@ -60,9 +60,12 @@ class SyncLayer(nn.Module):
         (t, v, p) order, then time stream in (v, t, p) order), written straight into a new
         two-stream tensor: no concatenation, no copy of the transposed view stream."""
         D, r = self.dim, self.rank
-        out = torch.empty_like(x)
         yv = x[:B].view(B, T, V, P, D).transpose(1, 2)  # grid order view of the view stream
         yt = x[B:].view(B, V, T, P, D)
+        if torch.is_grad_enabled():  # training: out= writes do not record gradients
+            xv, xt = self(yv, yt, mod)
+            return torch.cat([xv.transpose(1, 2).reshape(B, -1, D), xt.reshape(B, -1, D)])
+        out = torch.empty_like(x)
         ov = out[:B].view(B, T, V, P, D).transpose(1, 2)
         ot = out[B:].view(B, V, T, P, D)
         shape = (B, 1, 1, 1, D)

@@ -73,10 +73,15 @@ def test_fused_attention_kernels_alone_agree():
 @pytest.mark.parametrize("mode,backend", [("soft", "auto"), ("hard", "auto"), ("sequential", "auto"),
                                           ("fused", "flex"), ("fused", "split")])
 def test_compiled_forward_equals_eager(mode, backend):
+    import copy
+
     model = small_model()
     model.fuse_projections()
+    ref_model = copy.deepcopy(model).float()  # float32 eager: the reference both are held to
     x, sigma, text, cond, known = inputs()
     with torch.no_grad():
+        ref = ref_model(x.float(), sigma, text.float(), cond.float(), known, mode=mode,
+                        fused_backend="dense" if mode == "fused" else "auto")
         plan = model.prepare(text, (4, 4, 16, 16), cond=cond, known=known, mode=mode, fused_backend=backend)
         eager = model.step(plan, x, sigma)
         model.compile()
@@ -85,7 +90,8 @@ def test_compiled_forward_equals_eager(mode, backend):
             again = model.step(plan, x, sigma)
         finally:
             model.uncompile()
-    assert rel_err(compiled, eager) < 2e-2
+    # Compiled bf16 is as close to the float32 result as eager bf16 is (bf16 rounding only).
+    assert rel_err(compiled, ref) < max(2 * rel_err(eager, ref), 1e-2)
     assert torch.equal(compiled, again)
 
 
