@@ -27,7 +27,6 @@ from .config import STAGE_NAMES, Phase, TrainConfig
 from .curve import draw_curve, save_curve, save_png
 from .data import Batch, stage_batches
 from .ema import EMA
-from .layers import set_training_layers
 from .flow import add_noise, masked_velocity_loss, sample_sigmas
 from .masks import parse_families, sample_grid_masks, sample_video_masks
 
@@ -87,9 +86,7 @@ def load_model(cfg: TrainConfig):
 
 
 def trainable(model) -> nn.ModuleDict:
-    """The modules that train: the 4D transformer (backbone + new layers) and the text encoder.
-    The transformer is switched to the autograd-safe layer functions (``layers.py``)."""
-    set_training_layers(model.transformer, compile=False)
+    """The modules that train: the 4D transformer (backbone + new layers) and the text encoder."""
     return nn.ModuleDict({"transformer": model.transformer, "text_encoder": model.text.encoder})
 
 
@@ -235,8 +232,6 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     else:
         torch.manual_seed(cfg.seed + step)
     ema.copy_to(ema_net)
-    if hasattr(ema_model.transformer, "uncompile"):  # sampling: the engine's own (in-place) layers
-        ema_model.transformer.uncompile()
     if cfg.compile:
         from torch import _dynamo
 
@@ -337,7 +332,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             # Compiling costs tens of seconds a shape: only for phases long enough to win it back.
             want = cfg.compile and not compile_failed and ph.share * budget >= cfg.compile_min_minutes * 60
             if want != compiled:
-                set_training_layers(model.transformer, compile=want)
+                model.transformer.compile() if want else model.transformer.uncompile()
             compiled = want
             log(f"phase {k + 1}/{len(phases)}: stage {ph.stage} ({STAGE_NAMES[ph.stage]}) at "
                 f"{ph.height}x{ph.width}, batch {b}, until minute {bounds[k] / 60:.1f}"
@@ -365,7 +360,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
                 raise  # (an error that is not the compiler's comes back in eager mode and ends here)
             log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                 "training eagerly")
-            set_training_layers(model.transformer, compile=False)
+            model.transformer.uncompile()
             compiled, compile_failed = False, True
             opt.zero_grad(set_to_none=True)
             continue
