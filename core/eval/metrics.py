@@ -1,0 +1,111 @@
+"""PSNR and SSIM over the unknown cells of a grid, on frames in [0, 1] or uint8.
+
+Conventions: a grid's error is pooled over all pixels of its unknown cells (one MSE per grid, then
+PSNR), and figures over several grids are the mean of the per-grid figures. Identical frames give
+``PSNR_CAP`` dB, never ``inf``, so means stay finite. SSIM is the usual Gaussian-window SSIM
+(11 taps, sigma 1.5, K1 0.01, K2 0.03) per channel and averaged, computed per unknown cell.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PSNR_CAP = 100.0  # dB, given for identical frames
+
+
+def as_float_frames(frames) -> torch.Tensor:
+    """uint8 [..., H, W, 3] (numpy or torch) or float in [0, 1] -> float64 [..., 3, H, W] in [0, 1].
+
+    Channel-last input is recognised by a last axis of 3; channel-first float input passes as is.
+    """
+    x = torch.as_tensor(np.asarray(frames)) if not torch.is_tensor(frames) else frames
+    if x.dtype == torch.uint8:
+        x = x.to(torch.float64) / 255.0
+    else:
+        x = x.to(torch.float64)
+    if x.shape[-1] == 3 and x.shape[-3] != 3:
+        x = x.movedim(-1, -3)
+    return x
+
+
+def _unknown(known, V: int, T: int) -> torch.Tensor:
+    k = torch.as_tensor(np.asarray(known) if not torch.is_tensor(known) else known, dtype=torch.bool)
+    if tuple(k.shape) != (V, T):
+        raise ValueError(f"known mask must be [V, T] = ({V}, {T}), got {tuple(k.shape)}")
+    return ~k
+
+
+def mse_to_psnr(mse: float) -> float:
+    if mse <= 10 ** (-PSNR_CAP / 10):
+        return PSNR_CAP
+    return float(-10.0 * math.log10(mse))
+
+
+def psnr_unknown(pred, target, known) -> float:
+    """PSNR in dB of ``pred`` against ``target`` over the cells where ``known`` is False.
+
+    pred, target: one grid, uint8 [V, T, H, W, 3] or float [V, T, 3, H, W] in [0, 1];
+    known: bool [V, T]. Raises ValueError if every cell is known (nothing to score).
+    """
+    p, g = as_float_frames(pred), as_float_frames(target)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(g.shape)}")
+    unk = _unknown(known, p.shape[0], p.shape[1])
+    if not unk.any():
+        raise ValueError("every cell is known: nothing to score")
+    mse = ((p[unk] - g[unk]) ** 2).mean().item()
+    return mse_to_psnr(mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]  # [1, 1, size, size]
+
+
+def ssim_frames(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM of each pair of frames: a, b float [N, 3, H, W] in [0, 1] -> [N].
+
+    'valid' windows only (as in the reference implementation), so frames must be >= 11 pixels.
+    """
+    n, c, h, w = a.shape
+    size = min(11, h, w)
+    win = _gaussian_window(size, 1.5, a.dtype).to(a.device).expand(c, 1, size, size)
+    c1, c2 = 0.01**2, 0.03**2
+
+    def blur(x):
+        return F.conv2d(x, win, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    s_aa = blur(a * a) - mu_a**2
+    s_bb = blur(b * b) - mu_b**2
+    s_ab = blur(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * s_ab + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2)
+    return (num / den).mean(dim=(1, 2, 3))
+
+
+def ssim_unknown(pred, target, known) -> float:
+    """Mean SSIM over the unknown cells of one grid (same inputs as ``psnr_unknown``)."""
+    p, g = as_float_frames(pred), as_float_frames(target)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(g.shape)}")
+    unk = _unknown(known, p.shape[0], p.shape[1])
+    if not unk.any():
+        raise ValueError("every cell is known: nothing to score")
+    return float(ssim_frames(p[unk], g[unk]).mean().item())
+
+
+def psnr_batch_unknown(pred: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Per-grid PSNR for a batch on any device: pred, target float [B, V, T, C, H, W] in [0, 1],
+    known bool [B, V, T] -> float [B] (dB, capped). Used by the training loop's learning curve."""
+    unk = (~known).float()  # [B, V, T]
+    n_pix = unk.sum(dim=(1, 2)) * pred[0, 0, 0].numel()  # [B]
+    se = ((pred.float() - target.float()) ** 2).sum(dim=(3, 4, 5))  # [B, V, T]
+    mse = (se * unk).sum(dim=(1, 2)) / n_pix.clamp_min(1)
+    return (-10.0 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP / 10)))).clamp_max(PSNR_CAP)

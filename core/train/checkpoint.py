@@ -1,0 +1,75 @@
+"""Checkpoints of a training run: the model folder (what ships) and the exact training state.
+
+A training folder ``OUT`` holds:
+
+    OUT/model/            the EMA weights as a model folder (``FourDModel.save_pretrained``,
+                          fp16) plus ``training.json`` (step, samples, minutes, learning curve)
+    OUT/state.pt          fp32 raw and EMA weights, optimizer and RNG state (exact resume)
+    OUT/log.jsonl         one JSON line per logged step
+    OUT/learning_curve.json / .png, OUT/samples/*.png
+
+Every write is atomic: a new ``model/`` is built under a temporary name and swapped in (the old
+one is kept as ``model.old`` for the instant of the swap), ``state.pt`` is written to a temporary
+file and renamed. Killing the process at any point leaves the last complete checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+TRAINING_JSON = "training.json"
+
+
+def model_dir_of(path: str | os.PathLike) -> Path | None:
+    """The model folder inside a training folder, or the folder itself if it is a model folder."""
+    path = Path(path)
+    for cand in (path / "model", path / "model.old", path):
+        if (cand / "transformer" / "config.json").is_file():
+            return cand
+    return None
+
+
+def save_model_folder(model, out: Path, training: dict) -> Path:
+    """Write ``model`` (a FourDModel holding the weights to ship) to ``out/model`` atomically."""
+    out = Path(out)
+    final = out / "model"
+    tmp = out / f".model.partial-{uuid.uuid4().hex[:8]}"
+    model.save_pretrained(tmp)
+    with open(tmp / TRAINING_JSON, "w") as fh:
+        json.dump(training, fh, indent=1)
+    old = out / "model.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_training(model_dir: Path) -> dict:
+    p = Path(model_dir) / TRAINING_JSON
+    if not p.is_file():
+        return {}
+    with open(p) as fh:
+        return json.load(fh)
+
+
+def save_state(out: Path, state: dict) -> None:
+    out = Path(out)
+    tmp = out / f".state.partial-{uuid.uuid4().hex[:8]}.pt"
+    torch.save(state, tmp)
+    os.replace(tmp, out / "state.pt")
+
+
+def load_state(out: Path, device) -> dict | None:
+    p = Path(out) / "state.pt"
+    if not p.is_file():
+        return None
+    return torch.load(p, map_location=device, weights_only=True)

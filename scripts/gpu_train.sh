@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Train the embedded default model on the GPU machine in the background, then score it, then
+# hand back the results. Run from the repository root (Python 3.12, torch + CUDA, diffusers on
+# PYTHONPATH). Never writes mp4 (the GPU machine has no ffmpeg).
+#
+#   scripts/gpu_train.sh start [MINUTES] [extra 'launch.py train' arguments]
+#       Starts training at once in the background (setsid nohup) and returns. Resumes exactly
+#       from $TRAIN_DIR/run if a previous start left one on this machine, else from the weights
+#       in assets/model if we trained them (it has training.json; stage 3 only), else from
+#       scratch (all stages). After training it runs
+#       'launch.py eval' on $EVAL_SEEDS evaluation scenes. MINUTES (default 16) is the training
+#       loop's budget; loading, compiling and the final eval come on top (about 2-4 minutes).
+#   scripts/gpu_train.sh status        running or not, the last log lines, the curve so far
+#   scripts/gpu_train.sh collect OUT   stops training if it still runs (it checkpoints first),
+#       and copies into OUT: model.tar (the model folder; split into <= 15 MB parts if larger),
+#       learning_curve.json/.png, sample.png, log.jsonl, eval.json (if done), report.txt.
+#
+# Environment: TRAIN_DIR (default /tmp/train), BATCH (32), COMPILE (1), STAGE (auto), FRESH (0; 1
+# starts from scratch whatever exists), EVAL_SEEDS
+# (8), PYTHON (python), DEVICE (cuda; cpu for a local dry run), EVAL_ARGS (extra eval arguments).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${TRAIN_DIR:-/tmp/train}
+RUN=$DIR/run
+PY=${PYTHON:-python}
+
+running() { [ -f "$DIR/train.pid" ] && kill -0 "$(cat "$DIR/train.pid")" 2>/dev/null; }
+busy() { [ -f "$DIR/job.pid" ] && kill -0 "$(cat "$DIR/job.pid")" 2>/dev/null; }
+
+cmd=${1:-}
+case "$cmd" in
+start)
+  minutes=${2:-16}
+  [[ "$minutes" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "MINUTES must be a number (give it before extra arguments), got '$minutes'"; exit 2; }
+  shift $(( $# >= 2 ? 2 : $# ))
+  if busy; then echo "already running (pid $(cat "$DIR/job.pid")); see: $0 status"; exit 1; fi
+  mkdir -p "$DIR"
+  rm -f "$DIR"/train.rc "$DIR"/eval.rc "$DIR"/skip-eval
+  if [ "${FRESH:-0}" = 1 ]; then
+    resume=(); stage=${STAGE:-all}
+    [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
+  elif [ -f "$RUN/state.pt" ]; then
+    resume=(--resume "$RUN"); stage=${STAGE:-3}
+  elif [ -f assets/model/transformer/config.json ] && [ -f assets/model/training.json ]; then
+    resume=(--resume assets/model); stage=${STAGE:-3}
+    [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
+  else
+    resume=(); stage=${STAGE:-all}
+    [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
+  fi
+  compile=(); [ "${COMPILE:-1}" = 1 ] && compile=(--compile)
+  train_cmd=("$PY" launch.py train --out "$RUN" "${resume[@]}" --stage "$stage" --minutes "$minutes"
+             --device "${DEVICE:-cuda}" "${compile[@]}" --batch "${BATCH:-32}" --eval-every 2 --eval-scenes 8
+             --eval-steps 25 --save-every 2 "$@")
+  eval_cmd=("$PY" launch.py eval --model "$RUN/model" --seeds "${EVAL_SEEDS:-8}" --device "${DEVICE:-cuda}"
+            --json "$DIR/eval.json" ${EVAL_ARGS:-})
+  printf '%q ' "${train_cmd[@]}" > "$DIR/train.cmd"
+  printf '%q ' "${eval_cmd[@]}" > "$DIR/eval.cmd"
+  # The job: train (its pid in train.pid, so collect can stop it alone), then evaluate.
+  setsid nohup bash -c '
+    dir=$1
+    bash -c "exec $(cat "$dir/train.cmd")" > "$dir/train.log" 2>&1 &
+    echo $! > "$dir/train.pid"
+    wait $!; echo $? > "$dir/train.rc"
+    if [ ! -f "$dir/skip-eval" ] && [ -f "$dir/run/model/transformer/config.json" ]; then
+      bash -c "exec $(cat "$dir/eval.cmd")" > "$dir/eval.md" 2> "$dir/eval.log"; echo $? > "$dir/eval.rc"
+    fi
+  ' job "$DIR" > "$DIR/job.log" 2>&1 < /dev/null &
+  echo $! > "$DIR/job.pid"
+  echo "started (job pid $(cat "$DIR/job.pid")): $(cat "$DIR/train.cmd")"
+  echo "then: $(cat "$DIR/eval.cmd")"
+  echo "logs: $DIR/train.log, $DIR/eval.log; watch with: $0 status"
+  ;;
+status)
+  if running; then echo "training: running (pid $(cat "$DIR/train.pid"))"
+  elif [ -f "$DIR/train.rc" ]; then echo "training: finished, exit status $(cat "$DIR/train.rc")"
+  else echo "training: not started"; fi
+  if busy && ! running; then echo "eval: running"; fi
+  [ -f "$DIR/eval.rc" ] && echo "eval: finished, exit status $(cat "$DIR/eval.rc")"
+  [ -f "$DIR/train.log" ] && { echo "--- train.log (last lines)"; grep -v '^\s*$' "$DIR/train.log" | tail -n "${LINES_SHOWN:-12}"; }
+  [ -f "$DIR/eval.md" ] && { echo "--- eval"; cat "$DIR/eval.md"; }
+  [ -f "$DIR/eval.log" ] && [ ! -f "$DIR/eval.rc" ] && tail -n 3 "$DIR/eval.log"
+  exit 0
+  ;;
+collect)
+  out=${2:?usage: $0 collect OUT}
+  mkdir -p "$out"
+  if running; then
+    echo "training still running: asking it to stop (it checkpoints first)"
+    touch "$DIR/skip-eval"
+    kill -TERM "$(cat "$DIR/train.pid")"
+    for _ in $(seq 1 120); do running || break; sleep 1; done
+    running && { echo "training did not stop in 120 s; killing it (the last checkpoint stays valid)"; kill -KILL "$(cat "$DIR/train.pid")"; }
+  fi
+  model=$RUN/model; [ -d "$model" ] || model=$RUN/model.old
+  [ -f "$model/transformer/config.json" ] || { echo "no model folder in $RUN"; exit 1; }
+  tar -C "$(dirname "$model")" --transform "s,^$(basename "$model"),model," -cf "$out/model.tar" "$(basename "$model")"
+  if [ "$(stat -c %s "$out/model.tar")" -gt 15728640 ]; then
+    split -b 15M -d "$out/model.tar" "$out/model.tar.part-" && rm "$out/model.tar"
+  fi
+  for f in learning_curve.json learning_curve.png log.jsonl summary.json; do
+    [ -f "$RUN/$f" ] && cp "$RUN/$f" "$out/"
+  done
+  last=$(ls -1 "$RUN"/samples/*.png 2>/dev/null | tail -n 1 || true)
+  [ -n "$last" ] && cp "$last" "$out/sample.png"
+  [ -f "$DIR/eval.json" ] && cp "$DIR/eval.json" "$out/"
+  {
+    echo "train: $(cat "$DIR/train.cmd" 2>/dev/null)"; echo "train exit: $(cat "$DIR/train.rc" 2>/dev/null)"
+    echo "eval: $(cat "$DIR/eval.cmd" 2>/dev/null)"; echo "eval exit: $(cat "$DIR/eval.rc" 2>/dev/null)"
+    nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null || true
+    echo "--- summary.json"; cat "$RUN/summary.json" 2>/dev/null || true
+    echo; echo "--- eval table"; cat "$DIR/eval.md" 2>/dev/null || true
+    echo "--- train.log (first 15 and last 60 lines)"; head -n 15 "$DIR/train.log"; echo "..."; tail -n 60 "$DIR/train.log"
+    echo "--- eval.log (last 30 lines)"; tail -n 30 "$DIR/eval.log" 2>/dev/null || true
+  } > "$out/report.txt"
+  # summary.json travels inside report.txt; keep at most 8 files
+  rm -f "$out/summary.json"
+  ls -la "$out"
+  echo "unpack here with: tar -xf model.tar -C assets/   (or: cat model.tar.part-* | tar -x -C assets/)"
+  ;;
+*)
+  sed -n '2,22p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,79 @@
+"""Contracts of ``launch.py eval`` and ``launch.py train`` at the command line: the table runs on a
+tiny model folder, its baseline rows are the baselines, bad arguments exit 2 with one line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import launch
+from core.eval.baselines import copy_column0
+from core.eval.metrics import psnr_unknown
+from core.eval.run import render_eval_scenes, untrained_soft
+from core.grid import known_mask
+from core.model.pipeline import FourDModel
+from core.model.sync import soft_sync_weight
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("m") / "tiny"
+    FourDModel.from_preset("tiny").save_pretrained(folder)
+    return folder
+
+
+def test_eval_command_writes_the_table_with_true_baselines(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = launch.main(["eval", "--model", str(tiny_folder), "--seeds", "2", "--size", "16x16", "--views", "2",
+                      "--times", "3", "--steps", "1", "--modes", "soft,soft-untrained,fused,image,text",
+                      "--device", "cpu", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    rows = {r["row"]: r for r in res["rows"]}
+    assert set(rows) == {"ground truth", "copy_column0", "copy_row0", "parallel soft trained",
+                         "parallel soft untrained", "fused", "image-to-4D", "text-to-4D"}
+    scenes = render_eval_scenes(2, 2, 3, 16, 16)
+    known = known_mask(2, 3, "row0+col0")
+    expect = np.mean([psnr_unknown(copy_column0(s.frames, known), s.frames, known) for s in scenes])
+    assert rows["copy_column0"]["psnr"] == pytest.approx(expect)
+    assert rows["text-to-4D"]["psnr"] is None and rows["image-to-4D"]["psnr"] is not None
+    assert "| parallel soft trained |" in capsys.readouterr().out
+    assert res["command"].startswith("python launch.py eval --model")
+
+
+def test_untrained_soft_resets_only_the_soft_sync_layers(tiny_folder):
+    m = FourDModel.from_pretrained(tiny_folder)
+    with torch.no_grad():
+        for p in m.transformer.parameters():
+            p.add_(0.01)
+    u = untrained_soft(m)
+    L = len(u.transformer.layers.soft_sync)
+    for l, layer in enumerate(u.transformer.layers.soft_sync):
+        assert torch.allclose(layer.weight_v, torch.full_like(layer.weight_v, soft_sync_weight(l, L)))
+    assert torch.equal(u.transformer.layers.cond_embedding.weight, m.transformer.layers.cond_embedding.weight)
+    assert not torch.equal(m.transformer.layers.soft_sync[0].weight_v, u.transformer.layers.soft_sync[0].weight_v)
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--seeds", "0"],
+    ["eval", "--modes", "diagonal"],
+    ["eval", "--size", "72by128"],
+    ["eval", "--model", "/nonexistent/model"],
+    ["train", "--out", "X", "--minutes", "0"],
+    ["train", "--out", "X", "--stage", "5"],
+    ["train", "--out", "X", "--batch", "0"],
+    ["train", "--out", "X", "--resume", "/nonexistent/run"],
+    ["train", "--out", "X", "--preset", "huge"],
+    ["train", "--out", "X", "--reuse", "0.5"],
+    ["train"],
+])
+def test_bad_arguments_exit_2_with_one_line(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert launch.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith(("error:", "launch.py")), err
+    if argv != ["train"]:
+        assert len(err) == 1, err
