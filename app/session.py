@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.runfolder import unique_path
 
@@ -21,6 +22,7 @@ class Session:
     key: str = ""  # this session's folder name under the runs root; set on first use
     runs: list[str] = field(default_factory=list)  # run folders made in this session, oldest first
     current: str = ""  # the run being explored ("" before the first one)
+    view: Any = None  # its app.explore.RunView (paths and shape), so slider events read no files
     mode: str = "videos"  # the input tab: videos | image | prompt
     cancel: bool = False  # set by Cancel, read by the running job's should_cancel
 

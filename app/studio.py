@@ -73,10 +73,17 @@ class ImageFile(gr.Image):
         return None if payload is None else str(payload.path)
 
 
+PREVIEW_MAX_WIDTH = 1280  # the live preview is only a glance: keep its PNGs small
+PREVIEW_EVERY_S = 0.5  # and send at most two a second
+
+
 def _preview_mosaic(preview: np.ndarray) -> np.ndarray:
-    """The live preview: the denoising grid [V, T, H, W, 3] as a V x T sheet."""
+    """The live preview: the denoising grid [V, T, H, W, 3] as a V x T sheet, subsampled to fit."""
+    preview = np.asarray(preview, np.uint8)
     V, T, H, W, _ = preview.shape
-    return mosaic(np.asarray(preview, np.uint8).reshape(V * T, H, W, 3), V, T)
+    k = max(1, -(-T * W // PREVIEW_MAX_WIDTH))
+    small = preview[:, :, ::k, ::k]  # [V, T, H/k, W/k, 3]
+    return mosaic(small.reshape(V * T, *small.shape[2:]), V, T)
 
 
 def _size_mb(path: Path) -> str:
@@ -171,7 +178,7 @@ class Studio:
             s = check_settings(views, times, size, steps, seed, stream, guidance)
             check_sources(state.mode, fixed, freeze, image, prompt, s.height, s.width)
         except InputError as e:
-            raise gr.Error(str(e), title="Cannot generate yet", duration=None) from None
+            raise gr.Error(str(e), title="Cannot generate yet", duration=None, print_exception=False) from None
         state.cancel = False
         c = self.c
         return {c["status"]: status_html("Waiting for the GPU…", "busy"),
@@ -197,13 +204,15 @@ class Studio:
             return engine.generate(req, out, on_progress=on_progress, should_cancel=should_cancel)
 
         yield {c["status"]: status_html("Loading the model…", "busy", 0, req.steps)}
+        last_preview = -1.0
         with Job(work, lambda: state.cancel, self._gpu) as job:
             for step, total, preview in job.reports():
                 upd = {c["status"]: status_html(
                     f"Denoising · step {step} of {total}", "busy", step, total,
                     f"{clock(job.elapsed)} elapsed" + (f" · {time_left(job.elapsed, step, total)}"
                                                        if step else ""))}
-                if preview is not None:
+                if preview is not None and (job.elapsed - last_preview >= PREVIEW_EVERY_S or step == total):
+                    last_preview = job.elapsed
                     upd[c["preview"]] = gr.update(value=_preview_mosaic(preview), visible=True)
                     upd[c["scrub"]] = gr.update(visible=False)
                 yield upd
@@ -275,7 +284,7 @@ class Studio:
         """Every update that puts ``run`` in front of the user: scrub widget, videos, downloads."""
         c = self.c
         view = prepare_run(run)
-        state.current = str(run)
+        state.current, state.view = str(run), view
         d = view.downloads
         names = [Path(r).name for r in state.runs]
         upd = {
@@ -309,9 +318,9 @@ class Studio:
 
     def on_cell(self, state: Session, evt: gr.EventData):
         """The scrub widget reports the cell it stopped on: show that row's and column's videos."""
-        if not state.current:
+        view = state.view
+        if view is None:
             return gr.skip(), gr.skip()
-        view = prepare_run(state.current)
         v = int(np.clip(int(getattr(evt, "view", 0)), 0, view.V - 1))
         t = int(np.clip(int(getattr(evt, "time", 0)), 0, view.T - 1))
         return (gr.update(value=str(view.view_video(v)), label=f"Row · view {v} through time"),
@@ -609,6 +618,7 @@ def serve(studio: Studio, demo: gr.Blocks, block: bool = True):
 def launch_studio(args, viewer_factory: Callable[..., Any] | None = None) -> int:
     """``python launch.py [app]``: serve the studio until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     studio = Studio(StudioConfig.from_args(args), viewer_factory=viewer_factory)
     if viewer_factory is None:
         log.warning("the 3D viewer is not available (viser missing); reconstructions still export .ply")

@@ -176,7 +176,7 @@ class ViewerServer:
         if not self._poses:
             return 0.2
         dist = float(np.median([np.linalg.norm(p.position) for p in self._poses]))
-        return float(np.clip(0.12 * dist, 0.03, 0.4))
+        return float(np.clip(0.08 * dist, 0.03, 0.3))
 
     def _frame_for(self, v: int, t: int) -> np.ndarray | None:
         if self._images is None or v >= len(self._images):
@@ -193,11 +193,14 @@ class ViewerServer:
             handle.image = self._frame_for(v, self._time)
 
     def _set_home(self) -> None:
-        """Start behind and above camera 0, looking at the scene's centre (the origin)."""
+        """Start above and to the side of camera 0, looking at the scene's centre (the origin), so
+        the frusta are seen at an angle instead of covering the view."""
         if self._poses:
-            p = self._poses[0].position
+            p, up = self._poses[0].position, scene_up(self._poses)
             dist = max(float(np.linalg.norm(p)), 0.5)
-            position = p * 1.6 + scene_up(self._poses) * 0.45 * dist
+            a = np.deg2rad(35.0)  # Rodrigues: turn p about the up axis
+            turned = p * np.cos(a) + np.cross(up, p) * np.sin(a) + up * float(up @ p) * (1 - np.cos(a))
+            position = turned * 1.7 + up * 0.7 * dist
         else:
             position = np.array([1.6, -1.2, 1.2])
         self._home = (position, np.zeros(3))
