@@ -40,7 +40,7 @@ class RunView:
     caption: str
     known: list[list[bool]]
     cells: list[list[Path]]  # [V][T] cached JPEGs
-    sheet: Path  # contact sheet JPEG (known cells outlined)
+    sheet: Path  # contact sheet JPEG
     sheet_size: tuple[int, int]  # (height, width) of the full-size sheet, for cell geometry
     downloads: dict[str, Path] = field(default_factory=dict)  # grid_mp4, videos_zip, frames_zip, manifest
 
@@ -75,7 +75,7 @@ def _write_cache(folder: Path, run: Path, grid: Grid) -> None:
     for v in range(grid.V):
         for t in range(grid.T):
             _save_jpeg(folder / "cells" / f"v{v:02d}_t{t:02d}.jpg", grid.frames[v, t], max_side=CELL_MAX_SIDE)
-    sheet = contact_sheet(grid, mark_known=True)
+    sheet = contact_sheet(grid)  # known cells are outlined by the page, crisp at any size
     _save_jpeg(folder / "sheet.jpg", sheet, max_width=SHEET_MAX_WIDTH)
     # mp4s and PNGs are already compressed: store them, don't deflate them again
     with zipfile.ZipFile(folder / "videos.zip", "w", zipfile.ZIP_STORED) as z:
@@ -141,6 +141,10 @@ def scrub_html(view: RunView | None) -> str:
     )
     data = " ".join(f'data-{k}="{val:.6f}"' for k, val in geom.items())
     caption = f'<div class="scrub-caption">{html.escape(view.caption)}</div>' if view.caption else ""
+    known_boxes = "".join(
+        f'<div class="sheet-known" style="left:{100 * t * geom["sx"]:.4f}%;top:{100 * v * geom["sy"]:.4f}%;'
+        f'width:{100 * geom["cw"]:.4f}%;height:{100 * geom["ch"]:.4f}%"></div>'
+        for v in range(V) for t in range(T) if view.known[v][t])
     known = "".join("1" if k else "0" for row in view.known for k in row)  # row-major [V, T]
     return f"""
 <div class="scrub" data-v="{V}" data-t="{T}" data-fps="{view.fps:g}" data-run="{html.escape(view.run.name)}" data-known="{known}" {data}>
@@ -164,7 +168,7 @@ def scrub_html(view: RunView | None) -> str:
       <div class="sheet-title">Contact sheet · {V} views × {T} times <span class="sheet-legend">
         <i class="lg-cur"></i>current <i class="lg-known"></i>given</span></div>
       <div class="scrub-sheet" title="Click a cell to jump to it">
-        <img src="{file_url(view.sheet)}" alt="contact sheet" draggable="false">
+        <img src="{file_url(view.sheet)}" alt="contact sheet" draggable="false">{known_boxes}
         <div class="sheet-hl"></div>
       </div>
       <div class="sheet-axes"><span>↓ views</span><span>times →</span></div>

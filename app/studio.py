@@ -583,8 +583,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
         c["cancel"].click(studio.on_cancel, state, c["status"], **quick)
         c["recon_cancel"].click(studio.on_cancel, state, c["recon_status"], **quick)
 
-        c["scrub"].release(studio.on_cell, state, [c["row_video"], c["col_video"]], concurrency_limit=8,
-                           show_progress="hidden", trigger_mode="always_last")
+        # every report is sent ("always_last" can resend an older report's data) and served in order
+        c["scrub"].release(studio.on_cell, state, [c["row_video"], c["col_video"]], concurrency_limit=1,
+                           show_progress="hidden", trigger_mode="multiple")
         c["run_pick"].input(studio.on_pick_run, [state, c["run_pick"]], explore_outputs, concurrency_limit=4)
 
         c["recon"].click(studio.check_reconstruct, state, [c["recon_status"], c["recon"]], **quick).success(

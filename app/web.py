@@ -50,9 +50,13 @@ function show(v, t) {
   hl.style.height = `${d.ch * 100}%`;
 }
 
-function report() {
-  const s = root();
-  if (s) trigger('release', {view: +s.dataset.view, time: +s.dataset.time});
+let pending = null;
+function report() {  // debounced: one event when the hand rests, not one per key repeat
+  clearTimeout(pending);
+  pending = setTimeout(() => {
+    const s = root();
+    if (s) trigger('release', {view: +s.dataset.view, time: +s.dataset.time});
+  }, 120);
 }
 
 function stop() {
@@ -152,7 +156,7 @@ def header_html(model: str, device: str) -> str:
 
 
 CSS = r"""
-.gradio-container { max-width: 1480px !important; margin: 0 auto !important; }
+.gradio-container { width: 100% !important; max-width: 1480px !important; margin: 0 auto !important; }
 footer { display: none !important; }
 .hero { padding: 10px 4px 2px 4px; }
 .hero-title { font-size: 1.7rem; font-weight: 700; letter-spacing: -0.01em; }
@@ -216,6 +220,8 @@ footer { display: none !important; }
 .sheet-hl { position: absolute; box-sizing: border-box; border: 3px solid #ffc800; border-radius: 2px;
   box-shadow: 0 0 0 2px rgba(0, 0, 0, 0.55), 0 0 14px rgba(255, 200, 0, 0.6); pointer-events: none;
   transition: left 0.06s linear, top 0.06s linear; }
+.sheet-known { position: absolute; box-sizing: border-box; border: 2px solid rgba(80, 160, 255, 0.9);
+  pointer-events: none; }
 .sheet-axes { display: flex; justify-content: space-between; font-size: 0.75rem;
   color: var(--body-text-color-subdued); margin-top: 4px; }
 .scrub-caption { margin-top: 8px; font-style: italic; color: var(--body-text-color-subdued); }

@@ -190,6 +190,7 @@ def test_scrub_html_stacks_every_cell_with_only_the_first_shown(run_dir):
     assert {(int(v), int(t)) for _, v, t, _ in cells} == {(v, t) for v in range(4) for t in range(5)}
     assert all(src.startswith("gradio_api/file=") and str(run_dir.resolve()) in src for *_, src in cells)
     assert 'max="3"' in page and 'max="4"' in page  # view and time sliders span the grid
+    assert page.count('class="sheet-known"') == 4 + 5 - 1  # row 0 and column 0 are outlined as given
     assert "appears here" in scrub_html(None)
 
 

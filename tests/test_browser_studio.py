@@ -164,6 +164,8 @@ def test_example_to_grid_to_sliders_to_download_to_3d(studio, browser, tmp_path)
         page.locator("#scrub .scrub-sheet").click(position={"x": 5, "y": 5})  # back to (0, 0)...
         page.locator("#scrub input.sv").fill("1")  # ...then a generated cell
         page.locator("#scrub input.st").fill("2")
+        page.get_by_text("Column · time 2 across views").wait_for(timeout=10_000)
+        page.get_by_text("Row · view 1 through time").wait_for(timeout=10_000)
         page.screenshot(path=str(REPO / "docs" / "studio.png"), full_page=True)
 
     # 6. reconstruct at a tiny size; the viewer's canvas appears in the iframe
