@@ -12,6 +12,7 @@ import html
 import json
 import zipfile
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from urllib.parse import quote
 
@@ -71,6 +72,8 @@ def _save_jpeg(path: Path, image: np.ndarray, max_side: int | None = None, max_w
 
 
 def _write_cache(folder: Path, run: Path, grid: Grid) -> None:
+    from PIL import Image
+
     (folder / "cells").mkdir()
     for v in range(grid.V):
         for t in range(grid.T):
@@ -84,10 +87,6 @@ def _write_cache(folder: Path, run: Path, grid: Grid) -> None:
             if (run / rel).is_file():
                 z.write(run / rel, rel)
     with zipfile.ZipFile(folder / "frames.zip", "w", zipfile.ZIP_STORED) as z:
-        from io import BytesIO
-
-        from PIL import Image
-
         for v in range(grid.V):
             for t in range(grid.T):
                 buf = BytesIO()

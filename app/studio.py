@@ -9,12 +9,13 @@ work from every session goes through one queue (``concurrency_id="gpu"``, one at
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ from core.errors import InputError
 from core.export import mosaic
 from core.grid import Grid, parse_size
 
-from .explore import RunView, prepare_run, scrub_html
+from .explore import prepare_run, scrub_html
 from .inputs import Example, check_image_input, check_settings, check_sources, compare_first_frames, find_examples
 from .jobs import Job, clock, explain_failure, time_left
 from .session import Session, new_run_path, run_of, session_folder, session_key
@@ -95,8 +96,7 @@ class Studio:
     """The handlers, and the resources every session shares (never user data)."""
 
     def __init__(self, config: StudioConfig, viewer_factory: Callable[..., Any] | None = None):
-        self.config = config
-        config.runs = Path(config.runs).resolve()
+        self.config = replace(config, runs=Path(config.runs).resolve())
         self.viewer_factory = viewer_factory
         self.examples: list[Example] = find_examples(config.examples)
         self._gpu = threading.Lock()  # held by every engine call
@@ -194,7 +194,7 @@ class Studio:
             mode=s.mode, guidance=s.guidance)
 
     def _generate_job(self, state: Session, req, model: str, kind: str, session_hash: str | None):
-        """Stream one generation to the page; return the finished run folder (None if cancelled)."""
+        """Stream one generation to the page; return (run folder, seconds), or None if cancelled."""
         c = self.c
         out = new_run_path(self.config.runs, state, kind, session_hash)
         lower = f"the frame size (now {req.height}x{req.width}), the views (now {req.views}) or the times (now {req.times})"
@@ -228,13 +228,22 @@ class Studio:
                 raise gr.Error(msg, title="Generation failed", duration=None) from None
         return Path(run), job.elapsed
 
-    def generate(self, state: Session, fixed, freeze, image, prompt, views, times, size, steps, seed, stream,
-                 guidance, model, request: gr.Request):
-        s = check_settings(views, times, size, steps, seed, stream, guidance)
+    def _request_or_error(self, mode, fixed, freeze, image, prompt, views, times, size, steps, seed, stream,
+                          guidance):
+        """The engine's request for these settings; gr.Error if they changed into something bad
+        since the check, or if the engine is missing."""
         try:
-            req = self._request(state.mode, fixed, freeze, image, prompt, s)
+            s = check_settings(views, times, size, steps, seed, stream, guidance)
+            return s, self._request(mode, fixed, freeze, image, prompt, s)
+        except InputError as e:
+            raise gr.Error(str(e), title="Cannot generate", duration=None, print_exception=False) from None
         except ImportError as e:
             raise gr.Error(f"The engine is not installed in this checkout ({e}).") from None
+
+    def generate(self, state: Session, fixed, freeze, image, prompt, views, times, size, steps, seed, stream,
+                 guidance, model, request: gr.Request):
+        s, req = self._request_or_error(state.mode, fixed, freeze, image, prompt, views, times, size, steps, seed,
+                                        stream, guidance)
         done = yield from self._generate_job(state, req, model, "grid", request.session_hash)
         if done is None:
             return
@@ -247,11 +256,8 @@ class Studio:
     def generate_inputs(self, state: Session, prompt, views, times, size, steps, seed, stream, guidance, model,
                         request: gr.Request):
         """Make the two input videos from the prompt: row 0 and column 0 of a text-to-4D grid."""
-        s = check_settings(views, times, size, steps, seed, stream, guidance)
-        try:
-            req = self._request("prompt", None, None, None, prompt, s)
-        except ImportError as e:
-            raise gr.Error(f"The engine is not installed in this checkout ({e}).") from None
+        _, req = self._request_or_error("prompt", None, None, None, prompt, views, times, size, steps, seed,
+                                        stream, guidance)
         done = yield from self._generate_job(state, req, model, "prompt-inputs", request.session_hash)
         if done is None:
             return
@@ -311,9 +317,6 @@ class Studio:
         }
         if status is not None:
             upd[c["status"]] = status
-        if find_reconstruction(run) is not None:
-            upd[c["recon_status"]] = status_html("This run has a reconstruction: press Reconstruct to "
-                                                 "show it or fit it again.", "info")
         return upd
 
     def on_cell(self, state: Session, evt: gr.EventData):
@@ -326,11 +329,16 @@ class Studio:
         return (gr.update(value=str(view.view_video(v)), label=f"Row · view {v} through time"),
                 gr.update(value=str(view.time_video(t)), label=f"Column · time {t} across views"))
 
-    def on_pick_run(self, state: Session, name: str):
+    def on_pick_run(self, state: Session, name: str, request: gr.Request):
+        """Go back to another of this session's runs (and its reconstruction, if it has one)."""
         run = run_of(state, name or "")
         if run is None or str(run) == state.current:
-            return {}
-        return self._show_run(state, run, status=status_html(f"Showing {run.name}.", "info"))
+            return
+        yield self._show_run(state, run, status=status_html(f"Showing {run.name}.", "info"))
+        if find_reconstruction(run) is not None:
+            recon_info = json.loads((run / "recon.json").read_text()) if (run / "recon.json").is_file() else {}
+            yield from self._show_reconstruction(state, run, state.key or session_key(request.session_hash),
+                                                 recon_info, None)
 
     # -- handlers: reconstruct -------------------------------------------------------------
     def check_reconstruct(self, state: Session):
@@ -370,7 +378,8 @@ class Studio:
         seconds = job.elapsed
         yield from self._show_reconstruction(state, run, key, info, seconds)
 
-    def _show_reconstruction(self, state: Session, run: Path, key: str, info: dict | None, seconds: float):
+    def _show_reconstruction(self, state: Session, run: Path, key: str, info: dict | None, seconds: float | None):
+        """Downloads and the viewer for ``run``'s reconstruction (``seconds`` None: a saved one)."""
         c = self.c
         recon = find_reconstruction(run)
         if recon is None:
@@ -378,7 +387,8 @@ class Studio:
             yield {c["recon_status"]: status_html(msg, "error")}
             raise gr.Error(msg)
         psnr = (info or {}).get("psnr_db", recon.info.get("psnr_db"))
-        done = f"Reconstructed in {clock(seconds)}" + (f" · PSNR {psnr:.2f} dB" if isinstance(psnr, (int, float)) else "")
+        done = ("The saved reconstruction" if seconds is None else f"Reconstructed in {clock(seconds)}") + \
+            (f" · PSNR {psnr:.2f} dB" if isinstance(psnr, (int, float)) else "")
         upd = {
             c["dl_canonical"]: gr.update(value=str(recon.canonical), interactive=True,
                                          label=f"canonical.ply · {_size_mb(recon.canonical)}"),

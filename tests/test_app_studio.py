@@ -533,6 +533,25 @@ def test_unload_removes_an_empty_session_folder_but_keeps_runs(studio, tmp_path)
     assert not empty.exists() and kept.is_dir()
 
 
+def test_picking_an_earlier_run_brings_back_its_grid_and_reconstruction(studio, run_dir, tmp_path, _base_run):
+    import shutil
+
+    from app.session import Session
+
+    other = Path(shutil.copytree(_base_run, run_dir.parent / "run2"))
+    write_procedural_splats(other, T=5)
+    state = Session(key="picker", runs=[str(run_dir), str(other)])
+    studio._show_run(state, run_dir)
+    assert list(studio.on_pick_run(state, run_dir.name, gr_request("picker"))) == []  # already shown
+    assert list(studio.on_pick_run(state, "../../elsewhere", gr_request("picker"))) == []  # not this session's
+    updates = list(studio.on_pick_run(state, other.name, gr_request("picker")))
+    c = studio.c
+    assert state.current == str(other)
+    assert updates[0][c["run_pick"]]["visible"] and updates[0][c["run_pick"]]["value"] == "run2"
+    assert updates[-1][c["dl_canonical"]]["interactive"]  # its saved splats are offered again
+    assert "saved reconstruction · PSNR 21.50 dB" in updates[-1][c["recon_status"]]
+
+
 # -- the page --------------------------------------------------------------------------------------
 def test_page_queues_every_gpu_job_on_one_queue_and_binds_locally(tmp_path):
     import argparse
