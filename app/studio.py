@@ -206,7 +206,8 @@ class Studio:
         yield {c["status"]: status_html("Loading the model…", "busy", 0, req.steps)}
         last_preview = -1.0
         with Job(work, lambda: state.cancel, self._gpu) as job:
-            for step, total, preview in job.reports():
+            for step, total, *rest in job.reports():  # on_progress(step, total, preview or None)
+                preview = rest[0] if rest else None
                 upd = {c["status"]: status_html(
                     f"Denoising · step {step} of {total}", "busy", step, total,
                     f"{clock(job.elapsed)} elapsed" + (f" · {time_left(job.elapsed, step, total)}"
@@ -217,7 +218,7 @@ class Studio:
                     upd[c["scrub"]] = gr.update(visible=False)
                 yield upd
             try:
-                run = job.result()
+                run = job.result() or out
             except Exception as e:  # InputError, Cancelled, OOM, bugs: each gets its line
                 msg = explain_failure(e, lower)
                 hide = {c["preview"]: gr.update(visible=False), c["scrub"]: gr.update(visible=True)}
@@ -361,7 +362,8 @@ class Studio:
 
         yield {c["recon_status"]: status_html("Loading the model…", "busy")}
         with Job(work, lambda: state.cancel, self._gpu) as job:
-            for it, total, psnr in job.reports():
+            for it, total, *rest in job.reports():  # on_progress(iteration, total, psnr_db)
+                psnr = rest[0] if rest else None
                 ps = f" · PSNR {psnr:.2f} dB" if psnr is not None and np.isfinite(psnr) else ""
                 yield {c["recon_status"]: status_html(
                     f"Fitting Gaussians · iteration {it} of {total}{ps}", "busy", it, total,
