@@ -24,6 +24,7 @@ class Session:
     current: str = ""  # the run being explored ("" before the first one)
     view: Any = None  # its app.explore.RunView (paths and shape), so slider events read no files
     mode: str = "videos"  # the input tab: videos | image | prompt
+    image: str | None = None  # the uploaded start image's path (see Studio.on_image)
     cancel: bool = False  # set by Cancel, read by the running job's should_cancel
 
 

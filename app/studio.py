@@ -61,19 +61,6 @@ class StudioConfig:
                    viewer_port=args.viewer_port, model=args.model, device=args.device)
 
 
-class ImageFile(gr.Image):
-    """An image upload that reaches the handler as its path, undecoded.
-
-    gr.Image opens uploads with PIL before any handler runs, so a corrupt or enormous file would
-    fail with PIL's words; here ``core.video.read_image`` checks it and says what is allowed.
-    """
-
-    is_template = True  # gradio draws it as a plain gr.Image
-
-    def preprocess(self, payload):
-        return None if payload is None else str(payload.path)
-
-
 PREVIEW_MAX_WIDTH = 1280  # the live preview is only a glance: keep its PNGs small
 PREVIEW_EVERY_S = 0.5  # and send at most two a second
 
@@ -151,7 +138,13 @@ class Studio:
         image, note, kind = compare_first_frames(fixed, freeze, H, W)
         return gr.update(value=image, visible=image is not None), status_html(note, kind)
 
-    def on_image(self, image, size):
+    def on_image(self, state: Session, upload: dict | None, size):
+        """Check the start image and remember its path for generation.
+
+        Wired with ``preprocess=False``: gr.Image would open the upload with PIL before any handler
+        runs, and a corrupt or enormous file would fail there with PIL's words, not ours.
+        """
+        image = state.image = (upload or {}).get("path") or None
         if not image:
             return status_html("Upload one image: it becomes view 0 at time 0.", "info")
         try:
@@ -171,12 +164,12 @@ class Studio:
         return random.randrange(0, 2**31)
 
     # -- handlers: generate ----------------------------------------------------------------
-    def check_generate(self, state: Session, fixed, freeze, image, prompt, views, times, size, steps, seed,
-                       stream, guidance):
+    def check_generate(self, state: Session, fixed, freeze, prompt, views, times, size, steps, seed, stream,
+                       guidance):
         """Runs before the job is queued, so bad input is refused at once with the reason."""
         try:
             s = check_settings(views, times, size, steps, seed, stream, guidance)
-            check_sources(state.mode, fixed, freeze, image, prompt, s.height, s.width)
+            check_sources(state.mode, fixed, freeze, state.image, prompt, s.height, s.width)
         except InputError as e:
             raise gr.Error(str(e), title="Cannot generate yet", duration=None, print_exception=False) from None
         state.cancel = False
@@ -241,10 +234,10 @@ class Studio:
         except ImportError as e:
             raise gr.Error(f"The engine is not installed in this checkout ({e}).") from None
 
-    def generate(self, state: Session, fixed, freeze, image, prompt, views, times, size, steps, seed, stream,
-                 guidance, model, request: gr.Request):
-        s, req = self._request_or_error(state.mode, fixed, freeze, image, prompt, views, times, size, steps, seed,
-                                        stream, guidance)
+    def generate(self, state: Session, fixed, freeze, prompt, views, times, size, steps, seed, stream, guidance,
+                 model, request: gr.Request):
+        s, req = self._request_or_error(state.mode, fixed, freeze, state.image, prompt, views, times, size, steps,
+                                        seed, stream, guidance)
         done = yield from self._generate_job(state, req, model, "grid", request.session_hash)
         if done is None:
             return
@@ -274,8 +267,7 @@ class Studio:
 
     def check_prompt(self, state: Session, prompt, views, times, size, steps, seed, stream, guidance):
         state.mode = "prompt"
-        return self.check_generate(state, None, None, None, prompt, views, times, size, steps, seed, stream,
-                                   guidance)
+        return self.check_generate(state, None, None, prompt, views, times, size, steps, seed, stream, guidance)
 
     def on_cancel(self, state: Session):
         state.cancel = True
@@ -482,8 +474,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                         example_labels=[e.name.replace("_", " ") for e in pair_examples],
                                         elem_id="examples")
                     with gr.Tab("One image", id="image") as tab_image:
-                        c["image"] = ImageFile(label="Start image · becomes view 0 at time 0", type="filepath",
-                                               sources=["upload"], height=260, elem_id="start_image")
+                        c["image"] = gr.Image(label="Start image · becomes view 0 at time 0", type="filepath",
+                                              sources=["upload"], height=260, elem_id="start_image")
                         c["image_note"] = gr.HTML(status_html(
                             "Upload one image: it becomes view 0 at time 0; everything else is generated.",
                             "info"), elem_classes="input-note", elem_id="image_note")
@@ -568,7 +560,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # ---- wiring ----------------------------------------------------------------------------
         settings = [c["views"], c["times"], c["size"], c["steps"], c["seed"], c["stream"], c["guidance"]]
-        sources = [c["fixed"], c["freeze"], c["image"], c["prompt"]]
+        sources = [c["fixed"], c["freeze"], c["prompt"]]  # the start image is in the session (on_image)
         explore_outputs = [c[k] for k in ("scrub", "preview", "row_video", "col_video", "spiral", "dl_grid",
                                           "dl_videos", "dl_frames", "dl_manifest", "run_pick", "videos_row", "recon",
                                           "recon_status", "viewer", "dl_canonical", "dl_splats", "status")]
@@ -580,7 +572,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
         for video in (c["fixed"], c["freeze"]):
             video.change(studio.on_videos, [c["fixed"], c["freeze"], c["size"]], [c["compare"], c["video_note"]],
                          concurrency_limit=4)
-        c["image"].change(studio.on_image, [c["image"], c["size"]], c["image_note"], concurrency_limit=4)
+        c["image"].change(studio.on_image, [state, c["image"], c["size"]], c["image_note"], concurrency_limit=4,
+                          preprocess=False)
         c["dice"].click(studio.on_dice, None, c["seed"], **quick)
 
         c["go"].click(studio.check_generate, [state, *sources, *settings], busy_outputs, **quick).success(

@@ -95,6 +95,11 @@ def test_bad_upload_and_bad_setting_are_explained_in_the_page(studio, browser, t
     page.set_input_files("#fixed_view input[type=file]", str(make_bad_input("text", tmp_path)))
     page.wait_for_function("document.querySelector('#video_note').innerText.includes('could not be opened')",
                            timeout=20_000)
+    page.get_by_role("tab", name="One image").click()
+    page.set_input_files("#start_image input[type=file]", str(make_bad_input("huge_image", tmp_path)))
+    page.wait_for_function("document.querySelector('#image_note').innerText.includes('largest allowed')",
+                           timeout=20_000)
+    page.get_by_role("tab", name="Two videos").click()
     page.fill("#views input", "1000")
     page.click("#generate")
     page.get_by_text("views must be between 1 and 64, got 1000").wait_for(timeout=10_000)
