@@ -4,7 +4,8 @@ flow — load an example, generate a small grid on CPU, move both sliders and se
 download grid.mp4, reconstruct at a tiny size, find the viewer's canvas in the iframe and look
 through a grid camera.
 
-With ``STUDIO_SCREENSHOTS=1`` it also writes docs/studio.png and docs/viewer.png for the README.
+With ``STUDIO_SCREENSHOTS=1`` it also writes docs/studio.png and docs/viewer.png for the README;
+with ``STUDIO_BROWSER_FULL=1`` it runs at full size (8 x 8 at 288x512, 25 steps) for a GPU.
 Skipped (with the reason) only while ``core.engine`` is not in the checkout.
 """
 
@@ -28,8 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-# small enough for a CPU run of the embedded model; 72x128 is the size it was trained at
-VIEWS, TIMES, SIZE, STEPS, RECON_ITERS = 4, 4, "72x128", 2, 30
+# small enough for a CPU run of the embedded model; 72x128 is the size it was trained at.
+# STUDIO_BROWSER_FULL=1 clicks through at full size instead (for a GPU machine).
+if os.environ.get("STUDIO_BROWSER_FULL"):
+    VIEWS, TIMES, SIZE, STEPS, RECON_ITERS = 8, 8, "288x512", 25, 0  # 0: the engine's default fit
+else:
+    VIEWS, TIMES, SIZE, STEPS, RECON_ITERS = 4, 4, "72x128", 2, 30
 
 try:
     import core.engine  # noqa: F401
@@ -136,7 +141,7 @@ def test_example_to_grid_to_sliders_to_download_to_3d(studio, browser, tmp_path)
     page.wait_for_function("[...document.querySelectorAll('#scrub img.cell')].every(i => i.complete)")
     before = frame_png(page)
     page.locator("#scrub input.sv").fill("2")
-    assert page.locator("#scrub img.cell.on").get_attribute("data-v") == "2"
+    assert page.locator("#scrub img.cell.on").get_attribute("data-v") == "2"  # (needs VIEWS >= 4, TIMES >= 4)
     after_view = frame_png(page)
     page.locator("#scrub input.st").fill("3")
     on = page.locator("#scrub img.cell.on")
