@@ -1,0 +1,1 @@
+"""The viser 3D viewer of the studio: deformable Gaussians over time and the grid's cameras."""
