@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One GPU session in few calls: benchmarks, GPU tests, and background training of the default
+# model; then collecting the weights and the reconstruction benchmark.
+#
+#   scripts/gpu_session.sh bench-and-train MINUTES   # benches + GPU tests, then training in the background
+#   scripts/gpu_session.sh collect-and-recon         # stop/collect training, then the reconstruction bench
+#
+# Run from the repository root on the GPU machine, with the wheels of .whl/ carried along
+# (diffusers, gsplat, trimesh, ...). Results go to $OUT (at most 8 files come back).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 PYTHON=python3
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+OUT=${OUT:?set OUT}
+mkdir -p "$OUT"
+log=$OUT/session.log
+
+case "${1:-}" in
+bench-and-train)
+  minutes=${2:-13}
+  {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c 'import torch, diffusers; print("torch", torch.__version__, "cuda", torch.version.cuda, "diffusers", diffusers.__version__)'
+    echo "=== engine bench: Wan2.1-1.3B shape, 8x8 at 288x512"
+    time python3 launch.py bench --device cuda --budget-s 260 --json "$OUT/bench_wan.json"
+    echo "=== engine bench: default model shape, 8x8 at 72x128"
+    time python3 launch.py bench --device cuda --preset default --no-ablations --budget-s 60 --json "$OUT/bench_default.json"
+    echo "=== world bench"
+    time python3 -m core.world.bench --device cuda --json "$OUT/bench_world.json"
+    echo "=== GPU tests"
+    time python3 -m pytest -q -p no:cacheprovider tests/gpu tests/test_world_gpu.py 2>&1 | tail -15
+    echo "=== training: $minutes minutes in the background"
+    scripts/gpu_train.sh start "$minutes"
+  } 2>&1 | tee "$log"
+  ;;
+collect-and-recon)
+  {
+    scripts/gpu_train.sh status
+    scripts/gpu_train.sh collect "$OUT/train"; rm -f "$OUT/train/log.jsonl"
+    echo "=== reconstruction bench"
+    time python3 -m core.recon.bench --json "$OUT/bench_recon.json" 2>&1 | tail -40
+  } 2>&1 | tee "$log"
+  ;;
+*)
+  echo "usage: $0 bench-and-train MINUTES | collect-and-recon" >&2; exit 2 ;;
+esac
