@@ -32,6 +32,10 @@ class SfMConfig:
     pair_window: int = 4  # match view i with views i+1 .. i+window
     min_pair_inliers: int = 16  # a verified pair needs this many matches
     ransac_px: float = 1.5  # epipolar / PnP threshold, in pixels of a 512-wide image (scaled)
+    coherence: float = 0.012  # a match may differ from its neighbours' motion by this x image size
+    three_view_from: int = 4  # grids with this many views keep only points seen by 3+ views
+    guided: bool = True  # a second round of matching guided by the first cameras
+    guided_window: float = 0.02  # its search radius around the predicted position, x image size
     min_tri_angle_deg: float = 1.0  # a point needs this much parallax between some two rays
     fov_x_deg: float | None = None  # a known horizontal field of view; None = estimate it
     fov_candidates: tuple[float, ...] = (50.0, 35.0, 70.0)  # starting points, tried until one fits well
@@ -97,8 +101,23 @@ def match_pair(fa: dict, fb: dict, ratio: float) -> np.ndarray:
     return np.array(out, dtype=int).reshape(-1, 2)
 
 
-def verified_matches(feats: list[dict], cfg: SfMConfig, thr_px: float) -> dict[tuple[int, int], np.ndarray]:
-    """Matches between nearby views that agree with one fundamental matrix (RANSAC)."""
+def coherent(a: np.ndarray, b: np.ndarray, tol_px: float, k: int = 8) -> np.ndarray:
+    """bool [m]: matches a -> b whose displacement agrees with the median of their k nearest
+    neighbours' (in image a). Repeated textures (checkers, stripes) give matches one period off
+    that still obey the epipolar constraint; their neighbours disagree with them."""
+    if len(a) <= k:
+        return np.ones(len(a), bool)
+    at = torch.tensor(a, dtype=torch.float32)
+    nn_idx = torch.cdist(at, at).topk(k + 1, largest=False).indices[:, 1:].numpy()  # [m, k]
+    disp = b - a
+    med = np.median(disp[nn_idx], axis=1)  # [m, 2]
+    return np.linalg.norm(disp - med, axis=1) <= tol_px
+
+
+def verified_matches(feats: list[dict], cfg: SfMConfig, thr_px: float, coherence_px: float = np.inf
+                     ) -> dict[tuple[int, int], np.ndarray]:
+    """Matches between nearby views that move with their neighbours and agree with one
+    fundamental matrix (RANSAC)."""
     import cv2
 
     V = len(feats)
@@ -106,6 +125,9 @@ def verified_matches(feats: list[dict], cfg: SfMConfig, thr_px: float) -> dict[t
     for i in range(V):
         for j in range(i + 1, min(V, i + 1 + cfg.pair_window)):
             m = match_pair(feats[i], feats[j], cfg.ratio)
+            if len(m) < cfg.min_pair_inliers:
+                continue
+            m = m[coherent(feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]], coherence_px)]
             if len(m) < cfg.min_pair_inliers:
                 continue
             a, b = feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]]
@@ -187,14 +209,17 @@ class _Recon:
         uv = self.focal * Xc[:2] / Xc[2] + np.array([self.W / 2, self.H / 2])
         return float(np.linalg.norm(uv - self.feats[view]["xy"][k]))
 
-    def triangulate_tracks(self, thr_px: float, min_angle_deg: float, only_new: bool = True) -> int:
+    def triangulate_tracks(self, thr_px: float, min_angle_deg: float, only_new: bool = True,
+                           min_obs: int = 2) -> int:
+        """Triangulate tracks seen by >= ``min_obs`` placed views; keep those that reproject within
+        ``thr_px`` everywhere and have ``min_angle_deg`` of parallax."""
         n = 0
         cos_min = math.cos(math.radians(min_angle_deg))
         for ti, tr in enumerate(self.tracks):
             if only_new and np.isfinite(self.X[ti, 0]):
                 continue
             views = [v for v in tr if v in self.R]
-            if len(views) < 2:
+            if len(views) < max(2, min_obs):
                 continue
             P = [np.hstack([self.R[v], self.t[v][:, None]]) for v in views]
             X = triangulate(P, [self.norm_xy(v, tr[v]) for v in views])
@@ -446,11 +471,17 @@ def _sfm_with_focal(feats, tracks, pairs, focal, H, W, cfg: SfMConfig, optimise_
     fixed = first[0]
     rec.triangulate_tracks(4 * thr, cfg.min_tri_angle_deg)
     bundle_adjust(rec, fixed, False, cfg.ba_iters // 2, 2 * thr)
+    # Once three views are placed, a point must be seen by three: a wrong match on a repeated
+    # texture still fits two views (anywhere on the epipolar line) but rarely three.
+    min_obs = 3 if V >= cfg.three_view_from else 2
     while len(rec.R) < V:
         v = _register_next(rec, V, thr)
         if v is None:
             break
-        rec.triangulate_tracks(4 * thr, cfg.min_tri_angle_deg)
+        if len(rec.R) == 3 and min_obs == 3:
+            rec.X[:] = np.nan
+            rec.triangulate_tracks(4 * thr, cfg.min_tri_angle_deg, only_new=False, min_obs=3)
+        rec.triangulate_tracks(4 * thr, cfg.min_tri_angle_deg, min_obs=min_obs if len(rec.R) >= 3 else 2)
         bundle_adjust(rec, fixed, False, cfg.ba_iters // 4, 2 * thr)
     # final: free focal, re-triangulate everything with the refined cameras, drop outliers, again
     # (a track is kept only if all its observations lie within 3 robust sigmas of the fit)
@@ -460,7 +491,8 @@ def _sfm_with_focal(feats, tracks, pairs, focal, H, W, cfg: SfMConfig, optimise_
         err = np.array([rec.reproj_err(c, rec.X[p], rec.tracks[p][c]) for c, p in zip(cams, pts)])
         keep_px = float(np.clip(3 * 1.4826 * np.median(err), 0.5, 3 * thr)) if len(err) else 3 * thr
         rec.X[:] = np.nan
-        rec.triangulate_tracks(keep_px, cfg.min_tri_angle_deg, only_new=False)
+        rec.triangulate_tracks(keep_px, cfg.min_tri_angle_deg, only_new=False,
+                               min_obs=min_obs if len(rec.R) >= 3 else 2)
     rms = bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
     return rec, rms
 
@@ -519,6 +551,91 @@ def orbit_prior(views: int, height: int, width: int, fov_x_deg: float = 50.0, ar
     return np.stack(vms), np.repeat(K[None], views, axis=0)
 
 
+def _keypoint_points(rec: _Recon, v: int, far_px: float, plane) -> tuple[np.ndarray, np.ndarray]:
+    """World points for view v's keypoints, at the depth of nearby triangulated points or, far from
+    them, where the ray meets the dominant plane: (index of keypoints that got one, points [n, 3])."""
+    X = rec.X[np.isfinite(rec.X[:, 0])]
+    R, t, f = rec.R[v], rec.t[v], rec.focal
+    xy = rec.feats[v]["xy"]
+    if len(xy) == 0 or len(X) < 4:
+        return np.zeros(0, int), np.zeros((0, 3))
+    pc = X @ R.T + t
+    front = pc[:, 2] > 1e-6
+    uv = pc[front, :2] / pc[front, 2:3] * f + [rec.W / 2, rec.H / 2]
+    z = pc[front, 2]
+    d = torch.cdist(torch.tensor(xy, dtype=torch.float32), torch.tensor(uv, dtype=torch.float32))
+    dist, idx = d.topk(min(4, d.shape[1]), largest=False)
+    depth = np.median(z[idx.numpy()], axis=1)
+    ok = dist[:, 0].numpy() < far_px
+    ray = np.stack([(xy[:, 0] - rec.W / 2) / f, (xy[:, 1] - rec.H / 2) / f, np.ones(len(xy))], 1)
+    if plane is not None:
+        n, d0 = plane
+        centre = -R.T @ t
+        denom = (ray @ R) @ n
+        lam = -(n @ centre + d0) / np.where(np.abs(denom) > 1e-12, denom, np.nan)
+        on_plane = ~ok & np.isfinite(lam) & (lam > 0)
+        depth = np.where(on_plane, lam, depth)
+        ok |= on_plane
+    keep = np.nonzero(ok)[0]
+    return keep, (ray[keep] * depth[keep, None] - t) @ R
+
+
+def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float) -> dict[tuple[int, int], np.ndarray]:
+    """Matches found with the help of a first reconstruction, for textures too repetitive for
+    the ratio test: a keypoint's partner must lie near where the first reconstruction predicts
+    it (within ``window_px``) and near its epipolar line; among those few candidates the
+    descriptors decide (mutual best, ratio 0.9)."""
+    from .fit import dominant_plane  # the same floor-plane rule the Gaussian seeding uses
+
+    X = rec.X[np.isfinite(rec.X[:, 0])]
+    C = np.stack([-rec.R[v].T @ rec.t[v] for v in rec.R])
+    scale = float(np.median(np.linalg.norm(C - np.median(X, axis=0), axis=1))) if len(X) else 1.0
+    plane = dominant_plane(X, np.random.default_rng(0), tol=0.01 * scale)
+    far_px = 0.1 * max(rec.H, rec.W)
+    lifted = {v: _keypoint_points(rec, v, far_px, plane) for v in rec.R}
+    K = rec.K
+    Kinv = np.linalg.inv(K)
+    out = {}
+    views = sorted(rec.R)
+    for i in views:
+        for j in views:
+            if not 0 < j - i <= cfg.pair_window:
+                continue
+            ki, Xi = lifted[i]
+            xy_j = rec.feats[j]["xy"]
+            if len(ki) < 8 or len(xy_j) < 8:
+                continue
+            pc = Xi @ rec.R[j].T + rec.t[j]
+            good = pc[:, 2] > 1e-6
+            ki, pc = ki[good], pc[good]
+            pred = pc[:, :2] / pc[:, 2:3] * rec.focal + [rec.W / 2, rec.H / 2]
+            near = torch.cdist(torch.tensor(pred, dtype=torch.float32), torch.tensor(xy_j, dtype=torch.float32)) < window_px
+            # epipolar distance of every keypoint of j to the line of every keypoint of i
+            Rij = rec.R[j] @ rec.R[i].T
+            tij = rec.t[j] - Rij @ rec.t[i]
+            tx = np.array([[0, -tij[2], tij[1]], [tij[2], 0, -tij[0]], [-tij[1], tij[0], 0]])
+            F = Kinv.T @ tx @ Rij @ Kinv
+            xi_h = np.c_[rec.feats[i]["xy"][ki], np.ones(len(ki))]
+            lines = xi_h @ F.T  # [n_i, 3]
+            lines /= np.linalg.norm(lines[:, :2], axis=1, keepdims=True) + 1e-12
+            epi = np.abs(lines @ np.c_[xy_j, np.ones(len(xy_j))].T)  # [n_i, n_j]
+            cand = near.numpy() & (epi < epi_px)
+            if cand.sum() < 8:
+                continue
+            dd = torch.cdist(torch.tensor(rec.feats[i]["desc"][ki]), torch.tensor(rec.feats[j]["desc"])).numpy()
+            dd = np.where(cand, dd, np.inf)
+            best_j = dd.argmin(1)
+            srt = np.sort(dd, axis=1)
+            second = srt[:, 1] if dd.shape[1] > 1 else np.full(len(dd), np.inf)
+            ok = np.isfinite(srt[:, 0]) & (srt[:, 0] < 0.9 * second)
+            best_i = dd.argmin(0)
+            ok &= best_i[best_j] == np.arange(len(ki))  # mutual
+            m = np.stack([ki[ok], best_j[ok]], 1)
+            if len(m) >= cfg.min_pair_inliers:
+                out[(i, j)] = m
+    return out
+
+
 def check_parallax(feats: list[dict], pairs: dict) -> float:
     """Median match displacement (pixels) over all verified pairs; ~0 means the views do not move."""
     d = [np.linalg.norm(feats[i]["xy"][m[:, 0]] - feats[j]["xy"][m[:, 1]], axis=1) for (i, j), m in pairs.items()]
@@ -537,7 +654,7 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
         raise InputError("a reconstruction needs at least 2 views; this grid has 1")
     feats = detect_features(images, cfg)
     thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
-    pairs = verified_matches(feats, cfg, thr)
+    pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
     warnings: list[str] = []
     par = check_parallax(feats, pairs)
     if pairs and par < 0.25:
@@ -561,6 +678,22 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
                 best = (key, rec, rms)
             if len(rec.R) == V and rms < 0.5 * thr:  # every view placed, sub-pixel fit: done
                 break
+    if best is not None and cfg.guided and len(best[1].R) >= 3:
+        # 2. With the first cameras, match again where repeated textures defeated the ratio test.
+        rec0 = best[1]
+        guided = guided_matches(rec0, cfg, window_px=cfg.guided_window * max(H, W), epi_px=thr)
+        merged = {k: np.unique(np.concatenate([pairs.get(k, np.zeros((0, 2), int)), guided.get(k, np.zeros((0, 2), int))]),
+                               axis=0) for k in set(pairs) | set(guided)}
+        tracks2 = build_tracks(merged, [len(f["xy"]) for f in feats])
+        rec, rms = _sfm_with_focal(feats, tracks2, merged, rec0.focal, H, W, cfg,
+                                   optimise_focal=cfg.fov_x_deg is None)
+        if rec is not None and np.isfinite(rms):
+            if log:
+                log(f"guided matching: {sum(map(len, guided.values()))} matches -> "
+                    f"{fov_from_focal(rec.focal, W):.1f} deg, {len(rec.R)}/{V} views, "
+                    f"{int(np.isfinite(rec.X[:, 0]).sum())} points, rms {rms:.3f} px")
+            if len(rec.R) >= len(rec0.R):
+                best = ((-len(rec.R), rms), rec, rms)
     if best is not None and len(best[1].R) >= max(2, math.ceil(cfg.min_registered_frac * V)):
         rec, rms = best[1], best[2]
         n_registered = len(rec.R)

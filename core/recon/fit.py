@@ -86,13 +86,38 @@ def _knn_scale(points: torch.Tensor, k: int = 3) -> torch.Tensor:
     return torch.cat(out) if out else points.new_zeros(0)
 
 
+def dominant_plane(points: np.ndarray, rng: np.random.Generator, tol: float, iters: int = 300
+                   ) -> tuple[np.ndarray, float] | None:
+    """RANSAC plane (unit normal n, offset d: n.x + d = 0) holding at least a fifth of the points."""
+    if len(points) < 12:
+        return None
+    best, best_n = None, 0
+    for _ in range(iters):
+        a, b, c = points[rng.choice(len(points), 3, replace=False)]
+        n = np.cross(b - a, c - a)
+        if np.linalg.norm(n) < 1e-9:
+            continue
+        n /= np.linalg.norm(n)
+        k = int((np.abs(points @ n - n @ a) < tol).sum())
+        if k > best_n:
+            best, best_n = (n, -float(n @ a)), k
+    if best is None or best_n < max(12, 0.2 * len(points)):
+        return None
+    inl = points[np.abs(points @ best[0] + best[1]) < tol]
+    centre = inl.mean(0)
+    n = np.linalg.svd(inl - centre)[2][-1]
+    return n, -float(n @ centre)
+
+
 def seed_points(est: CameraEstimate, images: np.ndarray, views: list[int], count: int,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seed Gaussians: (means [N,3], rgb [N,3], scales [N]).
 
     The triangulated points, plus pixels of the given views back-projected at the depth of the
-    nearest triangulated points in that view (pixels far from any point, e.g. sky, are left to
-    the background). With no triangulated points: a random ball around the scene centre.
+    nearest triangulated points in that view. Pixels far from any point (a plain floor, the sky)
+    take the depth of the points' dominant plane (a floor) where their ray meets it in front of
+    the camera, and are otherwise left to the background. With no triangulated points: a random
+    ball around the scene centre.
     """
     pts, cols = est.points, est.colors
     H, W = images.shape[1:3]
@@ -102,13 +127,12 @@ def seed_points(est: CameraEstimate, images: np.ndarray, views: list[int], count
         d /= np.linalg.norm(d, axis=1, keepdims=True)
         means = d * est.scene_scale * rng.uniform(0, 1, size=(n, 1)) ** (1 / 3)
         return means, rng.uniform(0.3, 0.7, size=(n, 3)), np.full(n, est.scene_scale * 0.02)
-    pts_t = torch.tensor(pts, dtype=torch.float32)
-    sparse_scale = _knn_scale(pts_t).numpy() if len(pts) > 4 else np.full(len(pts), 0.01)
-    means, rgbs, scales = [pts], [cols], [np.clip(sparse_scale, 1e-4, est.scene_scale * 0.1)]
+    means, rgbs = [pts], [cols]
     per_view = max(0, count - len(pts)) // max(len(views), 1)
     if per_view > 0:
         stride = max(1.0, math.sqrt(H * W / per_view))
-        far_px = 0.15 * max(H, W)
+        far_px = 0.1 * max(H, W)
+        plane = dominant_plane(pts, rng, tol=0.01)
         for v, img in zip(views, images):
             R, t, K = est.viewmats[v, :3, :3], est.viewmats[v, :3, 3], est.Ks[v]
             pc = pts @ R.T + t
@@ -125,15 +149,25 @@ def seed_points(est: CameraEstimate, images: np.ndarray, views: list[int], count
             d = torch.cdist(torch.tensor(q, dtype=torch.float32), torch.tensor(uv, dtype=torch.float32))
             kk = min(4, d.shape[1])
             dist, idx = d.topk(kk, largest=False)
-            near = dist[:, 0].numpy() < far_px
-            depth = np.median(z[idx.numpy()], axis=1)[near]
-            q = q[near]
+            depth = np.median(z[idx.numpy()], axis=1)
+            far = dist[:, 0].numpy() >= far_px
             ray = np.stack([(q[:, 0] - K[0, 2]) / K[0, 0], (q[:, 1] - K[1, 2]) / K[1, 1], np.ones(len(q))], 1)
+            if plane is not None:  # where the ray meets the floor: centre + lambda * R^T ray
+                n, d0 = plane
+                centre = -R.T @ t
+                denom = (ray @ R) @ n
+                lam = -(n @ centre + d0) / np.where(np.abs(denom) > 1e-9, denom, np.nan)
+                on_plane = far & np.isfinite(lam) & (lam > 0.05) & (lam < 4.0)
+                depth = np.where(on_plane, lam, depth)
+                far &= ~on_plane
+            q, ray, depth = q[~far], ray[~far], depth[~far]
             Xc = ray * depth[:, None]
             means.append((Xc - t) @ R)  # camera -> world: R^T (x - t)
             rgbs.append(img[q[:, 1].astype(int), q[:, 0].astype(int)] / 255.0)
-            scales.append(0.6 * stride * depth / K[0, 0])
-    return np.concatenate(means), np.concatenate(rgbs), np.concatenate(scales)
+    means, rgbs = np.concatenate(means), np.concatenate(rgbs)
+    # 3DGS's rule: a seed's size is the distance to its nearest neighbours (seeds of all views together)
+    scales = 0.7 * _knn_scale(torch.tensor(means, dtype=torch.float32)).numpy()
+    return means, rgbs, np.clip(scales, 1e-4 * est.scene_scale, 0.05 * est.scene_scale)
 
 
 def build_model(est: CameraEstimate, frames: np.ndarray, train: np.ndarray, cfg: FitConfig,

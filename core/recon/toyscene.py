@@ -96,26 +96,42 @@ def motion(t: int, times: int) -> np.ndarray:
 
 
 def render_toy(views: int, times: int, height: int, width: int, seed: int = 0, arc_deg: float = 40.0,
-               fov_x_deg: float = 55.0, sky=(0.62, 0.75, 0.92), **gaussian_kw) -> ToyScene:
-    """Render the toy scene into a grid ``frames[v, t]`` with exact cameras."""
+               fov_x_deg: float = 55.0, sky=(0.62, 0.75, 0.92), device: str = "cpu", **gaussian_kw) -> ToyScene:
+    """Render the toy scene into a grid ``frames[v, t]`` with exact cameras (the torch splatter,
+    on ``device``)."""
     gs = toy_gaussians(seed, **gaussian_kw)
     viewmats, Ks = orbit_cameras(views, height, width, arc_deg=arc_deg, fov_x_deg=fov_x_deg)
     N = len(gs["means"])
-    quats = torch.zeros(N, 4)
+    f32 = dict(dtype=torch.float32, device=device)
+    quats = torch.zeros(N, 4, **f32)
     quats[:, 0] = 1
-    scales = torch.tensor(gs["scales"], dtype=torch.float32)[:, None].expand(N, 3)
-    opac = torch.tensor(gs["opacity"], dtype=torch.float32)
-    cols = torch.tensor(gs["colors"], dtype=torch.float32)
-    vm = torch.tensor(viewmats, dtype=torch.float32)
-    K = torch.tensor(Ks, dtype=torch.float32)
-    sky_t = torch.tensor(sky, dtype=torch.float32)
+    scales = torch.tensor(gs["scales"], **f32)[:, None].expand(N, 3)
+    opac = torch.tensor(gs["opacity"], **f32)
+    cols = torch.tensor(gs["colors"], **f32)
+    vm = torch.tensor(viewmats, **f32)
+    K = torch.tensor(Ks, **f32)
+    sky_t = torch.tensor(sky, **f32)
     frames = np.zeros((views, times, height, width, 3), np.uint8)
-    moving = torch.tensor(gs["moving"])
+    moving = torch.tensor(gs["moving"], device=device)
     with torch.no_grad():
         for t in range(times):
-            means = torch.tensor(gs["means"], dtype=torch.float32)
-            means[moving] += torch.tensor(motion(t, times), dtype=torch.float32)
+            means = torch.tensor(gs["means"], **f32)
+            means[moving] += torch.tensor(motion(t, times), **f32)
             rgb, alpha, _ = rasterization(means, quats, scales, opac, cols, vm, K, width, height)
             img = rgb + (1 - alpha) * sky_t
-            frames[:, t] = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+            frames[:, t] = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
     return ToyScene(frames=frames, viewmats=viewmats, Ks=Ks)
+
+
+def write_toy_run(out, views: int, times: int, height: int, width: int, seed: int = 0, **kw):
+    """Render the toy scene into a run folder ``out`` with its ``cameras.json`` (like ``synth``)."""
+    import json
+
+    from ..grid import Grid
+    from ..runfolder import base_manifest, write_run
+
+    scene = render_toy(views, times, height, width, seed=seed, **kw)
+    cams = {"height": height, "width": width, "convention": "opencv, world to camera",
+            "views": [{"viewmat": scene.viewmats[v].tolist(), "K": scene.Ks[v].tolist()} for v in range(views)]}
+    manifest = base_manifest("toy", seed=seed, views=views, times=times, size=f"{height}x{width}")
+    return write_run(out, Grid(scene.frames), manifest, extra_files={"cameras.json": json.dumps(cams)}, exports=False)
