@@ -1,0 +1,749 @@
+"""Cameras of a grid's views estimated from the frames alone: SIFT features, two-view geometry,
+incremental registration with PnP, multi-view triangulation and bundle adjustment.
+
+The input is one image per view (the freeze-time column, so the scene is frozen between them).
+The output is a ``CameraEstimate``: world -> camera matrices, one shared focal length (searched,
+then refined, unless given), the triangulated points and their colours (the Gaussians' seed),
+normalised so the scene centre is at the origin and the mean camera distance to it is 1.
+If the features cannot carry the estimate, ``orbit_prior`` gives an evenly spaced arc instead.
+Ground-truth cameras are never read here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .geometry import camera_centres, focal_from_fov, fov_from_focal, intrinsics, rodrigues
+
+
+@dataclass
+class SfMConfig:
+    """Settings of the camera estimate (defaults suit 64..1024-pixel frames)."""
+
+    max_features: int = 4000  # SIFT keypoints per image
+    min_detect_side: int = 360  # smaller images are upsampled to this shorter side before SIFT
+    contrast_threshold: float = 0.015  # SIFT's (default 0.04): generated frames are soft
+    ratio: float = 0.8  # Lowe's ratio test
+    pair_window: int = 4  # match view i with views i+1 .. i+window
+    min_pair_inliers: int = 16  # a verified pair needs this many matches
+    ransac_px: float = 1.5  # epipolar / PnP threshold, in pixels of a 512-wide image (scaled)
+    coherence: float = 0.012  # a match may differ from its neighbours' motion by this x image size
+    three_view_from: int = 4  # grids with this many views keep only points seen by 3+ views
+    guided: bool = True  # a second round of matching guided by the first cameras
+    guided_window: float = 0.02  # its search radius around the predicted position, x image size
+    min_tri_angle_deg: float = 1.0  # a point needs this much parallax between some two rays
+    fov_x_deg: float | None = None  # a known horizontal field of view; None = estimate it
+    fov_candidates: tuple[float, ...] = (50.0, 35.0, 70.0)  # starting points, tried until one fits well
+    ba_iters: int = 40
+    min_registered_frac: float = 0.75  # below this many views placed, fall back to the orbit prior
+
+
+@dataclass
+class CameraEstimate:
+    viewmats: np.ndarray  # [V, 4, 4] world -> camera (OpenCV)
+    Ks: np.ndarray  # [V, 3, 3]
+    points: np.ndarray  # [M, 3] triangulated scene points
+    colors: np.ndarray  # [M, 3] in 0..1
+    source: str  # "features" or "orbit-prior"
+    fov_x_deg: float
+    reproj_px: float = float("nan")  # RMS reprojection error after bundle adjustment
+    n_registered: int = 0
+    warnings: list[str] = field(default_factory=list)
+    scene_centre: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    scene_scale: float = 1.0  # radius that holds most of the points (after normalisation)
+    up: np.ndarray = field(default_factory=lambda: np.array([0.0, -1.0, 0.0]))  # world up, estimated
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Features and matches
+
+
+def detect_features(images: np.ndarray, cfg: SfMConfig) -> list[dict]:
+    """SIFT keypoints per image: dicts with 'xy' [n, 2] (pixels), 'desc' [n, 128], 'rgb' [n, 3] 0..1."""
+    import cv2
+
+    H, W = images.shape[1:3]
+    up = max(1.0, cfg.min_detect_side / min(H, W))
+    sift = cv2.SIFT_create(nfeatures=cfg.max_features, contrastThreshold=cfg.contrast_threshold)
+    feats = []
+    for img in images:
+        gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+        if up > 1:
+            gray = cv2.resize(gray, (round(W * up), round(H * up)), interpolation=cv2.INTER_CUBIC)
+        kps, desc = sift.detectAndCompute(gray, None)
+        if desc is None or not kps:
+            feats.append({"xy": np.zeros((0, 2)), "desc": np.zeros((0, 128), np.float32), "rgb": np.zeros((0, 3))})
+            continue
+        # pixel centres: SIFT reports positions in upsampled pixel units, centre at +0.5
+        xy = (np.array([k.pt for k in kps], dtype=np.float64) + 0.5) / up
+        ij = np.clip(np.floor(xy).astype(int), 0, [W - 1, H - 1])
+        feats.append({"xy": xy, "desc": desc.astype(np.float32), "rgb": img[ij[:, 1], ij[:, 0]] / 255.0})
+    return feats
+
+
+def match_pair(fa: dict, fb: dict, ratio: float) -> np.ndarray:
+    """Mutual nearest neighbours passing the ratio test: [m, 2] index pairs (a, b)."""
+    import cv2
+
+    if len(fa["desc"]) < 2 or len(fb["desc"]) < 2:
+        return np.zeros((0, 2), int)
+    bf = cv2.BFMatcher(cv2.NORM_L2)
+    ab = bf.knnMatch(fa["desc"], fb["desc"], k=2)
+    ba = bf.knnMatch(fb["desc"], fa["desc"], k=1)
+    back = {m[0].queryIdx: m[0].trainIdx for m in ba if m}
+    out = [(m[0].queryIdx, m[0].trainIdx) for m in ab
+           if len(m) == 2 and m[0].distance < ratio * m[1].distance and back.get(m[0].trainIdx) == m[0].queryIdx]
+    return np.array(out, dtype=int).reshape(-1, 2)
+
+
+def coherent(a: np.ndarray, b: np.ndarray, tol_px: float, k: int = 8) -> np.ndarray:
+    """bool [m]: matches a -> b whose displacement agrees with the median of their k nearest
+    neighbours' (in image a). Repeated textures (checkers, stripes) give matches one period off
+    that still obey the epipolar constraint; their neighbours disagree with them."""
+    if len(a) <= k:
+        return np.ones(len(a), bool)
+    at = torch.tensor(a, dtype=torch.float32)
+    nn_idx = torch.cdist(at, at).topk(k + 1, largest=False).indices[:, 1:].numpy()  # [m, k]
+    disp = b - a
+    med = np.median(disp[nn_idx], axis=1)  # [m, 2]
+    return np.linalg.norm(disp - med, axis=1) <= tol_px
+
+
+def verified_matches(feats: list[dict], cfg: SfMConfig, thr_px: float, coherence_px: float = np.inf
+                     ) -> dict[tuple[int, int], np.ndarray]:
+    """Matches between nearby views that move with their neighbours and agree with one
+    fundamental matrix (RANSAC)."""
+    import cv2
+
+    V = len(feats)
+    pairs = {}
+    for i in range(V):
+        for j in range(i + 1, min(V, i + 1 + cfg.pair_window)):
+            m = match_pair(feats[i], feats[j], cfg.ratio)
+            if len(m) < cfg.min_pair_inliers:
+                continue
+            m = m[coherent(feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]], coherence_px)]
+            if len(m) < cfg.min_pair_inliers:
+                continue
+            a, b = feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]]
+            F, mask = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, thr_px, 0.999, 4000)
+            if F is None or mask is None:
+                continue
+            keep = mask.ravel().astype(bool)
+            if keep.sum() >= cfg.min_pair_inliers:
+                pairs[(i, j)] = m[keep]
+    return pairs
+
+
+def build_tracks(pairs: dict[tuple[int, int], np.ndarray], n_feats: list[int]) -> list[dict[int, int]]:
+    """Join pairwise matches into tracks {view: keypoint}; tracks that see one view twice are dropped."""
+    offs = np.concatenate([[0], np.cumsum(n_feats)])
+    parent = np.arange(offs[-1])
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for (i, j), m in pairs.items():
+        for a, b in m:
+            ra, rb = find(offs[i] + a), find(offs[j] + b)
+            if ra != rb:
+                parent[rb] = ra
+    groups: dict[int, dict[int, int]] = {}
+    bad = set()
+    for (i, j), m in pairs.items():
+        for a, b in m:
+            for view, k in ((i, a), (j, b)):
+                root = find(offs[view] + k)
+                tr = groups.setdefault(root, {})
+                if tr.get(view, k) != k:
+                    bad.add(root)
+                tr[view] = int(k)
+    return [tr for root, tr in groups.items() if root not in bad and len(tr) >= 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Triangulation and bundle adjustment
+
+
+def triangulate(P_list: list[np.ndarray], xy_list: list[np.ndarray]) -> np.ndarray:
+    """Linear (DLT) triangulation of one point from normalised cameras: [3]."""
+    A = []
+    for P, (x, y) in zip(P_list, xy_list):
+        A.append(x * P[2] - P[0])
+        A.append(y * P[2] - P[1])
+    _, _, vt = np.linalg.svd(np.asarray(A))
+    X = vt[-1]
+    return X[:3] / X[3] if abs(X[3]) > 1e-12 else np.full(3, np.nan)
+
+
+class _Recon:
+    """Mutable state of the incremental reconstruction."""
+
+    def __init__(self, feats, tracks, focal, H, W):
+        self.feats, self.tracks = feats, tracks
+        self.focal, self.H, self.W = focal, H, W
+        self.R: dict[int, np.ndarray] = {}
+        self.t: dict[int, np.ndarray] = {}
+        self.X = np.full((len(tracks), 3), np.nan)  # per track
+
+    @property
+    def K(self):
+        return intrinsics(self.focal, self.H, self.W)
+
+    def norm_xy(self, view, k):
+        xy = self.feats[view]["xy"][k]
+        return np.array([(xy[0] - self.W / 2) / self.focal, (xy[1] - self.H / 2) / self.focal])
+
+    def reproj_err(self, view, X, k):
+        Xc = self.R[view] @ X + self.t[view]
+        if Xc[2] <= 1e-9:
+            return np.inf
+        uv = self.focal * Xc[:2] / Xc[2] + np.array([self.W / 2, self.H / 2])
+        return float(np.linalg.norm(uv - self.feats[view]["xy"][k]))
+
+    def triangulate_tracks(self, thr_px: float, min_angle_deg: float, only_new: bool = True,
+                           min_obs: int = 2) -> int:
+        """Triangulate tracks seen by >= ``min_obs`` placed views; keep those that reproject within
+        ``thr_px`` everywhere and have ``min_angle_deg`` of parallax."""
+        n = 0
+        cos_min = math.cos(math.radians(min_angle_deg))
+        for ti, tr in enumerate(self.tracks):
+            if only_new and np.isfinite(self.X[ti, 0]):
+                continue
+            views = [v for v in tr if v in self.R]
+            if len(views) < max(2, min_obs):
+                continue
+            P = [np.hstack([self.R[v], self.t[v][:, None]]) for v in views]
+            X = triangulate(P, [self.norm_xy(v, tr[v]) for v in views])
+            if not np.all(np.isfinite(X)):
+                continue
+            if max(self.reproj_err(v, X, tr[v]) for v in views) > thr_px:
+                continue
+            rays = [X - (-self.R[v].T @ self.t[v]) for v in views]
+            rays = [r / np.linalg.norm(r) for r in rays]
+            best = min(float(rays[a] @ rays[b]) for a in range(len(rays)) for b in range(a + 1, len(rays)))
+            if best > cos_min:
+                continue
+            self.X[ti] = X
+            n += 1
+        return n
+
+    def observations(self):
+        cams, pts, uv = [], [], []
+        for ti, tr in enumerate(self.tracks):
+            if not np.isfinite(self.X[ti, 0]):
+                continue
+            for v, k in tr.items():
+                if v in self.R:
+                    cams.append(v)
+                    pts.append(ti)
+                    uv.append(self.feats[v]["xy"][k])
+        return np.array(cams, int), np.array(pts, int), np.array(uv, float).reshape(-1, 2)
+
+
+def bundle_adjust(rec: _Recon, fixed_view: int, optimise_focal: bool, iters: int, huber_px: float) -> float:
+    """Levenberg-Marquardt over poses, points and (optionally) the shared focal, with the Schur
+    complement on the points and Huber weights; updates ``rec`` in place, returns the RMS error."""
+    cams, pts, uv = rec.observations()
+    if len(cams) < 12:
+        return float("nan")
+    dt = torch.float64
+    views = sorted(rec.R)
+    vidx = {v: i for i, v in enumerate(views)}
+    ci = torch.tensor([vidx[c] for c in cams])
+    uniq, pi = np.unique(pts, return_inverse=True)
+    pi = torch.tensor(pi)
+    uv_t = torch.tensor(uv, dtype=dt)
+    R = torch.tensor(np.stack([rec.R[v] for v in views]), dtype=dt)
+    t = torch.tensor(np.stack([rec.t[v] for v in views]), dtype=dt)
+    X = torch.tensor(rec.X[uniq], dtype=dt)
+    logf = torch.tensor(math.log(rec.focal), dtype=dt)
+    c0 = torch.tensor([rec.W / 2, rec.H / 2], dtype=dt)
+    nv, M, O = len(views), len(uniq), len(cams)
+    nc = 6 * nv + 1
+
+    def residuals(R, t, X, logf):
+        Xc = torch.einsum("oij,oj->oi", R[ci], X[pi]) + t[ci]
+        z = Xc[:, 2].clamp_min(1e-9)
+        proj = torch.exp(logf) * Xc[:, :2] / z[:, None] + c0
+        return proj - uv_t, Xc
+
+    def cost(r, Xc):
+        s = r.norm(dim=1)
+        rho = torch.where(s <= huber_px, 0.5 * s * s, huber_px * (s - 0.5 * huber_px))
+        rho = torch.where(Xc[:, 2] > 1e-9, rho, torch.full_like(rho, 1e6))
+        return float(rho.sum())
+
+    # index of the 7 camera-side unknowns of each observation (6 pose + focal)
+    idx7 = torch.cat([ci[:, None] * 6 + torch.arange(6), torch.full((O, 1), 6 * nv)], dim=1)  # [O, 7]
+    # observation pairs sharing a point, for the Schur complement
+    order = torch.argsort(pi, stable=True)
+    counts = torch.bincount(pi, minlength=M)
+    starts = torch.cumsum(counts, 0) - counts
+    Lmax = int(counts.max())
+    slot = torch.arange(Lmax)
+    table = starts[:, None] + slot[None]
+    live = slot[None] < counts[:, None]
+    obs_of = torch.where(live, order[table.clamp_max(O - 1)], torch.full_like(table, -1))  # [M, Lmax]
+    pa, pb = [], []
+    for a in range(Lmax):
+        for b in range(Lmax):
+            ok = (obs_of[:, a] >= 0) & (obs_of[:, b] >= 0)
+            pa.append(obs_of[ok, a])
+            pb.append(obs_of[ok, b])
+    pa, pb = torch.cat(pa), torch.cat(pb)
+
+    lam = 1e-3
+    r, Xc = residuals(R, t, X, logf)
+    cur = cost(r, Xc)
+    for _ in range(iters):
+        s = r.norm(dim=1)
+        w = torch.where(s <= huber_px, torch.ones_like(s), huber_px / s.clamp_min(1e-12))
+        w = torch.where(Xc[:, 2] > 1e-9, w, torch.zeros_like(w))
+        x, y, z = Xc[:, 0], Xc[:, 1], Xc[:, 2].clamp_min(1e-9)
+        f = torch.exp(logf)
+        dproj = torch.zeros(O, 2, 3, dtype=dt)
+        dproj[:, 0, 0] = f / z
+        dproj[:, 0, 2] = -f * x / z ** 2
+        dproj[:, 1, 1] = f / z
+        dproj[:, 1, 2] = -f * y / z ** 2
+        skew = torch.zeros(O, 3, 3, dtype=dt)  # d Xc / d omega = -[Xc]x
+        skew[:, 0, 1], skew[:, 0, 2] = z, -y
+        skew[:, 1, 0], skew[:, 1, 2] = -z, x
+        skew[:, 2, 0], skew[:, 2, 1] = y, -x
+        Jrot = dproj @ skew
+        Jt = dproj
+        Jf = (f * Xc[:, :2] / z[:, None])[:, :, None]  # [O, 2, 1]
+        if not optimise_focal:
+            Jf = torch.zeros_like(Jf)
+        Jc = torch.cat([Jrot, Jt, Jf], dim=2)  # [O, 2, 7]
+        Jc[ci == vidx[fixed_view], :, :6] = 0
+        Jp = dproj @ R[ci]  # [O, 2, 3]
+        wJc = Jc * w[:, None, None]
+        wJp = Jp * w[:, None, None]
+        A = wJc.transpose(1, 2) @ Jc  # [O, 7, 7]
+        B = wJc.transpose(1, 2) @ Jp  # [O, 7, 3]
+        gc_o = (wJc.transpose(1, 2) @ r[:, :, None])[..., 0]  # [O, 7]
+        gp_o = (wJp.transpose(1, 2) @ r[:, :, None])[..., 0]  # [O, 3]
+        Hcc = torch.zeros(nc, nc, dtype=dt)
+        Hcc.index_put_((idx7[:, :, None].expand(O, 7, 7), idx7[:, None, :].expand(O, 7, 7)), A, accumulate=True)
+        gc = torch.zeros(nc, dtype=dt).index_add_(0, idx7.reshape(-1), gc_o.reshape(-1))
+        Hpp = torch.zeros(M, 3, 3, dtype=dt).index_add_(0, pi, wJp.transpose(1, 2) @ Jp)
+        gp = torch.zeros(M, 3, dtype=dt).index_add_(0, pi, gp_o)
+        while True:
+            Hpp_d = Hpp + torch.diag_embed(lam * torch.diagonal(Hpp, dim1=-2, dim2=-1) + 1e-9)
+            Hpp_inv = torch.linalg.inv(Hpp_d)
+            E = B @ Hpp_inv[pi]  # [O, 7, 3]
+            S = Hcc + torch.diag(lam * torch.diagonal(Hcc) + 1e-9)
+            contrib = E[pa] @ B[pb].transpose(1, 2)  # [P, 7, 7]
+            S = S.index_put((idx7[pa][:, :, None].expand(-1, 7, 7), idx7[pb][:, None, :].expand(-1, 7, 7)),
+                            -contrib, accumulate=True)
+            rhs = gc - torch.zeros(nc, dtype=dt).index_add_(
+                0, idx7.reshape(-1), (E @ gp[pi][:, :, None])[..., 0].reshape(-1))
+            # gauge: the fixed view's pose and (if fixed) the focal do not move
+            frozen = torch.zeros(nc, dtype=torch.bool)
+            frozen[vidx[fixed_view] * 6: vidx[fixed_view] * 6 + 6] = True
+            if not optimise_focal:
+                frozen[-1] = True
+            S[frozen] = 0
+            S[:, frozen] = 0
+            S[frozen, frozen] = 1
+            rhs[frozen] = 0
+            try:
+                dxc = torch.linalg.solve(S, -rhs)
+            except RuntimeError:
+                lam *= 10
+                if lam > 1e8:
+                    break
+                continue
+            back = torch.zeros(M, 3, dtype=dt).index_add_(
+                0, pi, (B.transpose(1, 2) @ dxc[idx7][:, :, None])[..., 0])
+            dxp = (Hpp_inv @ (-gp - back)[:, :, None])[..., 0]
+            d = dxc[:-1].reshape(nv, 6)
+            Rn = torch.stack([torch.tensor(rodrigues(d[k, :3].numpy()), dtype=dt) for k in range(nv)]) @ R
+            tn = torch.einsum("vij,vj->vi", Rn @ R.transpose(1, 2), t) + d[:, 3:]
+            Xn, logfn = X + dxp, logf + dxc[-1]
+            rn, Xcn = residuals(Rn, tn, Xn, logfn)
+            new = cost(rn, Xcn)
+            if new < cur:
+                R, t, X, logf, r, Xc = Rn, tn, Xn, logfn, rn, Xcn
+                improvement = (cur - new) / max(cur, 1e-12)
+                cur = new
+                lam = max(lam / 3, 1e-7)
+                break
+            lam *= 4
+            if lam > 1e8:
+                improvement = 0.0
+                break
+        if lam > 1e8 or improvement < 1e-6:
+            break
+    for k, v in enumerate(views):
+        rec.R[v], rec.t[v] = R[k].numpy(), t[k].numpy()
+    rec.X[uniq] = X.numpy()
+    rec.focal = float(torch.exp(logf))
+    return float(torch.sqrt((r.norm(dim=1) ** 2).mean()))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Incremental reconstruction
+
+
+def _two_view(rec: _Recon, pairs, thr_px: float, min_angle: float) -> tuple[int, int] | None:
+    """Pick the verified pair with most matches that has enough parallax; place it."""
+    import cv2
+
+    K = rec.K
+    best = None
+    for (i, j), m in sorted(pairs.items(), key=lambda kv: -len(kv[1])):
+        a, b = rec.feats[i]["xy"][m[:, 0]], rec.feats[j]["xy"][m[:, 1]]
+        E, mask = cv2.findEssentialMat(a, b, K, cv2.RANSAC, 0.999, thr_px)
+        if E is None or E.shape != (3, 3):
+            continue
+        n, Rm, tv, mask2 = cv2.recoverPose(E, a, b, K, mask=mask.copy())
+        if n < 12:
+            continue
+        inl = mask2.ravel() > 0
+        P0 = np.hstack([np.eye(3), np.zeros((3, 1))])
+        P1 = np.hstack([Rm, tv])
+        Xh = cv2.triangulatePoints(K @ P0, K @ P1, a[inl].T, b[inl].T)
+        X = (Xh[:3] / Xh[3]).T
+        c1 = -Rm.T @ tv.ravel()
+        r0 = X / np.linalg.norm(X, axis=1, keepdims=True)
+        r1 = (X - c1) / np.linalg.norm(X - c1, axis=1, keepdims=True)
+        ang = np.degrees(np.arccos(np.clip((r0 * r1).sum(1), -1, 1)))
+        med = float(np.median(ang))
+        score = n * min(med, 4.0)
+        if best is None or score > best[0]:
+            best = (score, i, j, Rm, tv.ravel(), med)
+        if med >= 3.0 and n >= 60:
+            break
+    if best is None or best[5] < 0.5 * min_angle:
+        return None
+    _, i, j, Rm, tv, _ = best
+    rec.R[i], rec.t[i] = np.eye(3), np.zeros(3)
+    rec.R[j], rec.t[j] = Rm, tv
+    return i, j
+
+
+def _register_next(rec: _Recon, V: int, thr_px: float) -> int | None:
+    import cv2
+
+    cands = []
+    for v in range(V):
+        if v in rec.R:
+            continue
+        corr = [(ti, tr[v]) for ti, tr in enumerate(rec.tracks) if v in tr and np.isfinite(rec.X[ti, 0])]
+        cands.append((len(corr), v, corr))
+    cands.sort(reverse=True)
+    for n, v, corr in cands:
+        if n < 8:
+            return None
+        obj = np.array([rec.X[ti] for ti, _ in corr])
+        img = np.array([rec.feats[v]["xy"][k] for _, k in corr])
+        ok, rvec, tvec, inl = cv2.solvePnPRansac(obj, img, rec.K, None, iterationsCount=2000,
+                                                 reprojectionError=2 * thr_px, confidence=0.999,
+                                                 flags=cv2.SOLVEPNP_EPNP)
+        if not ok or inl is None or len(inl) < 8:
+            continue
+        inl = inl.ravel()
+        rvec, tvec = cv2.solvePnPRefineLM(obj[inl], img[inl], rec.K, None, rvec, tvec)
+        rec.R[v], rec.t[v] = cv2.Rodrigues(rvec)[0], tvec.ravel()
+        return v
+    return None
+
+
+def _sfm_with_focal(feats, tracks, pairs, focal, H, W, cfg: SfMConfig, optimise_focal: bool):
+    V = len(feats)
+    scale = max(H, W) / 512.0
+    thr = max(0.75, cfg.ransac_px * scale)
+    rec = _Recon(feats, tracks, focal, H, W)
+    first = _two_view(rec, pairs, thr, cfg.min_tri_angle_deg)
+    if first is None:
+        return None, "no pair of views has enough parallax"
+    fixed = first[0]
+    rec.triangulate_tracks(4 * thr, cfg.min_tri_angle_deg)
+    bundle_adjust(rec, fixed, False, cfg.ba_iters // 2, 2 * thr)
+    # Once three views are placed, a point must be seen by three: a wrong match on a repeated
+    # texture still fits two views (anywhere on the epipolar line) but rarely three.
+    min_obs = 3 if V >= cfg.three_view_from else 2
+    while len(rec.R) < V:
+        v = _register_next(rec, V, thr)
+        if v is None:
+            break
+        if len(rec.R) == 3 and min_obs == 3:
+            rec.X[:] = np.nan
+            rec.triangulate_tracks(4 * thr, cfg.min_tri_angle_deg, only_new=False, min_obs=3)
+        rec.triangulate_tracks(4 * thr, cfg.min_tri_angle_deg, min_obs=min_obs if len(rec.R) >= 3 else 2)
+        bundle_adjust(rec, fixed, False, cfg.ba_iters // 4, 2 * thr)
+    # final: free focal, re-triangulate everything with the refined cameras, drop outliers, again
+    # (a track is kept only if all its observations lie within 3 robust sigmas of the fit)
+    for rnd in range(2):
+        rms = bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
+        cams, pts, _ = rec.observations()
+        err = np.array([rec.reproj_err(c, rec.X[p], rec.tracks[p][c]) for c, p in zip(cams, pts)])
+        keep_px = float(np.clip(3 * 1.4826 * np.median(err), 0.5, 3 * thr)) if len(err) else 3 * thr
+        rec.X[:] = np.nan
+        rec.triangulate_tracks(keep_px, cfg.min_tri_angle_deg, only_new=False,
+                               min_obs=min_obs if len(rec.R) >= 3 else 2)
+    rms = bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
+    return rec, rms
+
+
+def _normalise(viewmats: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+    """Move the scene centre to the origin and scale the mean camera distance to it to 1.
+
+    The centre is the point closest to all optical axes (where an orbit looks), or the points'
+    median when the axes are near parallel.
+    """
+    C = camera_centres(viewmats)
+    d = viewmats[:, 2, :3]  # optical axes in the world
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for c, di in zip(C, d):
+        P = np.eye(3) - np.outer(di, di)
+        A += P
+        b += P @ c
+    centre = None
+    if np.linalg.cond(A) < 1e4:
+        centre = np.linalg.solve(A, b)
+        # an orbit's look-at point lies in front of the cameras
+        if np.any(np.einsum("vi,vi->v", centre - C, d) <= 0):
+            centre = None
+    if centre is None:
+        centre = np.median(points, axis=0) if len(points) else C.mean(0) + d.mean(0)
+    s = float(np.mean(np.linalg.norm(C - centre, axis=1)))
+    s = s if s > 1e-9 else 1.0
+    out = viewmats.copy()
+    # x_cam = R x + t with x = s x' + centre  ->  R (s x') + R centre + t, then divide by s
+    out[:, :3, 3] = (np.einsum("vij,j->vi", viewmats[:, :3, :3], centre) + viewmats[:, :3, 3]) / s
+    pts = (points - centre) / s
+    up = -viewmats[:, 1, :3].mean(0)  # the mean of the cameras' "up" (-y) axes
+    up /= max(np.linalg.norm(up), 1e-9)
+    return out, pts, centre, s, up
+
+
+def orbit_prior(views: int, height: int, width: int, fov_x_deg: float = 50.0, arc_deg: float = 30.0,
+                elevation_deg: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+    """Cameras evenly spaced on an arc of radius 1 around the origin, all looking at it."""
+    vms = []
+    for v in range(views):
+        az = math.radians(-arc_deg / 2 + arc_deg * v / max(views - 1, 1))
+        el = math.radians(elevation_deg)
+        eye = np.array([math.sin(az) * math.cos(el), -math.sin(el), -math.cos(az) * math.cos(el)])
+        f = -eye / np.linalg.norm(eye)
+        r = np.cross(f, np.array([0.0, -1.0, 0.0]))
+        r /= np.linalg.norm(r)
+        dn = np.cross(f, r)
+        R = np.stack([r, dn, f])
+        m = np.eye(4)
+        m[:3, :3] = R
+        m[:3, 3] = -R @ eye
+        vms.append(m)
+    K = intrinsics(focal_from_fov(fov_x_deg, width), height, width)
+    return np.stack(vms), np.repeat(K[None], views, axis=0)
+
+
+def _keypoint_points(rec: _Recon, v: int, far_px: float, plane) -> tuple[np.ndarray, np.ndarray]:
+    """World points for view v's keypoints, at the depth of nearby triangulated points or, far from
+    them, where the ray meets the dominant plane: (index of keypoints that got one, points [n, 3])."""
+    X = rec.X[np.isfinite(rec.X[:, 0])]
+    R, t, f = rec.R[v], rec.t[v], rec.focal
+    xy = rec.feats[v]["xy"]
+    if len(xy) == 0 or len(X) < 4:
+        return np.zeros(0, int), np.zeros((0, 3))
+    pc = X @ R.T + t
+    front = pc[:, 2] > 1e-6
+    uv = pc[front, :2] / pc[front, 2:3] * f + [rec.W / 2, rec.H / 2]
+    z = pc[front, 2]
+    d = torch.cdist(torch.tensor(xy, dtype=torch.float32), torch.tensor(uv, dtype=torch.float32))
+    dist, idx = d.topk(min(4, d.shape[1]), largest=False)
+    depth = np.median(z[idx.numpy()], axis=1)
+    ok = dist[:, 0].numpy() < far_px
+    ray = np.stack([(xy[:, 0] - rec.W / 2) / f, (xy[:, 1] - rec.H / 2) / f, np.ones(len(xy))], 1)
+    if plane is not None:
+        n, d0 = plane
+        centre = -R.T @ t
+        denom = (ray @ R) @ n
+        lam = -(n @ centre + d0) / np.where(np.abs(denom) > 1e-12, denom, np.nan)
+        on_plane = ~ok & np.isfinite(lam) & (lam > 0)
+        depth = np.where(on_plane, lam, depth)
+        ok |= on_plane
+    keep = np.nonzero(ok)[0]
+    return keep, (ray[keep] * depth[keep, None] - t) @ R
+
+
+def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float) -> dict[tuple[int, int], np.ndarray]:
+    """Matches found with the help of a first reconstruction, for textures too repetitive for
+    the ratio test: a keypoint's partner must lie near where the first reconstruction predicts
+    it (within ``window_px``) and near its epipolar line; among those few candidates the
+    descriptors decide (mutual best, ratio 0.9)."""
+    from .fit import dominant_plane  # the same floor-plane rule the Gaussian seeding uses
+
+    X = rec.X[np.isfinite(rec.X[:, 0])]
+    C = np.stack([-rec.R[v].T @ rec.t[v] for v in rec.R])
+    scale = float(np.median(np.linalg.norm(C - np.median(X, axis=0), axis=1))) if len(X) else 1.0
+    plane = dominant_plane(X, np.random.default_rng(0), tol=0.01 * scale)
+    far_px = 0.1 * max(rec.H, rec.W)
+    lifted = {v: _keypoint_points(rec, v, far_px, plane) for v in rec.R}
+    K = rec.K
+    Kinv = np.linalg.inv(K)
+    out = {}
+    views = sorted(rec.R)
+    for i in views:
+        for j in views:
+            if not 0 < j - i <= cfg.pair_window:
+                continue
+            ki, Xi = lifted[i]
+            xy_j = rec.feats[j]["xy"]
+            if len(ki) < 8 or len(xy_j) < 8:
+                continue
+            pc = Xi @ rec.R[j].T + rec.t[j]
+            good = pc[:, 2] > 1e-6
+            ki, pc = ki[good], pc[good]
+            pred = pc[:, :2] / pc[:, 2:3] * rec.focal + [rec.W / 2, rec.H / 2]
+            near = torch.cdist(torch.tensor(pred, dtype=torch.float32), torch.tensor(xy_j, dtype=torch.float32)) < window_px
+            # epipolar distance of every keypoint of j to the line of every keypoint of i
+            Rij = rec.R[j] @ rec.R[i].T
+            tij = rec.t[j] - Rij @ rec.t[i]
+            tx = np.array([[0, -tij[2], tij[1]], [tij[2], 0, -tij[0]], [-tij[1], tij[0], 0]])
+            F = Kinv.T @ tx @ Rij @ Kinv
+            xi_h = np.c_[rec.feats[i]["xy"][ki], np.ones(len(ki))]
+            lines = xi_h @ F.T  # [n_i, 3]
+            lines /= np.linalg.norm(lines[:, :2], axis=1, keepdims=True) + 1e-12
+            epi = np.abs(lines @ np.c_[xy_j, np.ones(len(xy_j))].T)  # [n_i, n_j]
+            cand = near.numpy() & (epi < epi_px)
+            if cand.sum() < 8:
+                continue
+            dd = torch.cdist(torch.tensor(rec.feats[i]["desc"][ki]), torch.tensor(rec.feats[j]["desc"])).numpy()
+            dd = np.where(cand, dd, np.inf)
+            best_j = dd.argmin(1)
+            srt = np.sort(dd, axis=1)
+            second = srt[:, 1] if dd.shape[1] > 1 else np.full(len(dd), np.inf)
+            ok = np.isfinite(srt[:, 0]) & (srt[:, 0] < 0.9 * second)
+            best_i = dd.argmin(0)
+            ok &= best_i[best_j] == np.arange(len(ki))  # mutual
+            m = np.stack([ki[ok], best_j[ok]], 1)
+            if len(m) >= cfg.min_pair_inliers:
+                out[(i, j)] = m
+    return out
+
+
+def check_parallax(feats: list[dict], pairs: dict) -> float:
+    """Median match displacement (pixels) over all verified pairs; ~0 means the views do not move."""
+    d = [np.linalg.norm(feats[i]["xy"][m[:, 0]] - feats[j]["xy"][m[:, 1]], axis=1) for (i, j), m in pairs.items()]
+    return float(np.median(np.concatenate(d))) if d else float("nan")
+
+
+def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None) -> CameraEstimate:
+    """Estimate the cameras of ``images`` (uint8 [V, H, W, 3], one per view, scene frozen).
+
+    Raises InputError when the views show no camera motion at all; falls back to the orbit
+    prior (with a warning in ``.warnings``) when the features cannot place enough views.
+    """
+    cfg = cfg or SfMConfig()
+    V, H, W = images.shape[:3]
+    if V < 2:
+        raise InputError("a reconstruction needs at least 2 views; this grid has 1")
+    feats = detect_features(images, cfg)
+    thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
+    pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
+    warnings: list[str] = []
+    par = check_parallax(feats, pairs)
+    if pairs and par < 0.25:
+        raise InputError("the views of the grid show no camera motion (the freeze-time column repeats one "
+                         "image); a reconstruction needs views from different cameras")
+    tracks = build_tracks(pairs, [len(f["xy"]) for f in feats]) if pairs else []
+    best = None
+    if len(tracks) >= 30:
+        fovs = [cfg.fov_x_deg] if cfg.fov_x_deg else list(cfg.fov_candidates)
+        for fov in fovs:
+            rec, rms = _sfm_with_focal(feats, tracks, pairs, focal_from_fov(fov, W), H, W, cfg,
+                                       optimise_focal=cfg.fov_x_deg is None)
+            if rec is None:
+                continue
+            n_pts = int(np.isfinite(rec.X[:, 0]).sum())
+            if log:
+                log(f"fov start {fov:.0f} -> {fov_from_focal(rec.focal, W):.1f} deg, {len(rec.R)}/{V} views, "
+                    f"{n_pts} points, rms {rms:.3f} px")
+            key = (-len(rec.R), rms)
+            if np.isfinite(rms) and (best is None or key < best[0]):
+                best = (key, rec, rms)
+            if len(rec.R) == V and rms < 0.5 * thr:  # every view placed, sub-pixel fit: done
+                break
+    if best is not None and cfg.guided and len(best[1].R) >= 3:
+        # 2. With the first cameras, match again where repeated textures defeated the ratio test.
+        rec0 = best[1]
+        guided = guided_matches(rec0, cfg, window_px=cfg.guided_window * max(H, W), epi_px=thr)
+        merged = {k: np.unique(np.concatenate([pairs.get(k, np.zeros((0, 2), int)), guided.get(k, np.zeros((0, 2), int))]),
+                               axis=0) for k in set(pairs) | set(guided)}
+        tracks2 = build_tracks(merged, [len(f["xy"]) for f in feats])
+        rec, rms = _sfm_with_focal(feats, tracks2, merged, rec0.focal, H, W, cfg,
+                                   optimise_focal=cfg.fov_x_deg is None)
+        if rec is not None and np.isfinite(rms):
+            if log:
+                log(f"guided matching: {sum(map(len, guided.values()))} matches -> "
+                    f"{fov_from_focal(rec.focal, W):.1f} deg, {len(rec.R)}/{V} views, "
+                    f"{int(np.isfinite(rec.X[:, 0]).sum())} points, rms {rms:.3f} px")
+            if len(rec.R) >= len(rec0.R):
+                best = ((-len(rec.R), rms), rec, rms)
+    if best is not None and len(best[1].R) >= max(2, math.ceil(cfg.min_registered_frac * V)):
+        rec, rms = best[1], best[2]
+        n_registered = len(rec.R)
+        if n_registered < V:  # views that did not register: between their registered neighbours
+            _fill_missing(rec, V)
+            warnings.append(f"{V - n_registered} of {V} views placed from their neighbours, not from features")
+        vms = np.zeros((V, 4, 4))
+        for v in range(V):
+            vms[v, :3, :3], vms[v, :3, 3], vms[v, 3, 3] = rec.R[v], rec.t[v], 1.0
+        ok = np.isfinite(rec.X[:, 0])
+        pts = rec.X[ok]
+        cols = np.array([np.mean([feats[v]["rgb"][k] for v, k in tr.items()], axis=0)
+                         for tr, good in zip(rec.tracks, ok) if good]).reshape(-1, 3)
+        vms, pts, centre, s, up = _normalise(vms, pts)
+        # keep the bulk of the points: far outliers would inflate the scene scale
+        dist = np.linalg.norm(pts, axis=1)
+        keep = dist < max(4.0, 3 * np.percentile(dist, 90)) if len(dist) else dist > 0
+        pts, cols = pts[keep], cols[keep]
+        scale = float(np.percentile(np.linalg.norm(pts, axis=1), 90)) if len(pts) else 1.0
+        K = intrinsics(rec.focal, H, W)
+        return CameraEstimate(viewmats=vms, Ks=np.repeat(K[None], V, 0), points=pts, colors=cols,
+                              source="features", fov_x_deg=fov_from_focal(rec.focal, W), reproj_px=rms,
+                              n_registered=n_registered, warnings=warnings,
+                              scene_centre=centre, scene_scale=max(scale, 1e-3), up=up)
+    why = "too few features matched between views" if best is None else \
+        f"only {len(best[1].R)} of {V} views could be placed"
+    fov = cfg.fov_x_deg or 50.0
+    vms, Ks = orbit_prior(V, H, W, fov_x_deg=fov)
+    warnings.append(f"camera estimate from features failed ({why}); using an orbit prior")
+    return CameraEstimate(viewmats=vms, Ks=Ks, points=np.zeros((0, 3)), colors=np.zeros((0, 3)),
+                          source="orbit-prior", fov_x_deg=fov, warnings=warnings, scene_scale=0.5,
+                          up=np.array([0.0, -1.0, 0.0]))
+
+
+def _fill_missing(rec: _Recon, V: int) -> None:
+    """Poses for unregistered views: interpolated (or copied) from the nearest registered ones."""
+    import cv2
+
+    done = sorted(rec.R)
+    for v in range(V):
+        if v in rec.R:
+            continue
+        lo = max([u for u in done if u < v], default=None)
+        hi = min([u for u in done if u > v], default=None)
+        if lo is None or hi is None:
+            src = hi if lo is None else lo
+            rec.R[v], rec.t[v] = rec.R[src].copy(), rec.t[src].copy()
+            continue
+        a = (v - lo) / (hi - lo)
+        dr = cv2.Rodrigues(rec.R[hi] @ rec.R[lo].T)[0].ravel()
+        R = cv2.Rodrigues(a * dr)[0] @ rec.R[lo]
+        c = (1 - a) * (-rec.R[lo].T @ rec.t[lo]) + a * (-rec.R[hi].T @ rec.t[hi])
+        rec.R[v], rec.t[v] = R, -R @ c
