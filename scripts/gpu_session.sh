@@ -38,8 +38,12 @@ collect-and-recon)
   {
     scripts/gpu_train.sh status
     scripts/gpu_train.sh collect "$OUT/train"; rm -f "$OUT/train/log.jsonl"
-    echo "=== reconstruction bench"
-    time python3 -m core.recon.bench --json "$OUT/bench_recon.json" 2>&1 | tail -40
+    echo "=== reconstruction bench: evaluation scenes, 8x8 at 288x512, 8 cells held out"
+    grids=()
+    for seed in ${RECON_SEEDS:-1000000001 1000000002}; do
+      python3 launch.py synth --seed "$seed" --views 8 --times 8 --size 288x512 --device cuda --no-video --out "/tmp/recon/$seed" && grids+=(--grid "/tmp/recon/$seed")
+    done
+    time python3 -m core.recon.bench --json "$OUT/bench_recon.json" --holdout 8 "${grids[@]}" 2>&1 | tail -40
   } 2>&1 | tee "$log"
   ;;
 *)

@@ -92,3 +92,11 @@ def test_bench_runs_on_cpu_and_writes_json(tmp_path):
     row = bench.bench_render(__import__("torch").device("cpu"), 1, 24, 40, views=2, times=2, iters=1)
     assert row["grids_per_s"] > 0 and row["size"] == "24x40"
     assert "render" in bench.table([row])
+
+
+def test_synth_without_video_writes_no_mp4(tmp_path):
+    from core.commands.synth import synth_run
+
+    run = synth_run(tmp_path / "run", seed=1_000_000_001, views=2, times=2, height=32, width=48, videos=False)
+    assert (run / "grid.npz").is_file() and (run / "cameras.json").is_file()
+    assert not list(run.rglob("*.mp4"))

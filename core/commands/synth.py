@@ -30,6 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, required=True, help="new run folder to write (must not exist)")
     p.add_argument("--ssaa", type=int, default=1, help="rays per pixel side, 1-4 (default 1: same as training)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to render (default cpu)")
+    p.add_argument("--no-video", action="store_true",
+                   help="write no mp4 (no inputs/, no exports): for machines without an H.264 encoder")
 
 
 def _device(name: str) -> str:
@@ -52,8 +54,12 @@ def cameras_json(height: int, width: int, viewmats, Ks) -> dict:
 
 
 def synth_run(out: Path, seed: int, views: int, times: int, height: int, width: int, ssaa: int = 1,
-              device: str = "cpu") -> Path:
-    """Render scene ``seed`` and write the run folder ``out``; return its path."""
+              device: str = "cpu", videos: bool = True) -> Path:
+    """Render scene ``seed`` and write the run folder ``out``; return its path.
+
+    ``videos=False`` writes no mp4 at all (no inputs/ and no exports): for machines without an
+    H.264 encoder, e.g. a headless GPU server; ``launch.py export DIR`` adds them later.
+    """
     import numpy as np
 
     from ..errors import InputError
@@ -92,6 +98,8 @@ def synth_run(out: Path, seed: int, views: int, times: int, height: int, width: 
         "depth.npz": depth.getvalue(),
     }
     # 3. The two inputs as videos, then the whole folder at once.
+    if not videos:
+        return write_run(out, grid, manifest, extra_files=extra, exports=False)
     with tempfile.TemporaryDirectory() as tmp:
         fixed, freeze = Path(tmp) / "fixed_view.mp4", Path(tmp) / "freeze_time.mp4"
         write_mp4(fixed, grid.row(0), FPS)
@@ -104,6 +112,7 @@ def run(args) -> int:
     from ..grid import parse_size
 
     height, width = parse_size(args.size)
-    path = synth_run(args.out, args.seed, args.views, args.times, height, width, args.ssaa, _device(args.device))
+    path = synth_run(args.out, args.seed, args.views, args.times, height, width, args.ssaa, _device(args.device),
+                     videos=not args.no_video)
     print(f"wrote {path}")
     return 0
