@@ -88,17 +88,15 @@ def detect_features(images: np.ndarray, cfg: SfMConfig) -> list[dict]:
 
 def match_pair(fa: dict, fb: dict, ratio: float) -> np.ndarray:
     """Mutual nearest neighbours passing the ratio test: [m, 2] index pairs (a, b)."""
-    import cv2
-
     if len(fa["desc"]) < 2 or len(fb["desc"]) < 2:
         return np.zeros((0, 2), int)
-    bf = cv2.BFMatcher(cv2.NORM_L2)
-    ab = bf.knnMatch(fa["desc"], fb["desc"], k=2)
-    ba = bf.knnMatch(fb["desc"], fa["desc"], k=1)
-    back = {m[0].queryIdx: m[0].trainIdx for m in ba if m}
-    out = [(m[0].queryIdx, m[0].trainIdx) for m in ab
-           if len(m) == 2 and m[0].distance < ratio * m[1].distance and back.get(m[0].trainIdx) == m[0].queryIdx]
-    return np.array(out, dtype=int).reshape(-1, 2)
+    d = torch.cdist(torch.from_numpy(fa["desc"]), torch.from_numpy(fb["desc"]))  # [na, nb] L2
+    two = d.topk(2, dim=1, largest=False)
+    best_b = two.indices[:, 0]
+    best_a = d.argmin(dim=0)
+    ok = (two.values[:, 0] < ratio * two.values[:, 1]) & (best_a[best_b] == torch.arange(len(best_b)))
+    a = torch.nonzero(ok)[:, 0]
+    return torch.stack([a, best_b[a]], 1).numpy().astype(int).reshape(-1, 2)
 
 
 def coherent(a: np.ndarray, b: np.ndarray, tol_px: float, k: int = 8) -> np.ndarray:
@@ -610,24 +608,24 @@ def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float)
             ki, pc = ki[good], pc[good]
             pred = pc[:, :2] / pc[:, 2:3] * rec.focal + [rec.W / 2, rec.H / 2]
             near = torch.cdist(torch.tensor(pred, dtype=torch.float32), torch.tensor(xy_j, dtype=torch.float32)) < window_px
-            # epipolar distance of every keypoint of j to the line of every keypoint of i
+            ci, cj = (x.numpy() for x in torch.nonzero(near, as_tuple=True))  # candidate pairs (sparse)
+            # epipolar distance of each candidate to the line of its keypoint in i
             Rij = rec.R[j] @ rec.R[i].T
             tij = rec.t[j] - Rij @ rec.t[i]
             tx = np.array([[0, -tij[2], tij[1]], [tij[2], 0, -tij[0]], [-tij[1], tij[0], 0]])
             F = Kinv.T @ tx @ Rij @ Kinv
-            xi_h = np.c_[rec.feats[i]["xy"][ki], np.ones(len(ki))]
-            lines = xi_h @ F.T  # [n_i, 3]
+            lines = np.c_[rec.feats[i]["xy"][ki], np.ones(len(ki))] @ F.T  # [n_i, 3]
             lines /= np.linalg.norm(lines[:, :2], axis=1, keepdims=True) + 1e-12
-            epi = np.abs(lines @ np.c_[xy_j, np.ones(len(xy_j))].T)  # [n_i, n_j]
-            cand = near.numpy() & (epi < epi_px)
-            if cand.sum() < 8:
+            epi = np.abs((lines[ci] * np.c_[xy_j[cj], np.ones(len(cj))]).sum(1))
+            ci, cj = ci[epi < epi_px], cj[epi < epi_px]
+            if len(ci) < 8:
                 continue
-            dd = torch.cdist(torch.tensor(rec.feats[i]["desc"][ki]), torch.tensor(rec.feats[j]["desc"])).numpy()
-            dd = np.where(cand, dd, np.inf)
+            desc_d = np.linalg.norm(rec.feats[i]["desc"][ki[ci]] - rec.feats[j]["desc"][cj], axis=1)
+            dd = np.full((len(ki), len(xy_j)), np.inf, np.float32)
+            dd[ci, cj] = desc_d
             best_j = dd.argmin(1)
-            srt = np.sort(dd, axis=1)
-            second = srt[:, 1] if dd.shape[1] > 1 else np.full(len(dd), np.inf)
-            ok = np.isfinite(srt[:, 0]) & (srt[:, 0] < 0.9 * second)
+            srt = np.partition(dd, 1, axis=1)[:, :2] if dd.shape[1] > 1 else np.c_[dd, np.full(len(dd), np.inf)]
+            ok = np.isfinite(srt[:, 0]) & (srt[:, 0] < 0.9 * srt[:, 1])
             best_i = dd.argmin(0)
             ok &= best_i[best_j] == np.arange(len(ki))  # mutual
             m = np.stack([ki[ok], best_j[ok]], 1)
