@@ -483,6 +483,7 @@ def _sfm_with_focal(feats, tracks, pairs, focal, H, W, cfg: SfMConfig, optimise_
         bundle_adjust(rec, fixed, False, cfg.ba_iters // 4, 2 * thr)
     # final: free focal, re-triangulate everything with the refined cameras, drop outliers, again
     # (a track is kept only if all its observations lie within 3 robust sigmas of the fit)
+    optimise_focal = optimise_focal and len(rec.R) >= 3  # two views do not determine a focal length
     for rnd in range(2):
         rms = bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
         cams, pts, _ = rec.observations()
@@ -662,7 +663,7 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
     best = None
     if len(tracks) >= 30:
         fovs = [cfg.fov_x_deg] if cfg.fov_x_deg else list(cfg.fov_candidates)
-        for fov in fovs:
+        for order, fov in enumerate(fovs):
             rec, rms = _sfm_with_focal(feats, tracks, pairs, focal_from_fov(fov, W), H, W, cfg,
                                        optimise_focal=cfg.fov_x_deg is None)
             if rec is None:
@@ -671,7 +672,9 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
             if log:
                 log(f"fov start {fov:.0f} -> {fov_from_focal(rec.focal, W):.1f} deg, {len(rec.R)}/{V} views, "
                     f"{n_pts} points, rms {rms:.3f} px")
-            key = (-len(rec.R), rms)
+            # more views placed wins; then the lower error (with two views the focal length is
+            # not observable, so the first, default, candidate is kept)
+            key = (-len(rec.R), rms if len(rec.R) >= 3 else order)
             if np.isfinite(rms) and (best is None or key < best[0]):
                 best = (key, rec, rms)
             if len(rec.R) == V and rms < 0.5 * thr:  # every view placed, sub-pixel fit: done
@@ -698,24 +701,16 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
         if n_registered < V:  # views that did not register: between their registered neighbours
             _fill_missing(rec, V)
             warnings.append(f"{V - n_registered} of {V} views placed from their neighbours, not from features")
-        vms = np.zeros((V, 4, 4))
-        for v in range(V):
-            vms[v, :3, :3], vms[v, :3, 3], vms[v, 3, 3] = rec.R[v], rec.t[v], 1.0
-        ok = np.isfinite(rec.X[:, 0])
-        pts = rec.X[ok]
-        cols = np.array([np.mean([feats[v]["rgb"][k] for v, k in tr.items()], axis=0)
-                         for tr, good in zip(rec.tracks, ok) if good]).reshape(-1, 3)
-        vms, pts, centre, s, up = _normalise(vms, pts)
-        # keep the bulk of the points: far outliers would inflate the scene scale
-        dist = np.linalg.norm(pts, axis=1)
-        keep = dist < max(4.0, 3 * np.percentile(dist, 90)) if len(dist) else dist > 0
-        pts, cols = pts[keep], cols[keep]
-        scale = float(np.percentile(np.linalg.norm(pts, axis=1), 90)) if len(pts) else 1.0
-        K = intrinsics(rec.focal, H, W)
-        return CameraEstimate(viewmats=vms, Ks=np.repeat(K[None], V, 0), points=pts, colors=cols,
-                              source="features", fov_x_deg=fov_from_focal(rec.focal, W), reproj_px=rms,
-                              n_registered=n_registered, warnings=warnings,
-                              scene_centre=centre, scene_scale=max(scale, 1e-3), up=up)
+        return _package(rec, feats, V, H, W, "features", rms, n_registered, warnings)
+    if best is not None and len(best[1].R) >= 2:
+        # 3. Too few views for free structure from motion: repeat the motion between the views
+        # that were placed (an orbit at constant speed), and let the fit refine it.
+        rec, rms = best[1], best[2]
+        n_registered = len(rec.R)
+        _constant_motion(rec, V)
+        warnings.append(f"only {n_registered} of {V} views could be placed from features; the others follow "
+                        "their constant-speed path (a coarse prior that the fit refines)")
+        return _package(rec, feats, V, H, W, "constant-motion prior", rms, n_registered, warnings)
     why = "too few features matched between views" if best is None else \
         f"only {len(best[1].R)} of {V} views could be placed"
     fov = cfg.fov_x_deg or 50.0
@@ -724,6 +719,72 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
     return CameraEstimate(viewmats=vms, Ks=Ks, points=np.zeros((0, 3)), colors=np.zeros((0, 3)),
                           source="orbit-prior", fov_x_deg=fov, warnings=warnings, scene_scale=0.5,
                           up=np.array([0.0, -1.0, 0.0]))
+
+
+def _package(rec: _Recon, feats, V: int, H: int, W: int, source: str, rms: float, n_registered: int,
+             warnings: list[str]) -> CameraEstimate:
+    """A CameraEstimate from a reconstruction with every view posed, in the normalised frame."""
+    vms = np.zeros((V, 4, 4))
+    for v in range(V):
+        vms[v, :3, :3], vms[v, :3, 3], vms[v, 3, 3] = rec.R[v], rec.t[v], 1.0
+    ok = np.isfinite(rec.X[:, 0])
+    pts = rec.X[ok]
+    cols = np.array([np.mean([feats[v]["rgb"][k] for v, k in tr.items()], axis=0)
+                     for tr, good in zip(rec.tracks, ok) if good]).reshape(-1, 3)
+    vms, pts, centre, s, up = _normalise(vms, pts)
+    # keep the bulk of the points: far outliers would inflate the scene scale
+    dist = np.linalg.norm(pts, axis=1)
+    keep = dist < max(4.0, 3 * np.percentile(dist, 90)) if len(dist) else dist > 0
+    pts, cols = pts[keep], cols[keep]
+    scale = float(np.percentile(np.linalg.norm(pts, axis=1), 90)) if len(pts) > 4 else 0.5
+    K = intrinsics(rec.focal, H, W)
+    return CameraEstimate(viewmats=vms, Ks=np.repeat(K[None], V, 0), points=pts, colors=cols,
+                          source=source, fov_x_deg=fov_from_focal(rec.focal, W), reproj_px=rms,
+                          n_registered=n_registered, warnings=warnings,
+                          scene_centre=centre, scene_scale=max(scale, 1e-3), up=up)
+
+
+def _se3_log(R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    w = cv2.Rodrigues(R)[0].ravel()
+    th = float(np.linalg.norm(w))
+    Wx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+    if th < 1e-9:
+        Vm = np.eye(3)
+    else:
+        Vm = np.eye(3) + (1 - math.cos(th)) / th ** 2 * Wx + (th - math.sin(th)) / th ** 3 * Wx @ Wx
+    return w, np.linalg.solve(Vm, t)
+
+
+def _se3_exp(w: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    th = float(np.linalg.norm(w))
+    Wx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+    if th < 1e-9:
+        Vm = np.eye(3)
+    else:
+        Vm = np.eye(3) + (1 - math.cos(th)) / th ** 2 * Wx + (th - math.sin(th)) / th ** 3 * Wx @ Wx
+    return rodrigues(w), Vm @ u
+
+
+def _constant_motion(rec: _Recon, V: int) -> None:
+    """Pose every unplaced view by repeating the mean motion per view step between the two
+    farthest-apart placed views (a screw motion: an orbit at constant speed)."""
+    placed = sorted(rec.R)
+    i, j = placed[0], placed[-1]
+    Rij = rec.R[j] @ rec.R[i].T  # T_j = T_ij T_i
+    tij = rec.t[j] - Rij @ rec.t[i]
+    w, u = _se3_log(Rij, tij)
+    Rs, ts = _se3_exp(w / (j - i), u / (j - i))  # one view step
+    for v in range(V):
+        if v in rec.R:
+            continue
+        k = v - i
+        R, t = np.eye(3), np.zeros(3)
+        step = (Rs, ts) if k > 0 else (Rs.T, -Rs.T @ ts)
+        for _ in range(abs(k)):
+            R, t = step[0] @ R, step[0] @ t + step[1]
+        rec.R[v], rec.t[v] = R @ rec.R[i], R @ rec.t[i] + t
 
 
 def _fill_missing(rec: _Recon, V: int) -> None:
