@@ -58,3 +58,16 @@ def test_motion_coherence_rejects_matches_one_period_off():
     b[:10] += np.array([12.0, 0.0])  # a repeated texture matched to the neighbouring tile
     keep = coherent(a, b, tol_px=3.0)
     assert not keep[:10].any() and keep[10:].all()
+
+
+def test_constant_motion_prior_completes_a_constant_speed_orbit_from_two_views():
+    from core.recon.cameras import _constant_motion, _Recon
+
+    vms, _ = orbit_prior(7, 64, 96, arc_deg=60.0, elevation_deg=20.0)
+    rec = _Recon(feats=[], tracks=[], focal=80.0, H=64, W=96)
+    for v in (2, 4):  # only two views were placed from features
+        rec.R[v], rec.t[v] = vms[v, :3, :3], vms[v, :3, 3]
+    _constant_motion(rec, 7)
+    for v in range(7):
+        np.testing.assert_allclose(rec.R[v], vms[v, :3, :3], atol=1e-9)
+        np.testing.assert_allclose(rec.t[v], vms[v, :3, 3], atol=1e-9)

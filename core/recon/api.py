@@ -202,7 +202,7 @@ def reconstruct_run(
 
     with torch.no_grad():
         refined = model.camera(torch.arange(V, device=dev)).cpu().double().numpy()
-    Ks = model.scene.Ks.cpu().double().numpy()
+    Ks = model.Ks.cpu().double().numpy()
     out = {
         "version": 1,
         "status": "done",
@@ -216,6 +216,7 @@ def reconstruct_run(
         "psnr_holdout_mean": _mean(cell_psnr[held]),
         "psnr_holdout_min": _min(cell_psnr[held]),
         "timings": {"cameras_s": round(cameras_s, 3), "fit_s": round(fit_s, 3), "loop_s": round(result.seconds, 3),
+                    "first_step_s": round(result.first_step_s, 3),
                     "render_s": round(render_s, 3), "write_s": round(write_s, 3),
                     "total_s": round(time.perf_counter() - t_start, 3)},
         "fit": {"steps": result.steps, "stopped_by": result.stopped_by, "gaussians": model.num_gaussians,

@@ -88,17 +88,15 @@ def detect_features(images: np.ndarray, cfg: SfMConfig) -> list[dict]:
 
 def match_pair(fa: dict, fb: dict, ratio: float) -> np.ndarray:
     """Mutual nearest neighbours passing the ratio test: [m, 2] index pairs (a, b)."""
-    import cv2
-
     if len(fa["desc"]) < 2 or len(fb["desc"]) < 2:
         return np.zeros((0, 2), int)
-    bf = cv2.BFMatcher(cv2.NORM_L2)
-    ab = bf.knnMatch(fa["desc"], fb["desc"], k=2)
-    ba = bf.knnMatch(fb["desc"], fa["desc"], k=1)
-    back = {m[0].queryIdx: m[0].trainIdx for m in ba if m}
-    out = [(m[0].queryIdx, m[0].trainIdx) for m in ab
-           if len(m) == 2 and m[0].distance < ratio * m[1].distance and back.get(m[0].trainIdx) == m[0].queryIdx]
-    return np.array(out, dtype=int).reshape(-1, 2)
+    d = torch.cdist(torch.from_numpy(fa["desc"]), torch.from_numpy(fb["desc"]))  # [na, nb] L2
+    two = d.topk(2, dim=1, largest=False)
+    best_b = two.indices[:, 0]
+    best_a = d.argmin(dim=0)
+    ok = (two.values[:, 0] < ratio * two.values[:, 1]) & (best_a[best_b] == torch.arange(len(best_b)))
+    a = torch.nonzero(ok)[:, 0]
+    return torch.stack([a, best_b[a]], 1).numpy().astype(int).reshape(-1, 2)
 
 
 def coherent(a: np.ndarray, b: np.ndarray, tol_px: float, k: int = 8) -> np.ndarray:
@@ -485,6 +483,7 @@ def _sfm_with_focal(feats, tracks, pairs, focal, H, W, cfg: SfMConfig, optimise_
         bundle_adjust(rec, fixed, False, cfg.ba_iters // 4, 2 * thr)
     # final: free focal, re-triangulate everything with the refined cameras, drop outliers, again
     # (a track is kept only if all its observations lie within 3 robust sigmas of the fit)
+    optimise_focal = optimise_focal and len(rec.R) >= 3  # two views do not determine a focal length
     for rnd in range(2):
         rms = bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
         cams, pts, _ = rec.observations()
@@ -610,24 +609,24 @@ def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float)
             ki, pc = ki[good], pc[good]
             pred = pc[:, :2] / pc[:, 2:3] * rec.focal + [rec.W / 2, rec.H / 2]
             near = torch.cdist(torch.tensor(pred, dtype=torch.float32), torch.tensor(xy_j, dtype=torch.float32)) < window_px
-            # epipolar distance of every keypoint of j to the line of every keypoint of i
+            ci, cj = (x.numpy() for x in torch.nonzero(near, as_tuple=True))  # candidate pairs (sparse)
+            # epipolar distance of each candidate to the line of its keypoint in i
             Rij = rec.R[j] @ rec.R[i].T
             tij = rec.t[j] - Rij @ rec.t[i]
             tx = np.array([[0, -tij[2], tij[1]], [tij[2], 0, -tij[0]], [-tij[1], tij[0], 0]])
             F = Kinv.T @ tx @ Rij @ Kinv
-            xi_h = np.c_[rec.feats[i]["xy"][ki], np.ones(len(ki))]
-            lines = xi_h @ F.T  # [n_i, 3]
+            lines = np.c_[rec.feats[i]["xy"][ki], np.ones(len(ki))] @ F.T  # [n_i, 3]
             lines /= np.linalg.norm(lines[:, :2], axis=1, keepdims=True) + 1e-12
-            epi = np.abs(lines @ np.c_[xy_j, np.ones(len(xy_j))].T)  # [n_i, n_j]
-            cand = near.numpy() & (epi < epi_px)
-            if cand.sum() < 8:
+            epi = np.abs((lines[ci] * np.c_[xy_j[cj], np.ones(len(cj))]).sum(1))
+            ci, cj = ci[epi < epi_px], cj[epi < epi_px]
+            if len(ci) < 8:
                 continue
-            dd = torch.cdist(torch.tensor(rec.feats[i]["desc"][ki]), torch.tensor(rec.feats[j]["desc"])).numpy()
-            dd = np.where(cand, dd, np.inf)
+            desc_d = np.linalg.norm(rec.feats[i]["desc"][ki[ci]] - rec.feats[j]["desc"][cj], axis=1)
+            dd = np.full((len(ki), len(xy_j)), np.inf, np.float32)
+            dd[ci, cj] = desc_d
             best_j = dd.argmin(1)
-            srt = np.sort(dd, axis=1)
-            second = srt[:, 1] if dd.shape[1] > 1 else np.full(len(dd), np.inf)
-            ok = np.isfinite(srt[:, 0]) & (srt[:, 0] < 0.9 * second)
+            srt = np.partition(dd, 1, axis=1)[:, :2] if dd.shape[1] > 1 else np.c_[dd, np.full(len(dd), np.inf)]
+            ok = np.isfinite(srt[:, 0]) & (srt[:, 0] < 0.9 * srt[:, 1])
             best_i = dd.argmin(0)
             ok &= best_i[best_j] == np.arange(len(ki))  # mutual
             m = np.stack([ki[ok], best_j[ok]], 1)
@@ -664,7 +663,7 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
     best = None
     if len(tracks) >= 30:
         fovs = [cfg.fov_x_deg] if cfg.fov_x_deg else list(cfg.fov_candidates)
-        for fov in fovs:
+        for order, fov in enumerate(fovs):
             rec, rms = _sfm_with_focal(feats, tracks, pairs, focal_from_fov(fov, W), H, W, cfg,
                                        optimise_focal=cfg.fov_x_deg is None)
             if rec is None:
@@ -673,7 +672,9 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
             if log:
                 log(f"fov start {fov:.0f} -> {fov_from_focal(rec.focal, W):.1f} deg, {len(rec.R)}/{V} views, "
                     f"{n_pts} points, rms {rms:.3f} px")
-            key = (-len(rec.R), rms)
+            # more views placed wins; then the lower error (with two views the focal length is
+            # not observable, so the first, default, candidate is kept)
+            key = (-len(rec.R), rms if len(rec.R) >= 3 else order)
             if np.isfinite(rms) and (best is None or key < best[0]):
                 best = (key, rec, rms)
             if len(rec.R) == V and rms < 0.5 * thr:  # every view placed, sub-pixel fit: done
@@ -700,24 +701,16 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
         if n_registered < V:  # views that did not register: between their registered neighbours
             _fill_missing(rec, V)
             warnings.append(f"{V - n_registered} of {V} views placed from their neighbours, not from features")
-        vms = np.zeros((V, 4, 4))
-        for v in range(V):
-            vms[v, :3, :3], vms[v, :3, 3], vms[v, 3, 3] = rec.R[v], rec.t[v], 1.0
-        ok = np.isfinite(rec.X[:, 0])
-        pts = rec.X[ok]
-        cols = np.array([np.mean([feats[v]["rgb"][k] for v, k in tr.items()], axis=0)
-                         for tr, good in zip(rec.tracks, ok) if good]).reshape(-1, 3)
-        vms, pts, centre, s, up = _normalise(vms, pts)
-        # keep the bulk of the points: far outliers would inflate the scene scale
-        dist = np.linalg.norm(pts, axis=1)
-        keep = dist < max(4.0, 3 * np.percentile(dist, 90)) if len(dist) else dist > 0
-        pts, cols = pts[keep], cols[keep]
-        scale = float(np.percentile(np.linalg.norm(pts, axis=1), 90)) if len(pts) else 1.0
-        K = intrinsics(rec.focal, H, W)
-        return CameraEstimate(viewmats=vms, Ks=np.repeat(K[None], V, 0), points=pts, colors=cols,
-                              source="features", fov_x_deg=fov_from_focal(rec.focal, W), reproj_px=rms,
-                              n_registered=n_registered, warnings=warnings,
-                              scene_centre=centre, scene_scale=max(scale, 1e-3), up=up)
+        return _package(rec, feats, V, H, W, "features", rms, n_registered, warnings)
+    if best is not None and len(best[1].R) >= 2:
+        # 3. Too few views for free structure from motion: repeat the motion between the views
+        # that were placed (an orbit at constant speed), and let the fit refine it.
+        rec, rms = best[1], best[2]
+        n_registered = len(rec.R)
+        _constant_motion(rec, V)
+        warnings.append(f"only {n_registered} of {V} views could be placed from features; the others follow "
+                        "their constant-speed path (a coarse prior that the fit refines)")
+        return _package(rec, feats, V, H, W, "constant-motion prior", rms, n_registered, warnings)
     why = "too few features matched between views" if best is None else \
         f"only {len(best[1].R)} of {V} views could be placed"
     fov = cfg.fov_x_deg or 50.0
@@ -726,6 +719,72 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None)
     return CameraEstimate(viewmats=vms, Ks=Ks, points=np.zeros((0, 3)), colors=np.zeros((0, 3)),
                           source="orbit-prior", fov_x_deg=fov, warnings=warnings, scene_scale=0.5,
                           up=np.array([0.0, -1.0, 0.0]))
+
+
+def _package(rec: _Recon, feats, V: int, H: int, W: int, source: str, rms: float, n_registered: int,
+             warnings: list[str]) -> CameraEstimate:
+    """A CameraEstimate from a reconstruction with every view posed, in the normalised frame."""
+    vms = np.zeros((V, 4, 4))
+    for v in range(V):
+        vms[v, :3, :3], vms[v, :3, 3], vms[v, 3, 3] = rec.R[v], rec.t[v], 1.0
+    ok = np.isfinite(rec.X[:, 0])
+    pts = rec.X[ok]
+    cols = np.array([np.mean([feats[v]["rgb"][k] for v, k in tr.items()], axis=0)
+                     for tr, good in zip(rec.tracks, ok) if good]).reshape(-1, 3)
+    vms, pts, centre, s, up = _normalise(vms, pts)
+    # keep the bulk of the points: far outliers would inflate the scene scale
+    dist = np.linalg.norm(pts, axis=1)
+    keep = dist < max(4.0, 3 * np.percentile(dist, 90)) if len(dist) else dist > 0
+    pts, cols = pts[keep], cols[keep]
+    scale = float(np.percentile(np.linalg.norm(pts, axis=1), 90)) if len(pts) > 4 else 0.5
+    K = intrinsics(rec.focal, H, W)
+    return CameraEstimate(viewmats=vms, Ks=np.repeat(K[None], V, 0), points=pts, colors=cols,
+                          source=source, fov_x_deg=fov_from_focal(rec.focal, W), reproj_px=rms,
+                          n_registered=n_registered, warnings=warnings,
+                          scene_centre=centre, scene_scale=max(scale, 1e-3), up=up)
+
+
+def _se3_log(R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    w = cv2.Rodrigues(R)[0].ravel()
+    th = float(np.linalg.norm(w))
+    Wx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+    if th < 1e-9:
+        Vm = np.eye(3)
+    else:
+        Vm = np.eye(3) + (1 - math.cos(th)) / th ** 2 * Wx + (th - math.sin(th)) / th ** 3 * Wx @ Wx
+    return w, np.linalg.solve(Vm, t)
+
+
+def _se3_exp(w: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    th = float(np.linalg.norm(w))
+    Wx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+    if th < 1e-9:
+        Vm = np.eye(3)
+    else:
+        Vm = np.eye(3) + (1 - math.cos(th)) / th ** 2 * Wx + (th - math.sin(th)) / th ** 3 * Wx @ Wx
+    return rodrigues(w), Vm @ u
+
+
+def _constant_motion(rec: _Recon, V: int) -> None:
+    """Pose every unplaced view by repeating the mean motion per view step between the two
+    farthest-apart placed views (a screw motion: an orbit at constant speed)."""
+    placed = sorted(rec.R)
+    i, j = placed[0], placed[-1]
+    Rij = rec.R[j] @ rec.R[i].T  # T_j = T_ij T_i
+    tij = rec.t[j] - Rij @ rec.t[i]
+    w, u = _se3_log(Rij, tij)
+    Rs, ts = _se3_exp(w / (j - i), u / (j - i))  # one view step
+    for v in range(V):
+        if v in rec.R:
+            continue
+        k = v - i
+        R, t = np.eye(3), np.zeros(3)
+        step = (Rs, ts) if k > 0 else (Rs.T, -Rs.T @ ts)
+        for _ in range(abs(k)):
+            R, t = step[0] @ R, step[0] @ t + step[1]
+        rec.R[v], rec.t[v] = R @ rec.R[i], R @ rec.t[i] + t
 
 
 def _fill_missing(rec: _Recon, V: int) -> None:

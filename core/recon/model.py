@@ -117,6 +117,9 @@ class DeformableGaussians(nn.Module):
             "colors": nn.Parameter(torch.logit(rgb.float().clamp(0.02, 0.98))),
             "view_offsets": nn.Parameter(torch.zeros(N, V, 3)),
         })
+        # the estimated cameras move with the model (.to(device)); ``scene`` keeps the sizes
+        self.register_buffer("viewmats0", scene.viewmats.float().clone())  # [V, 4, 4]
+        self.register_buffer("Ks", scene.Ks.float().clone())  # [V, 3, 3]
         self.deform = Deformation(scene.extent, deform_width, deform_depth, pos_freqs, time_freqs)
         forward = scene.viewmats[:, 2, :3].mean(0)
         self.background = EnvBackground(up, forward, bg_rgb, bg_res)
@@ -132,7 +135,7 @@ class DeformableGaussians(nn.Module):
     def camera(self, views: Tensor) -> Tensor:
         """Refined world -> camera matrices of ``views`` [B] -> [B, 4, 4]; view 0 never moves."""
         delta = self.cam_deltas[views] * (views != 0).to(self.cam_deltas.dtype)[:, None]
-        return se3_exp(delta) @ self.scene.viewmats[views]
+        return se3_exp(delta) @ self.viewmats0[views]
 
     def means_at(self, t: int, view: int | None = None) -> Tensor:
         """Gaussian centres at time index ``t`` (and with view ``view``'s compensation): [N, 3]."""
@@ -156,7 +159,7 @@ class DeformableGaussians(nn.Module):
         means = torch.stack([by_t[t] + p["view_offsets"][:, v] for v, t in cells])  # [B, N, 3]
         views = torch.tensor([v for v, _ in cells], device=dev)
         viewmats = self.camera(views)  # [B, 4, 4]
-        Ks = self.scene.Ks[views]
+        Ks = self.Ks[views]
         scales = torch.exp(p["scales"]).expand(N, 3)
         rgb, alpha, meta = rasterize(
             means,
