@@ -147,8 +147,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     def left() -> float:
         return cfg.budget_s - (time.perf_counter() - t_start)
 
+    threads = torch.get_num_threads()
+    cpu_est: dict[int, float] = {}
+
     def measure(fn: Callable[[], object], n: int) -> tuple[float, float, float | None]:
-        """(warm-up s, mean s per call, peak GB)."""
+        """(warm-up s, mean s per call, peak GB). On the CPU also the process time per call over
+        the thread count (``cpu_est``): the wall time on an otherwise idle machine, roughly."""
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -157,11 +161,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         fn()
         sync()
         warm = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             fn()
         sync()
         per = (time.perf_counter() - t0) / n
+        cpu_est[0] = (time.process_time() - c0) / n / threads
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         return warm, per, peak
 
@@ -184,9 +189,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         floor = FLOOR_S.get(mode) if (cuda and cfg.preset == "wan2.1-1.3b" and (V, T, H, W) == (8, 8, 288, 512)) else None
         row = Row(mode, variant, round(per, 4), round(per / floor, 2) if floor else None,
                   round(peak, 2) if peak is not None else None, round(warm, 2), float(f"{fl / per / 1e12:.3g}"))
+        if not cuda:
+            row.extra["cpu_time_per_step_over_threads_s"] = round(cpu_est[0], 3)
         rows.append(row)
         log(f"  {mode:10s} {variant:34s} {per:8.4f} s/step  warm-up {warm:6.1f} s"
-            + (f"  peak {peak:5.1f} GB" if peak is not None else ""))
+            + (f"  peak {peak:5.1f} GB" if peak is not None else f"  (cpu time / {threads} threads {cpu_est[0]:.3f} s)"))
         return row
 
     def ours(mode: str, backend: str = "auto", cache: bool = True):
@@ -230,13 +237,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             s = SampleSettings(steps=cfg.grid_steps, mode=mode, fused_backend=backend)
             sched = FlowMatchEulerDiscreteScheduler(shift=mcfg.shift)
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with torch.no_grad():
                 denoise(tr, sched, cond.float(), mask, text, s)
             sync()
             total = time.perf_counter() - t0
-            grids.append({"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": round(total, 2)})
-            log(f"  whole grid, {mode} ({best.variant}), {cfg.grid_steps} steps: {total:.2f} s")
+            entry = {"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": round(total, 2)}
+            if not cuda:
+                entry["cpu_time_over_threads_s"] = round((time.process_time() - c0) / threads, 2)
+            grids.append(entry)
+            log(f"  whole grid, {mode} ({best.variant}), {cfg.grid_steps} steps: {total:.2f} s"
+                + ("" if cuda else f" (cpu time / {threads} threads {entry['cpu_time_over_threads_s']:.1f} s)"))
 
     # 3. What each optimisation buys (eager; soft mode), and diffusers as is.
     if cfg.ablations:
@@ -279,17 +290,22 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
 def format_table(result: dict) -> str:
     """The short table printed at the end."""
-    lines = [f"{'mode':10s} {'variant':34s} {'s/step':>8s} {'÷floor':>7s} {'peak GB':>8s} {'warm s':>7s} {'TFLOP/s':>8s}"]
+    cpu = result["floor_s"] is None
+    lines = [f"{'mode':10s} {'variant':34s} {'s/step':>8s} {'÷floor':>7s} {'peak GB':>8s} {'warm s':>7s} {'TFLOP/s':>8s}"
+             + ("  cpu-time/threads" if cpu else "")]
     for r in result["rows"]:
         def f(v, fmt):
             return format(v, fmt) if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "—"
 
         lines.append(f"{r['mode']:10s} {r['variant'][:34]:34s} {f(r['s_per_step'], '8.4f'):>8s} "
                      f"{f(r['floor_ratio'], '7.2f'):>7s} {f(r['peak_gb'], '8.1f'):>8s} {f(r['warmup_s'], '7.1f'):>7s} "
-                     f"{f(r['tflops'], '8.1f'):>8s}" + (f"  {r['note']}" if r["note"] else ""))
+                     f"{f(r['tflops'], '8.3g'):>8s}"
+                     + (f"  {f(r['extra'].get('cpu_time_per_step_over_threads_s'), '16.3f'):>16s}" if cpu else "")
+                     + (f"  {r['note']}" if r["note"] else ""))
     for gr in result["grids"]:
         if "seconds" in gr:
-            lines.append(f"whole grid, {gr['mode']}, {gr['steps']} steps ({gr['kernels']}): {gr['seconds']:.2f} s")
+            lines.append(f"whole grid, {gr['mode']}, {gr['steps']} steps ({gr['kernels']}): {gr['seconds']:.2f} s"
+                         + (f" (cpu time / threads {gr['cpu_time_over_threads_s']:.1f} s)" if cpu else ""))
         else:
             lines.append(f"whole grid, {gr['mode']}: {gr['note']}")
     s = result["setup"]

@@ -209,6 +209,11 @@ class Engine:
         model = self.load()
         t_loaded = time.perf_counter()
         unknown = model.text.unknown_words(req.prompt) if req.prompt else []
+        if unknown:
+            import warnings
+
+            warnings.warn(f"the model does not know these words of the prompt and ignores them: {', '.join(unknown)}",
+                          stacklevel=2)
 
         # 3. Sample
         settings = SampleSettings(steps=req.steps, guidance=req.guidance, seed=req.seed, mode=req.mode,
