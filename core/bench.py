@@ -104,12 +104,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    import torch._dynamo.config as dcfg
-
-    for name in ("cache_size_limit", "recompile_limit"):
-        if hasattr(dcfg, name):
-            setattr(dcfg, name, 64)
-
     mcfg, tr = build_transformer(cfg.preset, dev, dtype)
     space = 2 ** len(mcfg.vae["temperal_downsample"]) if mcfg.codec == "wan-vae" else 1
     H, W = cfg.height or mcfg.height, cfg.width or mcfg.width
@@ -205,7 +199,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     # 1. Headline first: compiled (or eager) steps for each mode, all optimisations on.
     tr.fuse_projections()
     if cfg.compile:
-        tr.compile()
+        tr.compile_blocks()
     label = "compiled" if cfg.compile else "eager"
     for mode in cfg.modes:
         if mode == "fused":
@@ -251,7 +245,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
     # 3. What each optimisation buys (eager; soft mode), and diffusers as is.
     if cfg.ablations:
-        tr.uncompile()
+        tr.uncompile_blocks()
         add("soft", "eager, fused QKV, batched, cached", ours("soft"), est)
         tr.cache_text_kv = tr.cache_time = False
         add("soft", "eager, no text-K/V or time cache", ours("soft", cache=False), est)

@@ -122,7 +122,7 @@ class Engine:
             model = FourDModel.from_pretrained(self.path, device=dev, dtype=dtype)
             model.transformer.fuse_projections()  # inference only: one matmul for Q, K, V
             if self.compile:
-                model.transformer.compile()
+                model.transformer.compile_blocks()
             self._hash = model_hash(self.path)
             self._model = model
         return self._model

@@ -80,6 +80,7 @@ def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
     if q.device.type == "cpu":
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)
     elif q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        qt, kt, vt = qt.contiguous(), kt.contiguous(), vt.contiguous()
         out = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)
         o, lse = out[0], out[1]
     else:

@@ -100,6 +100,8 @@ class FourDTransformer(nn.Module):
     Sampling: ``plan = model.prepare(...)`` once, then ``model.step(plan, noisy, sigma)`` per step.
     """
 
+    backbone_timesteps = 1000.0  # Wan's timestep = σ · num_train_timesteps
+
     def __init__(self, backbone: WanTransformer3DModel, layers: FourDLayers, chunk_times: int = 8):
         super().__init__()
         cfg = backbone.config
@@ -177,13 +179,21 @@ class FourDTransformer(nn.Module):
             blk.attn1.fuse_projections()
             blk.attn2.fuse_projections()
 
-    def compile(self, **kwargs) -> None:
-        """Compile the per-layer function once; all blocks share the graph (regional compile)."""
+    def compile_blocks(self, **kwargs) -> None:
+        """Compile the per-layer function once; all blocks share the graph (regional compile:
+        parameters are graph inputs). Each mode and grid shape is one more graph, hence the
+        raised recompile limit."""
+        import torch._dynamo.config as dynamo_config
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(64, getattr(dynamo_config, name)))
         kwargs.setdefault("dynamic", False)
         self._block_fn = torch.compile(run_block, **kwargs)
         self._layer_fn = torch.compile(self._parallel_layer, **kwargs)
 
-    def uncompile(self) -> None:
+    def uncompile_blocks(self) -> None:
+        """Back to eager blocks."""
         self._block_fn = run_block
         self._layer_fn = self._parallel_layer
 
@@ -214,8 +224,6 @@ class FourDTransformer(nn.Module):
         if key is not None:
             plan.time_cache[key] = out
         return out
-
-    backbone_timesteps = 1000.0  # Wan's timestep = σ · num_train_timesteps
 
     # -- tokens in and out -----------------------------------------------------------------------
     def _patchify(self, conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
