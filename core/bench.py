@@ -39,7 +39,7 @@ class BenchConfig:
     grid_steps: int = 25
     grid: bool = True  # time whole grids
     ablations: bool = True  # eager rows showing what each optimisation buys
-    budget_s: float = 450.0
+    budget_s: float = 400.0
     json_path: str | None = None
 
     def resolve(self) -> "BenchConfig":
@@ -195,73 +195,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         return lambda: tr.step(plan, x, sigma)
 
     est = 4.0 if cuda else 30.0  # rough seconds for an eager row
+    compile_s = 90.0  # rough seconds for a compiled row (its warm-up compiles)
 
-    # 1. Headline first: compiled (or eager) steps for each mode, all optimisations on.
-    tr.fuse_projections()
-    if cfg.compile:
-        tr.compile_blocks()
-    label = "compiled" if cfg.compile else "eager"
-    for mode in cfg.modes:
-        if mode == "fused":
-            backends = ["flex", "split"] if cuda else ["split"]
-            for b in backends:
-                with torch.no_grad():
-                    add(mode, f"{label}, {b}", ours(mode, b), 60.0 if cfg.compile else est)
-        else:
-            with torch.no_grad():
-                add(mode, label, ours(mode), 60.0 if cfg.compile else est)
-
-    # 2. Whole grids through the sampler's loop (prepare + steps), best kernels.
-    if cfg.grid:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        from .sampler import SampleSettings, denoise
-
-        mask = known[..., None].expand(-1, -1, -1, tr.mask_channels)
-        for mode in [m for m in ("soft", "fused") if m in cfg.modes]:
-            best = [r for r in rows if r.mode == mode and r.s_per_step]
-            if not best:
-                continue
-            best = min(best, key=lambda r: r.s_per_step)
-            need = best.s_per_step * cfg.grid_steps * 1.2 + 5
-            if left() < need:
-                grids.append({"mode": mode, "note": "skipped: time budget"})
-                continue
-            backend = best.variant.split(", ")[-1] if mode == "fused" else "auto"
-            s = SampleSettings(steps=cfg.grid_steps, mode=mode, fused_backend=backend)
-            sched = FlowMatchEulerDiscreteScheduler(shift=mcfg.shift)
-            sync()
-            t0, c0 = time.perf_counter(), time.process_time()
-            with torch.no_grad():
-                denoise(tr, sched, cond.float(), mask, text, s)
-            sync()
-            total = time.perf_counter() - t0
-            entry = {"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": round(total, 2)}
-            if not cuda:
-                entry["cpu_time_over_threads_s"] = round((time.process_time() - c0) / threads, 2)
-            grids.append(entry)
-            log(f"  whole grid, {mode} ({best.variant}), {cfg.grid_steps} steps: {total:.2f} s"
-                + ("" if cuda else f" (cpu time / {threads} threads {entry['cpu_time_over_threads_s']:.1f} s)"))
-
-    # 3. What each optimisation buys (eager; soft mode), and diffusers as is.
-    if cfg.ablations:
-        tr.uncompile_blocks()
-        add("soft", "eager, fused QKV, batched, cached", ours("soft"), est)
-        tr.cache_text_kv = tr.cache_time = False
-        add("soft", "eager, no text-K/V or time cache", ours("soft", cache=False), est)
-        tr.cache_text_kv = tr.cache_time = True
-        tr.batch_streams = False
-        add("soft", "eager, streams one at a time", ours("soft"), est)
-        tr.batch_streams = True
-        for blk in tr.backbone.blocks:
-            blk.attn1.unfuse_projections()
-            blk.attn2.unfuse_projections()
-        add("soft", "eager, separate Q/K/V matmuls", ours("soft"), est)
-        tr.batch_streams = False
-        tr.cache_text_kv = tr.cache_time = False
-        add("soft", "eager, none of the above", ours("soft", cache=False), est)
-        tr.batch_streams = tr.cache_text_kv = tr.cache_time = True
-
+    # 1. What each optimisation buys (eager, soft mode; cheap, so first), and diffusers as is.
+    if cfg.ablations and "soft" in cfg.modes:
         bb = tr.backbone
         seq_v = x.permute(0, 2, 3, 1, 4, 5).reshape(T, C, V, h, w)
         seq_t = x.permute(0, 1, 3, 2, 4, 5).reshape(V, C, T, h, w)
@@ -272,6 +209,68 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             bb(seq_t, ts[:V], text.expand(V, -1, -1), return_dict=False)
 
         add("as-is", "diffusers forward, two streams", as_is, est * 2)
+        tr.batch_streams = tr.cache_text_kv = tr.cache_time = False
+        add("soft", "eager, none of the below", ours("soft", cache=False), est)
+        tr.batch_streams = True
+        add("soft", "eager, + streams in one batch", ours("soft", cache=False), est)
+        tr.cache_text_kv = tr.cache_time = True
+        add("soft", "eager, + text-K/V and time cached", ours("soft"), est)
+        tr.fuse_projections()
+        add("soft", "eager, + fused Q/K/V matmuls", ours("soft"), est)
+    tr.fuse_projections()
+    tr.batch_streams = tr.cache_text_kv = tr.cache_time = True
+
+    # 2. Each mode with everything on (compiled unless --no-compile); whole grids after the
+    #    first two modes, so the headline figures come before the budget can run out.
+    if cfg.compile:
+        tr.compile_blocks()
+    label = "compiled" if cfg.compile else "eager"
+    need = compile_s if cfg.compile else est
+
+    def run_mode(mode: str) -> None:
+        if mode == "fused":
+            for b in (["flex", "split"] if cuda else ["split"]):
+                add(mode, f"{label}, {b}", ours(mode, b), need)
+        else:
+            add(mode, label, ours(mode), need)
+
+    def run_grid(mode: str) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from .sampler import SampleSettings, denoise
+
+        best = [r for r in rows if r.mode == mode and r.s_per_step and r.variant.startswith(label)]
+        if not best:
+            return
+        best = min(best, key=lambda r: r.s_per_step)
+        if left() < best.s_per_step * cfg.grid_steps * 1.2 + 5:
+            grids.append({"mode": mode, "note": "skipped: time budget"})
+            return
+        backend = best.variant.split(", ")[-1] if mode == "fused" else "auto"
+        s = SampleSettings(steps=cfg.grid_steps, mode=mode, fused_backend=backend)
+        sched = FlowMatchEulerDiscreteScheduler(shift=mcfg.shift)
+        mask = known[..., None].expand(-1, -1, -1, tr.mask_channels)
+        sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            denoise(tr, sched, cond.float(), mask, text, s)
+        sync()
+        total = time.perf_counter() - t0
+        entry = {"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": round(total, 2)}
+        if not cuda:
+            entry["cpu_time_over_threads_s"] = round((time.process_time() - c0) / threads, 2)
+        grids.append(entry)
+        log(f"  whole grid, {mode} ({best.variant}), {cfg.grid_steps} steps: {total:.2f} s"
+            + ("" if cuda else f" (cpu time / {threads} threads {entry['cpu_time_over_threads_s']:.1f} s)"))
+
+    first = [m for m in ("soft", "fused") if m in cfg.modes]
+    for mode in first:
+        run_mode(mode)
+    if cfg.grid:
+        for mode in first:
+            run_grid(mode)
+    for mode in [m for m in cfg.modes if m not in first]:
+        run_mode(mode)
 
     result = {"setup": setup, "config": asdict(cfg), "rows": [asdict(r) for r in rows], "grids": grids,
               "floor_s": FLOOR_S if cuda else None, "elapsed_s": round(time.perf_counter() - t_start, 1)}

@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--grid-steps", type=int, default=25, help="steps of the whole-grid timing")
     p.add_argument("--no-grid", action="store_true", help="skip the whole-grid timings")
     p.add_argument("--no-ablations", action="store_true", help="skip the rows that show what each change buys")
-    p.add_argument("--budget-s", type=float, default=450.0, help="stop adding rows after this long")
+    p.add_argument("--budget-s", type=float, default=400.0, help="stop adding rows after this long (s)")
     p.add_argument("--json", default=None, help="write the results here")
 
 

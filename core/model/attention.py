@@ -90,6 +90,7 @@ def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
     return o.transpose(1, 2), lse[..., :S].float()
 
 
+@functools.lru_cache(maxsize=8)  # one per grid shape: training steps reuse it
 def fused_dense_mask(V: int, T: int, P: int, device) -> torch.Tensor:
     """Boolean ``[M, M]`` mask over grid-ordered tokens: True where key is in the query's row or
     column (own frame included). Density (V+T−1)/(V·T)."""
@@ -105,6 +106,7 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@functools.lru_cache(maxsize=8)
 def fused_block_mask(V: int, T: int, P: int, device):
     """FlexAttention ``BlockMask`` of the same pattern as ``fused_dense_mask``."""
     from torch.nn.attention.flex_attention import create_block_mask

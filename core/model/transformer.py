@@ -280,9 +280,9 @@ class FourDTransformer(nn.Module):
             ropes["fused"] = tuple(r.to(dev) for r in A.rope_table(rope, pos, hp, wp))
             backend = self._fused_backend(fused_backend, dev, V * T * P)
             if backend == "dense":
-                mask = A.fused_dense_mask(V, T, P, dev)
+                mask = A.fused_dense_mask(V, T, P, str(dev))
             elif backend == "flex":
-                mask = A.fused_block_mask(V, T, P, dev)
+                mask = A.fused_block_mask(V, T, P, str(dev))
             layout = Layout("fused", B, V, T, P, backend)
 
         text = self._embed_text(text_states)
