@@ -239,7 +239,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
         from .sampler import SampleSettings, denoise
 
-        best = [r for r in rows if r.mode == mode and r.s_per_step and r.variant.startswith(label)]
+        best = [r for r in rows if r.mode == mode and r.s_per_step
+                and (r.variant == label or (mode == "fused" and r.variant.startswith(label + ", ")))]
         if not best:
             return
         best = min(best, key=lambda r: r.s_per_step)
