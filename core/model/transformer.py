@@ -7,8 +7,10 @@ Modes (DESIGN.md, "The engine"; 4Real-Video Sec. 3 and supplement Sec. 1.2; 4Rea
   (V sequences of T·P tokens) go through every pretrained block side by side (one batch), then a
   sync layer (``sync.py``) merges them; after the last block the streams are averaged before the
   output head.
-* ``sequential`` — one stream; each block attends across views, then across times.
-* ``fused`` — one stream over the whole grid; a token attends to its own row ∪ own column.
+* ``sequential`` — one stream; each block attends across views, then across times (4Real-Video
+  Eq. 5; the ablation baseline).
+* ``fused`` — one stream over the whole grid; a token attends to its own frame ∪ own time ∪ own
+  view, i.e. its row ∪ its column (4Real-Video-V2), density (V+T−1)/(V·T).
 
 Conditioning: known cells enter as extra input channels (clean latents x mask, and the mask),
 through a zero-initialised patch embedding whose output adds to the backbone's — the same as
@@ -16,7 +18,9 @@ widening Wan's patch embedding with zero columns, as its image-to-video model do
 of the noisy input are replaced by their clean values. A per-sample context flag (grid, dynamic
 row, freeze-time column) adds a zero-initialised embedding to the time embedding.
 
-Objective (rectified flow): ``x_σ = (1−σ)·x0 + σ·ε``; the model predicts the velocity ``ε − x0``.
+Objective (rectified flow): ``x_σ = (1−σ)·x0 + σ·ε``; the model predicts the velocity ``ε − x0``
+(what ``FlowMatchEulerDiscreteScheduler`` integrates); the backbone's timestep is ``1000·σ``.
+Train with the loss on unknown cells only.
 """
 
 from __future__ import annotations
