@@ -14,7 +14,10 @@ def add_arguments(p) -> None:
                    choices=["soft", "hard", "sequential", "fused"])
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the blocks (default: on with cuda, off on the cpu)")
-    p.add_argument("--preset", default=None, help="model shape (default: wan2.1-1.3b on cuda, default on cpu)")
+    from ..model.config import PRESETS
+
+    p.add_argument("--preset", default=None, choices=PRESETS,
+                   help="model shape (default: wan2.1-1.3b on cuda, default on cpu)")
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--times", type=int, default=8, help="latent times")
     p.add_argument("--size", default=None, help="HxW in pixels (default: the preset's)")
