@@ -39,7 +39,7 @@ class BenchConfig:
     grid_steps: int = 25
     grid: bool = True  # time whole grids
     ablations: bool = True  # eager rows showing what each optimisation buys
-    budget_s: float = 450.0
+    budget_s: float = 400.0
     json_path: str | None = None
 
     def resolve(self) -> "BenchConfig":
@@ -104,12 +104,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    import torch._dynamo.config as dcfg
-
-    for name in ("cache_size_limit", "recompile_limit"):
-        if hasattr(dcfg, name):
-            setattr(dcfg, name, 64)
-
     mcfg, tr = build_transformer(cfg.preset, dev, dtype)
     space = 2 ** len(mcfg.vae["temperal_downsample"]) if mcfg.codec == "wan-vae" else 1
     H, W = cfg.height or mcfg.height, cfg.width or mcfg.width
@@ -147,8 +141,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     def left() -> float:
         return cfg.budget_s - (time.perf_counter() - t_start)
 
+    threads = torch.get_num_threads()
+    cpu_est: dict[int, float] = {}
+
     def measure(fn: Callable[[], object], n: int) -> tuple[float, float, float | None]:
-        """(warm-up s, mean s per call, peak GB)."""
+        """(warm-up s, mean s per call, peak GB). On the CPU also the process time per call over
+        the thread count (``cpu_est``): the wall time on an otherwise idle machine, roughly."""
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -157,11 +155,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         fn()
         sync()
         warm = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             fn()
         sync()
         per = (time.perf_counter() - t0) / n
+        cpu_est[0] = (time.process_time() - c0) / n / threads
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         return warm, per, peak
 
@@ -184,9 +183,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         floor = FLOOR_S.get(mode) if (cuda and cfg.preset == "wan2.1-1.3b" and (V, T, H, W) == (8, 8, 288, 512)) else None
         row = Row(mode, variant, round(per, 4), round(per / floor, 2) if floor else None,
                   round(peak, 2) if peak is not None else None, round(warm, 2), float(f"{fl / per / 1e12:.3g}"))
+        if not cuda:
+            row.extra["cpu_time_per_step_over_threads_s"] = round(cpu_est[0], 3)
         rows.append(row)
         log(f"  {mode:10s} {variant:34s} {per:8.4f} s/step  warm-up {warm:6.1f} s"
-            + (f"  peak {peak:5.1f} GB" if peak is not None else ""))
+            + (f"  peak {peak:5.1f} GB" if peak is not None else f"  (cpu time / {threads} threads {cpu_est[0]:.3f} s)"))
         return row
 
     def ours(mode: str, backend: str = "auto", cache: bool = True):
@@ -194,69 +195,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         return lambda: tr.step(plan, x, sigma)
 
     est = 4.0 if cuda else 30.0  # rough seconds for an eager row
+    compile_s = 90.0  # rough seconds for a compiled row (its warm-up compiles)
 
-    # 1. Headline first: compiled (or eager) steps for each mode, all optimisations on.
-    tr.fuse_projections()
-    if cfg.compile:
-        tr.compile()
-    label = "compiled" if cfg.compile else "eager"
-    for mode in cfg.modes:
-        if mode == "fused":
-            backends = ["flex", "split"] if cuda else ["split"]
-            for b in backends:
-                with torch.no_grad():
-                    add(mode, f"{label}, {b}", ours(mode, b), 60.0 if cfg.compile else est)
-        else:
-            with torch.no_grad():
-                add(mode, label, ours(mode), 60.0 if cfg.compile else est)
-
-    # 2. Whole grids through the sampler's loop (prepare + steps), best kernels.
-    if cfg.grid:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        from .sampler import SampleSettings, denoise
-
-        mask = known[..., None].expand(-1, -1, -1, tr.mask_channels)
-        for mode in [m for m in ("soft", "fused") if m in cfg.modes]:
-            best = [r for r in rows if r.mode == mode and r.s_per_step]
-            if not best:
-                continue
-            best = min(best, key=lambda r: r.s_per_step)
-            need = best.s_per_step * cfg.grid_steps * 1.2 + 5
-            if left() < need:
-                grids.append({"mode": mode, "note": "skipped: time budget"})
-                continue
-            backend = best.variant.split(", ")[-1] if mode == "fused" else "auto"
-            s = SampleSettings(steps=cfg.grid_steps, mode=mode, fused_backend=backend)
-            sched = FlowMatchEulerDiscreteScheduler(shift=mcfg.shift)
-            sync()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                denoise(tr, sched, cond.float(), mask, text, s)
-            sync()
-            total = time.perf_counter() - t0
-            grids.append({"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": round(total, 2)})
-            log(f"  whole grid, {mode} ({best.variant}), {cfg.grid_steps} steps: {total:.2f} s")
-
-    # 3. What each optimisation buys (eager; soft mode), and diffusers as is.
-    if cfg.ablations:
-        tr.uncompile()
-        add("soft", "eager, fused QKV, batched, cached", ours("soft"), est)
-        tr.cache_text_kv = tr.cache_time = False
-        add("soft", "eager, no text-K/V or time cache", ours("soft", cache=False), est)
-        tr.cache_text_kv = tr.cache_time = True
-        tr.batch_streams = False
-        add("soft", "eager, streams one at a time", ours("soft"), est)
-        tr.batch_streams = True
-        for blk in tr.backbone.blocks:
-            blk.attn1.unfuse_projections()
-            blk.attn2.unfuse_projections()
-        add("soft", "eager, separate Q/K/V matmuls", ours("soft"), est)
-        tr.batch_streams = False
-        tr.cache_text_kv = tr.cache_time = False
-        add("soft", "eager, none of the above", ours("soft", cache=False), est)
-        tr.batch_streams = tr.cache_text_kv = tr.cache_time = True
-
+    # 1. What each optimisation buys (eager, soft mode; cheap, so first), and diffusers as is.
+    if cfg.ablations and "soft" in cfg.modes:
         bb = tr.backbone
         seq_v = x.permute(0, 2, 3, 1, 4, 5).reshape(T, C, V, h, w)
         seq_t = x.permute(0, 1, 3, 2, 4, 5).reshape(V, C, T, h, w)
@@ -267,6 +209,69 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             bb(seq_t, ts[:V], text.expand(V, -1, -1), return_dict=False)
 
         add("as-is", "diffusers forward, two streams", as_is, est * 2)
+        tr.batch_streams = tr.cache_text_kv = tr.cache_time = False
+        add("soft", "eager, none of the below", ours("soft", cache=False), est)
+        tr.batch_streams = True
+        add("soft", "eager, + streams in one batch", ours("soft", cache=False), est)
+        tr.cache_text_kv = tr.cache_time = True
+        add("soft", "eager, + text-K/V and time cached", ours("soft"), est)
+        tr.fuse_projections()
+        add("soft", "eager, + fused Q/K/V matmuls", ours("soft"), est)
+    tr.fuse_projections()
+    tr.batch_streams = tr.cache_text_kv = tr.cache_time = True
+
+    # 2. Each mode with everything on (compiled unless --no-compile); whole grids after the
+    #    first two modes, so the headline figures come before the budget can run out.
+    if cfg.compile:
+        tr.compile_blocks()
+    label = "compiled" if cfg.compile else "eager"
+    need = compile_s if cfg.compile else est
+
+    def run_mode(mode: str) -> None:
+        if mode == "fused":
+            for b in (["flex", "split"] if cuda else ["split"]):
+                add(mode, f"{label}, {b}", ours(mode, b), need)
+        else:
+            add(mode, label, ours(mode), need)
+
+    def run_grid(mode: str) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from .sampler import SampleSettings, denoise
+
+        best = [r for r in rows if r.mode == mode and r.s_per_step
+                and (r.variant == label or (mode == "fused" and r.variant.startswith(label + ", ")))]
+        if not best:
+            return
+        best = min(best, key=lambda r: r.s_per_step)
+        if left() < best.s_per_step * cfg.grid_steps * 1.2 + 5:
+            grids.append({"mode": mode, "note": "skipped: time budget"})
+            return
+        backend = best.variant.split(", ")[-1] if mode == "fused" else "auto"
+        s = SampleSettings(steps=cfg.grid_steps, mode=mode, fused_backend=backend)
+        sched = FlowMatchEulerDiscreteScheduler(shift=mcfg.shift)
+        mask = known[..., None].expand(-1, -1, -1, tr.mask_channels)
+        sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            denoise(tr, sched, cond.float(), mask, text, s)
+        sync()
+        total = time.perf_counter() - t0
+        entry = {"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": round(total, 2)}
+        if not cuda:
+            entry["cpu_time_over_threads_s"] = round((time.process_time() - c0) / threads, 2)
+        grids.append(entry)
+        log(f"  whole grid, {mode} ({best.variant}), {cfg.grid_steps} steps: {total:.2f} s"
+            + ("" if cuda else f" (cpu time / {threads} threads {entry['cpu_time_over_threads_s']:.1f} s)"))
+
+    first = [m for m in ("soft", "fused") if m in cfg.modes]
+    for mode in first:
+        run_mode(mode)
+    if cfg.grid:
+        for mode in first:
+            run_grid(mode)
+    for mode in [m for m in cfg.modes if m not in first]:
+        run_mode(mode)
 
     result = {"setup": setup, "config": asdict(cfg), "rows": [asdict(r) for r in rows], "grids": grids,
               "floor_s": FLOOR_S if cuda else None, "elapsed_s": round(time.perf_counter() - t_start, 1)}
@@ -279,17 +284,22 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
 def format_table(result: dict) -> str:
     """The short table printed at the end."""
-    lines = [f"{'mode':10s} {'variant':34s} {'s/step':>8s} {'÷floor':>7s} {'peak GB':>8s} {'warm s':>7s} {'TFLOP/s':>8s}"]
+    cpu = result["floor_s"] is None
+    lines = [f"{'mode':10s} {'variant':34s} {'s/step':>8s} {'÷floor':>7s} {'peak GB':>8s} {'warm s':>7s} {'TFLOP/s':>8s}"
+             + ("  cpu-time/threads" if cpu else "")]
     for r in result["rows"]:
         def f(v, fmt):
             return format(v, fmt) if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "—"
 
         lines.append(f"{r['mode']:10s} {r['variant'][:34]:34s} {f(r['s_per_step'], '8.4f'):>8s} "
                      f"{f(r['floor_ratio'], '7.2f'):>7s} {f(r['peak_gb'], '8.1f'):>8s} {f(r['warmup_s'], '7.1f'):>7s} "
-                     f"{f(r['tflops'], '8.1f'):>8s}" + (f"  {r['note']}" if r["note"] else ""))
+                     f"{f(r['tflops'], '8.3g'):>8s}"
+                     + (f"  {f(r['extra'].get('cpu_time_per_step_over_threads_s'), '16.3f'):>16s}" if cpu else "")
+                     + (f"  {r['note']}" if r["note"] else ""))
     for gr in result["grids"]:
         if "seconds" in gr:
-            lines.append(f"whole grid, {gr['mode']}, {gr['steps']} steps ({gr['kernels']}): {gr['seconds']:.2f} s")
+            lines.append(f"whole grid, {gr['mode']}, {gr['steps']} steps ({gr['kernels']}): {gr['seconds']:.2f} s"
+                         + (f" (cpu time / threads {gr['cpu_time_over_threads_s']:.1f} s)" if cpu else ""))
         else:
             lines.append(f"whole grid, {gr['mode']}: {gr['note']}")
     s = result["setup"]

@@ -122,7 +122,7 @@ class Engine:
             model = FourDModel.from_pretrained(self.path, device=dev, dtype=dtype)
             model.transformer.fuse_projections()  # inference only: one matmul for Q, K, V
             if self.compile:
-                model.transformer.compile()
+                model.transformer.compile_blocks()
             self._hash = model_hash(self.path)
             self._model = model
         return self._model
@@ -209,6 +209,11 @@ class Engine:
         model = self.load()
         t_loaded = time.perf_counter()
         unknown = model.text.unknown_words(req.prompt) if req.prompt else []
+        if unknown:
+            import warnings
+
+            warnings.warn(f"the model does not know these words of the prompt and ignores them: {', '.join(unknown)}",
+                          stacklevel=2)
 
         # 3. Sample
         settings = SampleSettings(steps=req.steps, guidance=req.guidance, seed=req.seed, mode=req.mode,

@@ -14,7 +14,10 @@ def add_arguments(p) -> None:
                    choices=["soft", "hard", "sequential", "fused"])
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the blocks (default: on with cuda, off on the cpu)")
-    p.add_argument("--preset", default=None, help="model shape (default: wan2.1-1.3b on cuda, default on cpu)")
+    from ..model.config import PRESETS
+
+    p.add_argument("--preset", default=None, choices=PRESETS,
+                   help="model shape (default: wan2.1-1.3b on cuda, default on cpu)")
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--times", type=int, default=8, help="latent times")
     p.add_argument("--size", default=None, help="HxW in pixels (default: the preset's)")
@@ -22,7 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--grid-steps", type=int, default=25, help="steps of the whole-grid timing")
     p.add_argument("--no-grid", action="store_true", help="skip the whole-grid timings")
     p.add_argument("--no-ablations", action="store_true", help="skip the rows that show what each change buys")
-    p.add_argument("--budget-s", type=float, default=450.0, help="stop adding rows after this long")
+    p.add_argument("--budget-s", type=float, default=400.0, help="stop adding rows after this long (s)")
     p.add_argument("--json", default=None, help="write the results here")
 
 

@@ -39,7 +39,8 @@ def run(args) -> int:
     h, w = parse_size(args.size) if args.size else (cfg.height, cfg.width)
     req = GenerateRequest(
         fixed_view=args.fixed_view, freeze_time=args.freeze_time, image=args.image, prompt=args.prompt,
-        views=args.views or cfg.views, times=args.times or cfg.times, height=h, width=w,
+        views=args.views if args.views is not None else cfg.views,
+        times=args.times if args.times is not None else cfg.times, height=h, width=w,
         steps=args.steps if args.steps is not None else cfg.steps, seed=args.seed,
         mode=args.mode or cfg.mode, guidance=args.guidance if args.guidance is not None else cfg.guidance,
     )
@@ -48,7 +49,10 @@ def run(args) -> int:
     if not args.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=None, unit="step", desc="generate", file=sys.stderr, dynamic_ncols=True)
+        from ..sampler import chunk_windows
+
+        total = req.steps * len(chunk_windows(req.times, cfg.chunk_times))
+        bar = tqdm(total=total, unit="step", desc="generate", file=sys.stderr, dynamic_ncols=True)
 
     def on_progress(step, total, preview):
         if bar is not None:

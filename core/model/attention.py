@@ -80,6 +80,7 @@ def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
     if q.device.type == "cpu":
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)
     elif q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        qt, kt, vt = qt.contiguous(), kt.contiguous(), vt.contiguous()
         out = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)
         o, lse = out[0], out[1]
     else:
@@ -89,6 +90,7 @@ def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
     return o.transpose(1, 2), lse[..., :S].float()
 
 
+@functools.lru_cache(maxsize=8)  # one per grid shape: training steps reuse it
 def fused_dense_mask(V: int, T: int, P: int, device) -> torch.Tensor:
     """Boolean ``[M, M]`` mask over grid-ordered tokens: True where key is in the query's row or
     column (own frame included). Density (V+T−1)/(V·T)."""
@@ -104,6 +106,7 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@functools.lru_cache(maxsize=8)
 def fused_block_mask(V: int, T: int, P: int, device):
     """FlexAttention ``BlockMask`` of the same pattern as ``fused_dense_mask``."""
     from torch.nn.attention.flex_attention import create_block_mask

@@ -3,9 +3,9 @@
 ``run_block`` is ``diffusers.WanTransformerBlock.forward`` written out over the block's own
 modules, with three changes that do not alter the result: self-attention goes through our layouts
 (``attention.py``), the text keys/values can come precomputed (they do not change across
-denoising steps), and sequential mode runs the self-attention sub-layer twice (across views, then
-across times; 4Real-Video supplement Sec. 1.2, "Sequential"). A test holds it to the diffusers
-block to 1e-5.
+denoising steps), and sequential mode runs the self-attention sub-layer twice with the same
+pretrained weights, across views then across times (4Real-Video Eq. 5, the "sequential"
+baseline of its supplement Sec. 1.2). A test holds it to the diffusers block to 1e-5.
 """
 
 from __future__ import annotations

@@ -107,12 +107,15 @@ class FourDModel:
             from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
             # Weights load as float32 (fp16 on disk); ``to`` casts, keeping Wan's fp32 modules.
-            backbone = load_module(WanTransformer3DModel, folder / "transformer")
-            codec = WanVAECodec(load_module(AutoencoderKLWan, folder / "vae")) if cfg.codec == "wan-vae" else PixelCodec()
+            # Built on the target device directly (a 1.3 B backbone initialises in a blink there).
+            backbone = load_module(WanTransformer3DModel, folder / "transformer", device)
+            codec = (WanVAECodec(load_module(AutoencoderKLWan, folder / "vae", device)) if cfg.codec == "wan-vae"
+                     else PixelCodec())
             if (folder / "fourd_layers").is_dir():
-                layers = load_module(FourDLayers, folder / "fourd_layers")
+                layers = load_module(FourDLayers, folder / "fourd_layers", device)
             else:
-                layers = FourDTransformer.new_layers_for(backbone, cfg, codec.mask_channels)
+                with torch.device(device):
+                    layers = FourDTransformer.new_layers_for(backbone, cfg, codec.mask_channels)
             text = TextEncoder.load(folder, cfg.max_text_len, dtype=torch.float32 if dtype == torch.float32 else dtype,
                                     offload=cfg.text_encoder == "umt5")
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:

@@ -7,8 +7,10 @@ Modes (DESIGN.md, "The engine"; 4Real-Video Sec. 3 and supplement Sec. 1.2; 4Rea
   (V sequences of T·P tokens) go through every pretrained block side by side (one batch), then a
   sync layer (``sync.py``) merges them; after the last block the streams are averaged before the
   output head.
-* ``sequential`` — one stream; each block attends across views, then across times.
-* ``fused`` — one stream over the whole grid; a token attends to its own row ∪ own column.
+* ``sequential`` — one stream; each block attends across views, then across times (4Real-Video
+  Eq. 5; the ablation baseline).
+* ``fused`` — one stream over the whole grid; a token attends to its own frame ∪ own time ∪ own
+  view, i.e. its row ∪ its column (4Real-Video-V2), density (V+T−1)/(V·T).
 
 Conditioning: known cells enter as extra input channels (clean latents x mask, and the mask),
 through a zero-initialised patch embedding whose output adds to the backbone's — the same as
@@ -16,7 +18,9 @@ widening Wan's patch embedding with zero columns, as its image-to-video model do
 of the noisy input are replaced by their clean values. A per-sample context flag (grid, dynamic
 row, freeze-time column) adds a zero-initialised embedding to the time embedding.
 
-Objective (rectified flow): ``x_σ = (1−σ)·x0 + σ·ε``; the model predicts the velocity ``ε − x0``.
+Objective (rectified flow): ``x_σ = (1−σ)·x0 + σ·ε``; the model predicts the velocity ``ε − x0``
+(what ``FlowMatchEulerDiscreteScheduler`` integrates); the backbone's timestep is ``1000·σ``.
+Train with the loss on unknown cells only.
 """
 
 from __future__ import annotations
@@ -100,6 +104,8 @@ class FourDTransformer(nn.Module):
     Sampling: ``plan = model.prepare(...)`` once, then ``model.step(plan, noisy, sigma)`` per step.
     """
 
+    backbone_timesteps = 1000.0  # Wan's timestep = σ · num_train_timesteps
+
     def __init__(self, backbone: WanTransformer3DModel, layers: FourDLayers, chunk_times: int = 8):
         super().__init__()
         cfg = backbone.config
@@ -177,13 +183,21 @@ class FourDTransformer(nn.Module):
             blk.attn1.fuse_projections()
             blk.attn2.fuse_projections()
 
-    def compile(self, **kwargs) -> None:
-        """Compile the per-layer function once; all blocks share the graph (regional compile)."""
+    def compile_blocks(self, **kwargs) -> None:
+        """Compile the per-layer function once; all blocks share the graph (regional compile:
+        parameters are graph inputs). Each mode and grid shape is one more graph, hence the
+        raised recompile limit."""
+        import torch._dynamo.config as dynamo_config
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(64, getattr(dynamo_config, name)))
         kwargs.setdefault("dynamic", False)
         self._block_fn = torch.compile(run_block, **kwargs)
         self._layer_fn = torch.compile(self._parallel_layer, **kwargs)
 
-    def uncompile(self) -> None:
+    def uncompile_blocks(self) -> None:
+        """Back to eager blocks."""
         self._block_fn = run_block
         self._layer_fn = self._parallel_layer
 
@@ -214,8 +228,6 @@ class FourDTransformer(nn.Module):
         if key is not None:
             plan.time_cache[key] = out
         return out
-
-    backbone_timesteps = 1000.0  # Wan's timestep = σ · num_train_timesteps
 
     # -- tokens in and out -----------------------------------------------------------------------
     def _patchify(self, conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -272,9 +284,9 @@ class FourDTransformer(nn.Module):
             ropes["fused"] = tuple(r.to(dev) for r in A.rope_table(rope, pos, hp, wp))
             backend = self._fused_backend(fused_backend, dev, V * T * P)
             if backend == "dense":
-                mask = A.fused_dense_mask(V, T, P, dev)
+                mask = A.fused_dense_mask(V, T, P, str(dev))
             elif backend == "flex":
-                mask = A.fused_block_mask(V, T, P, dev)
+                mask = A.fused_block_mask(V, T, P, str(dev))
             layout = Layout("fused", B, V, T, P, backend)
 
         text = self._embed_text(text_states)
