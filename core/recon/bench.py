@@ -97,11 +97,12 @@ def compare_backends(n: int = 3000, views: int = 3, height: int = 128, width: in
     return out
 
 
-def fit_grid(run: Path, holdout: int, iters: int | None, seed: int = 0) -> dict:
+def fit_grid(run: Path, holdout: int, iters: int | None, seed: int = 0, device: str = "cuda") -> dict:
+    """Reconstruct one run folder and return its row of the table."""
     from .api import reconstruct_run
 
     t0 = time.perf_counter()
-    out = reconstruct_run(run, iters=iters, holdout=holdout, device="cuda", seed=seed)
+    out = reconstruct_run(run, iters=iters, holdout=holdout, device=device, seed=seed)
     row = {
         "grid": str(run), "views": out["views"], "times": out["times"], "size": f"{out['height']}x{out['width']}",
         "psnr_fit": out["psnr_fit_mean"], "psnr_holdout": out["psnr_holdout_mean"],

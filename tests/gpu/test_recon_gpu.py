@@ -12,7 +12,7 @@ def test_gsplat_and_torch_splatter_agree_on_a_small_scene():
     from core.recon.bench import compare_backends
 
     r = compare_backends(n=2000, views=3, height=96, width=160)
-    assert r["visible_gsplat"] == r["visible_torch"]
+    assert abs(r["visible_gsplat"] - r["visible_torch"]) <= max(3, 0.002 * r["visible_gsplat"])
     assert r["rgb_mean_abs_diff"] < 2e-4, r
     assert r["rgb_p999_abs_diff"] < 1e-2, r
     assert r["alpha_max_abs_diff"] < 5e-2, r
