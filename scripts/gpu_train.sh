@@ -11,6 +11,8 @@
 #       'launch.py eval' on $EVAL_SEEDS evaluation scenes. MINUTES (default 16) is the training
 #       loop's budget; loading, compiling and the final eval come on top (about 2-4 minutes).
 #   scripts/gpu_train.sh status        running or not, the last log lines, the curve so far
+#       (the GPU machine is given back ~30 s after a call ends, killing the background job: chain
+#       calls back to back, e.g. 'sleep 540; scripts/gpu_train.sh status', until collect)
 #   scripts/gpu_train.sh collect OUT   stops training if it still runs (it checkpoints first),
 #       and copies into OUT: model.tar (the model folder; split into <= 15 MB parts if larger),
 #       learning_curve.json/.png, sample.png, log.jsonl, eval.json (if done), report.txt.
