@@ -45,19 +45,25 @@ def mse_to_psnr(mse: float) -> float:
     return float(-10.0 * math.log10(mse))
 
 
-def psnr_unknown(pred, target, known) -> float:
-    """PSNR in dB of ``pred`` against ``target`` over the cells where ``known`` is False.
-
-    pred, target: one grid, uint8 [V, T, H, W, 3] or float [V, T, 3, H, W] in [0, 1];
-    known: bool [V, T]. Raises ValueError if every cell is known (nothing to score).
-    """
+def _unknown_cells(pred, target, known) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unknown cells of one predicted and one true grid, as float [N, 3, H, W] each."""
     p, g = as_float_frames(pred), as_float_frames(target)
     if p.shape != g.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(g.shape)}")
     unk = _unknown(known, p.shape[0], p.shape[1])
     if not unk.any():
         raise ValueError("every cell is known: nothing to score")
-    mse = ((p[unk] - g[unk]) ** 2).mean().item()
+    return p[unk], g[unk]
+
+
+def psnr_unknown(pred, target, known) -> float:
+    """PSNR in dB of ``pred`` against ``target`` over the cells where ``known`` is False.
+
+    pred, target: one grid, uint8 [V, T, H, W, 3] or float [V, T, 3, H, W] in [0, 1];
+    known: bool [V, T]. Raises ValueError if every cell is known (nothing to score).
+    """
+    p, g = _unknown_cells(pred, target, known)
+    mse = ((p - g) ** 2).mean().item()
     return mse_to_psnr(mse)
 
 
@@ -92,13 +98,8 @@ def ssim_frames(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def ssim_unknown(pred, target, known) -> float:
     """Mean SSIM over the unknown cells of one grid (same inputs as ``psnr_unknown``)."""
-    p, g = as_float_frames(pred), as_float_frames(target)
-    if p.shape != g.shape:
-        raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(g.shape)}")
-    unk = _unknown(known, p.shape[0], p.shape[1])
-    if not unk.any():
-        raise ValueError("every cell is known: nothing to score")
-    return float(ssim_frames(p[unk], g[unk]).mean().item())
+    p, g = _unknown_cells(pred, target, known)
+    return float(ssim_frames(p, g).mean().item())
 
 
 def psnr_batch_unknown(pred: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:

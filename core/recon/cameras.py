@@ -744,27 +744,26 @@ def _package(rec: _Recon, feats, V: int, H: int, W: int, source: str, rms: float
                           scene_centre=centre, scene_scale=max(scale, 1e-3), up=up)
 
 
+def _se3_V(w: np.ndarray) -> np.ndarray:
+    """The left Jacobian V of SO(3) at axis-angle ``w``: t = V u for an SE(3) tangent (w, u)."""
+    th = float(np.linalg.norm(w))
+    Wx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+    if th < 1e-9:
+        Vm = np.eye(3)
+    else:
+        Vm = np.eye(3) + (1 - math.cos(th)) / th ** 2 * Wx + (th - math.sin(th)) / th ** 3 * Wx @ Wx
+    return Vm
+
+
 def _se3_log(R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
     w = cv2.Rodrigues(R)[0].ravel()
-    th = float(np.linalg.norm(w))
-    Wx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
-    if th < 1e-9:
-        Vm = np.eye(3)
-    else:
-        Vm = np.eye(3) + (1 - math.cos(th)) / th ** 2 * Wx + (th - math.sin(th)) / th ** 3 * Wx @ Wx
-    return w, np.linalg.solve(Vm, t)
+    return w, np.linalg.solve(_se3_V(w), t)
 
 
 def _se3_exp(w: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    th = float(np.linalg.norm(w))
-    Wx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
-    if th < 1e-9:
-        Vm = np.eye(3)
-    else:
-        Vm = np.eye(3) + (1 - math.cos(th)) / th ** 2 * Wx + (th - math.sin(th)) / th ** 3 * Wx @ Wx
-    return rodrigues(w), Vm @ u
+    return rodrigues(w), _se3_V(w) @ u
 
 
 def _constant_motion(rec: _Recon, V: int) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..grid import known_mask
+
 # family -> weight; the eval task (row0+col0) gets most of the steps
 MASK_FAMILIES = {"row0+col0": 0.7, "cell0": 0.1, "none": 0.1, "col0": 0.1}
 LEAD_MAX = 4  # video stage: keep K in [0, LEAD_MAX] leading frames
@@ -18,20 +20,8 @@ LEAD_SHARE = 0.7  # video stage: share of samples masked by leading frames (the 
 
 
 def grid_mask(family: str, V: int, T: int, device=None) -> torch.Tensor:
-    """One named family as bool [V, T]."""
-    m = torch.zeros(V, T, dtype=torch.bool, device=device)
-    if family == "row0+col0":
-        m[0, :] = True
-        m[:, 0] = True
-    elif family == "cell0":
-        m[0, 0] = True
-    elif family == "col0":
-        m[:, 0] = True
-    elif family == "row0":
-        m[0, :] = True
-    elif family != "none":
-        raise ValueError(f"unknown mask family {family!r}; allowed: row0+col0, cell0, col0, row0, none")
-    return m
+    """One named family (``core.grid.known_mask``) as bool [V, T]."""
+    return torch.from_numpy(known_mask(V, T, family)).to(device)
 
 
 def parse_families(text: str) -> dict[str, float]:
