@@ -257,7 +257,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             denoise(tr, sched, cond.float(), mask, text, s)
         sync()
         total = time.perf_counter() - t0
-        entry = {"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": round(total, 2)}
+        entry = {"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": float(f"{total:.4g}")}
         if not cuda:
             entry["cpu_time_over_threads_s"] = round((time.process_time() - c0) / threads, 2)
         grids.append(entry)
