@@ -6,6 +6,14 @@ the weights) and times an 8 x 8 latent grid of 288 x 512 frames (36 x 64 latents
 frame, 36,864 a grid; the VAE and the text encoder are not part of the step). On the CPU it does
 the same for the embedded default model's shape. Rows run in order of importance and stop when
 the time budget is spent, so one call always ends with a table.
+
+Speed options (``--options quick|all``, default ``all`` on CUDA): each row changes one thing
+against the compiled baseline of its mode — the attention kernel (cuDNN / flash / efficient, for
+the parallel streams and the exact ``split`` fused kernel), the FFN's bias+GELU in the matmul
+epilogue, Q/K/V shared between equal streams, compiling the whole step instead of each block,
+CUDA graphs (a manual capture of the step, or ``reduce-overhead``), ``max-autotune`` — then a
+"combined" row per family applies every option that won, and the whole-grid timings use it. A
+failing row prints its error and the bench goes on; warm-ups (compile) are timed apart.
 """
 
 from __future__ import annotations
@@ -39,8 +47,10 @@ class BenchConfig:
     grid_steps: int = 25
     grid: bool = True  # time whole grids
     ablations: bool = True  # eager rows showing what each optimisation buys
-    budget_s: float = 400.0
+    budget_s: float | None = None  # default 480 on cuda, 400 on cpu
     json_path: str | None = None
+    options: str | None = None  # speed-option rows: none | quick | all (default: all on cuda, none on cpu)
+    quick: bool = False  # only the baselines, the candidate options, the combined rows and the grids
 
     def resolve(self) -> "BenchConfig":
         c = BenchConfig(**asdict(self))
@@ -49,7 +59,91 @@ class BenchConfig:
         c.preset = c.preset or ("wan2.1-1.3b" if c.device == "cuda" else "default")
         c.compile = (c.device == "cuda") if c.compile is None else c.compile
         c.steps = c.steps or (3 if c.device == "cuda" else 1)
+        c.budget_s = c.budget_s or (480.0 if c.device == "cuda" else 400.0)
+        if c.options is None:
+            c.options = "quick" if c.quick else ("all" if c.device == "cuda" else "none")
+        if c.options not in OPTION_SETS:
+            raise ValueError(f"options must be one of {', '.join(OPTION_SETS)}, got {c.options!r}")
         return c
+
+
+OPTION_SETS = ("none", "quick", "all")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running a mode: how it is compiled and which speed options are on."""
+
+    mode: str
+    compile: str = "blocks"  # eager | blocks (each layer, shared graph) | step (the whole block stack)
+    compile_mode: str | None = None  # torch.compile mode: max-autotune-no-cudagraphs, reduce-overhead
+    graph: bool = False  # capture the whole step in one CUDA graph (torch.cuda.CUDAGraph) and replay it
+    sdpa: str = "auto"  # attention kernel: auto | flash | cudnn | efficient
+    ffn_epilogue: bool = False  # bias + tanh-GELU in the FFN matmul's epilogue
+    share: bool = False  # Q/K/V once where both streams hold the same tokens
+    backend: str = "auto"  # fused-mode kernel: flex | split (auto: flex on cuda, split on cpu)
+
+    def label(self) -> str:
+        parts = [{"eager": "eager", "blocks": "compiled", "step": "whole-step compiled"}[self.compile]
+                 + (f" {self.compile_mode}" if self.compile_mode else "")]
+        if self.mode == "fused":
+            parts.append(self.backend)
+        if self.sdpa != "auto":
+            parts.append(f"sdpa={self.sdpa}")
+        if self.ffn_epilogue:
+            parts.append("ffn-epilogue")
+        if self.share:
+            parts.append("shared-qkv")
+        if self.graph:
+            parts.append("cuda-graph")
+        return ", ".join(parts)
+
+    @property
+    def needs_cuda_compile(self) -> bool:
+        return self.compile == "step" or self.graph or self.compile_mode is not None
+
+
+def cuda_graphed(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``fn`` (no arguments, static inputs) captured in one CUDA graph on its first call (after
+    two warm-up calls on a side stream) and replayed after. The result tensor is the graph's
+    static output: it is overwritten by the next replay."""
+    state: dict = {}
+
+    def call():
+        if "graph" not in state:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                state["out"] = fn()
+            state["graph"] = graph
+        state["graph"].replay()
+        return state["out"]
+
+    return call
+
+
+def configure(tr, v: Variant, cuda: bool) -> None:
+    """Set ``tr`` (and the process-wide kernel switches) up for variant ``v``; compiled variants
+    start from a clean dynamo cache so that no earlier graph is reused."""
+    from .model import attention as A
+    from .model.blocks import set_ffn_epilogue
+
+    tr.uncompile_blocks()
+    if cuda or v.compile != "eager":
+        torch._dynamo.reset()
+    A.set_sdpa_backend(v.sdpa)
+    set_ffn_epilogue(v.ffn_epilogue)
+    tr.share_equal_streams = v.share
+    kw = {"mode": v.compile_mode} if v.compile_mode else {}
+    if v.compile == "blocks":
+        tr.compile_blocks(**kw)
+    elif v.compile == "step":
+        tr.compile_step(**kw)
 
 
 @dataclass
@@ -129,10 +223,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
              "tokens": V * T * P, "blocks": bc.num_layers, "width": D,
              "params_backbone_M": round(sum(p.numel() for p in tr.backbone.parameters()) / 1e6, 1),
              "params_new_M": round(sum(p.numel() for p in tr.layers.parameters()) / 1e6, 1),
-             "compile": cfg.compile, "timed_steps": cfg.steps}
+             "compile": cfg.compile, "timed_steps": cfg.steps, "options": cfg.options}
     log("bench: " + ", ".join(f"{k}={v}" for k, v in setup.items()))
     rows: list[Row] = []
     grids: list[dict] = []
+    variants: dict[tuple[str, str], Variant] = {}  # (mode, label) -> variant, for measured rows
 
     def sync():
         if cuda:
@@ -164,19 +259,26 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         return warm, per, peak
 
-    def add(mode: str, variant: str, fn: Callable[[], object], need_s: float, n: int | None = None):
+    def add(mode: str, variant: str, make: Callable[[], Callable[[], object]], need_s: float,
+            n: int | None = None, v: Variant | None = None):
+        """Time one row: ``make()`` sets up (and may fail), the first call of what it returns is
+        the warm-up. Returns the row, or None when skipped or failed."""
+        if any(r.mode == mode and r.variant == variant for r in rows):
+            return next(r for r in rows if r.mode == mode and r.variant == variant)
         if left() < need_s:
             rows.append(Row(mode, variant, note="skipped: time budget"))
             log(f"  {mode:10s} {variant:34s} skipped (budget)")
             return None
         try:
             with torch.no_grad():
-                warm, per, peak = measure(fn, n or cfg.steps)
+                warm, per, peak = measure(make(), n or cfg.steps)
         except Exception as e:  # a diagnostic tool: report the row's failure and go on
             if cuda:
+                torch.cuda.synchronize()
                 torch.cuda.empty_cache()
-            rows.append(Row(mode, variant, note=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"))
-            log(f"  {mode:10s} {variant:34s} FAILED {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+            rows.append(Row(mode, variant, note=f"failed: {msg}"))
+            log(f"  {mode:10s} {variant:34s} FAILED {msg}")
             return None
         fl = step_flops(mode if mode in ("soft", "hard", "sequential", "fused") else "soft",
                         V, T, P, D, bc.ffn_dim, L, bc.num_layers, L)
@@ -186,6 +288,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         if not cuda:
             row.extra["cpu_time_per_step_over_threads_s"] = round(cpu_est[0], 3)
         rows.append(row)
+        if v is not None:
+            variants[(mode, variant)] = v
         log(f"  {mode:10s} {variant:34s} {per:8.4f} s/step  warm-up {warm:6.1f} s"
             + (f"  peak {peak:5.1f} GB" if peak is not None else f"  (cpu time / {threads} threads {cpu_est[0]:.3f} s)"))
         return row
@@ -195,10 +299,129 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         return lambda: tr.step(plan, x, sigma)
 
     est = 4.0 if cuda else 30.0  # rough seconds for an eager row
-    compile_s = 90.0  # rough seconds for a compiled row (its warm-up compiles)
+    compile_s = 60.0  # rough seconds for a compiled row (its warm-up compiles)
+    default_fused = "flex" if cuda else "split"
+    base_compile = "blocks" if cfg.compile else "eager"
 
-    # 1. What each optimisation buys (eager, soft mode; cheap, so first), and diffusers as is.
-    if cfg.ablations and "soft" in cfg.modes:
+    def need_of(v: Variant) -> float:
+        if v.compile == "eager":
+            return est
+        if v.compile_mode is not None and v.compile_mode.startswith("max-autotune"):
+            return 240.0
+        return 200.0 if v.compile == "step" else compile_s
+
+    def run_variant(v: Variant):
+        """Time variant ``v`` (a compiled row on the cpu without --compile runs eager; rows that
+        only make sense compiled on cuda are skipped there)."""
+        if v.compile != "eager" and not cfg.compile:
+            if v.needs_cuda_compile:
+                return None
+            v = Variant(**{**asdict(v), "compile": "eager"})
+        if v.needs_cuda_compile and not cuda:
+            return None
+        if v.mode == "fused" and v.backend == "auto":
+            v = Variant(**{**asdict(v), "backend": default_fused})
+
+        def make():
+            configure(tr, v, cuda)
+            fn = ours(v.mode, v.backend if v.mode == "fused" else "auto")
+            return cuda_graphed(fn) if v.graph else fn
+
+        return add(v.mode, v.label(), make, need_of(v), v=v)
+
+    def base(mode: str, **kw) -> Variant:
+        return Variant(mode, compile=base_compile, **kw)
+
+    def s_of(mode: str, v: Variant) -> float | None:
+        if v.mode == "fused" and v.backend == "auto":
+            v = Variant(**{**asdict(v), "backend": default_fused})
+        if v.compile != "eager" and not cfg.compile:
+            v = Variant(**{**asdict(v), "compile": "eager"})
+        r = next((r for r in rows if r.mode == mode and r.variant == v.label()), None)
+        return r.s_per_step if r else None
+
+    def helps(mode: str, v: Variant, than: Variant) -> bool:
+        a, b = s_of(mode, v), s_of(mode, than)
+        return a is not None and b is not None and a < 0.99 * b
+
+    def combined(mode: str) -> Variant:
+        """Every single option that beat its baseline (by >1 %), together."""
+        soft_base, split_base = base("soft"), base("fused", backend="split")
+        sdpa = "auto"
+        for b in ("cudnn", "flash", "efficient"):
+            ref = s_of("soft", base("soft", sdpa=sdpa))
+            if helps("soft", base("soft", sdpa=b), soft_base) and (ref is None or s_of("soft", base("soft", sdpa=b)) < ref):
+                sdpa = b
+        ffn = helps("soft", base("soft", ffn_epilogue=True), soft_base) or \
+            helps("fused", base("fused", ffn_epilogue=True), base("fused"))
+        share = helps("hard", base("hard", share=True), base("hard"))
+        comp = base("soft")
+        for c in (Variant("soft", "step"), Variant("soft", "blocks", graph=True),
+                  Variant("soft", "step", "reduce-overhead"), Variant("soft", "blocks", "max-autotune-no-cudagraphs")):
+            if helps("soft", c, soft_base) and s_of("soft", c) < (s_of("soft", comp) or math.inf):
+                comp = c
+        kw = dict(compile=comp.compile, compile_mode=comp.compile_mode, graph=comp.graph, ffn_epilogue=ffn)
+        if mode != "fused":
+            return Variant(mode, sdpa=sdpa, share=share, **kw)
+        # fused: the exact split kernel (with the best attention kernel for it) or FlexAttention
+        split_sdpa = "auto"
+        for b in ("cudnn", "flash", "efficient"):
+            if helps("fused", base("fused", backend="split", sdpa=b), base("fused", backend="split", sdpa=split_sdpa)):
+                split_sdpa = b
+        flex_s = s_of("fused", base("fused"))
+        split_s = s_of("fused", base("fused", backend="split", sdpa=split_sdpa))
+        if cuda and split_s is not None and (flex_s is None or split_s < flex_s):
+            return Variant("fused", backend="split", sdpa=split_sdpa, **kw)
+        return Variant("fused", backend=default_fused, sdpa=sdpa, **kw)
+
+    def run_grid(mode: str) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from .sampler import SampleSettings, denoise
+
+        cands = [(r, variants[(r.mode, r.variant)]) for r in rows
+                 if r.mode == mode and r.s_per_step and (r.mode, r.variant) in variants
+                 and not variants[(r.mode, r.variant)].graph]  # the sampler does not replay graphs
+        if not cands:
+            return
+        best, v = min(cands, key=lambda c: c[0].s_per_step)
+        if left() < best.s_per_step * cfg.grid_steps * 1.2 + 20:
+            grids.append({"mode": mode, "note": "skipped: time budget"})
+            return
+        try:
+            configure(tr, v, cuda)
+            s = SampleSettings(steps=cfg.grid_steps, mode=mode, fused_backend=v.backend if mode == "fused" else "auto")
+            sched = FlowMatchEulerDiscreteScheduler(shift=mcfg.shift)
+            mask = known[..., None].expand(-1, -1, -1, tr.mask_channels)
+            with torch.no_grad():  # warm-up (compiles) on a one-step grid, timed apart
+                sync()
+                t0 = time.perf_counter()
+                denoise(tr, sched, cond.float(), mask, text, SampleSettings(**{**asdict(s), "steps": 1}))
+                sync()
+                warm = time.perf_counter() - t0
+                sched = FlowMatchEulerDiscreteScheduler(shift=mcfg.shift)
+                t0, c0 = time.perf_counter(), time.process_time()
+                denoise(tr, sched, cond.float(), mask, text, s)
+                sync()
+        except Exception as e:  # report and go on
+            grids.append({"mode": mode, "kernels": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"})
+            log(f"  whole grid, {mode} ({best.variant}) FAILED {type(e).__name__}: {str(e)[:200]}")
+            return
+        total = time.perf_counter() - t0
+        entry = {"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": float(f"{total:.4g}"),
+                 "warmup_s": round(warm, 2)}
+        if not cuda:
+            entry["cpu_time_over_threads_s"] = round((time.process_time() - c0) / threads, 2)
+        grids.append(entry)
+        log(f"  whole grid, {mode} ({best.variant}), {cfg.grid_steps} steps: {total:.2f} s"
+            + ("" if cuda else f" (cpu time / {threads} threads {entry['cpu_time_over_threads_s']:.1f} s)"))
+
+    def ablations() -> None:
+        """What each optimisation buys (eager, soft mode), and diffusers as is."""
+        configure(tr, Variant("soft", "eager"), cuda)
+        for blk in tr.backbone.blocks:  # the last ablation row fuses them again
+            blk.attn1.unfuse_projections()
+            blk.attn2.unfuse_projections()
         bb = tr.backbone
         seq_v = x.permute(0, 2, 3, 1, 4, 5).reshape(T, C, V, h, w)
         seq_t = x.permute(0, 1, 3, 2, 4, 5).reshape(V, C, T, h, w)
@@ -208,70 +431,83 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             bb(seq_v, ts[:T], text.expand(T, -1, -1), return_dict=False)
             bb(seq_t, ts[:V], text.expand(V, -1, -1), return_dict=False)
 
-        add("as-is", "diffusers forward, two streams", as_is, est * 2)
-        tr.batch_streams = tr.cache_text_kv = tr.cache_time = False
-        add("soft", "eager, none of the below", ours("soft", cache=False), est)
-        tr.batch_streams = True
-        add("soft", "eager, + streams in one batch", ours("soft", cache=False), est)
-        tr.cache_text_kv = tr.cache_time = True
-        add("soft", "eager, + text-K/V and time cached", ours("soft"), est)
+        try:
+            add("as-is", "diffusers forward, two streams", lambda: as_is, est * 2)
+            tr.batch_streams = tr.cache_text_kv = tr.cache_time = False
+            add("soft", "eager, none of the below", lambda: ours("soft", cache=False), est)
+            tr.batch_streams = True
+            add("soft", "eager, + streams in one batch", lambda: ours("soft", cache=False), est)
+            tr.cache_text_kv = tr.cache_time = True
+            add("soft", "eager, + text-K/V and time cached", lambda: ours("soft"), est)
+        finally:
+            tr.batch_streams = tr.cache_text_kv = tr.cache_time = True
         tr.fuse_projections()
-        add("soft", "eager, + fused Q/K/V matmuls", ours("soft"), est)
+        add("soft", "eager, + fused Q/K/V matmuls", lambda: ours("soft"), est)
+
+    # The projections are fused for every row but the ablations (which show what fusing buys);
+    # on the cpu the ablations come first, as before (they are the rows that matter there).
+    if cfg.ablations and "soft" in cfg.modes and not cuda and not cfg.quick:
+        ablations()
     tr.fuse_projections()
-    tr.batch_streams = tr.cache_text_kv = tr.cache_time = True
+    opts = cfg.options != "none"
+    full = cfg.options == "all"
 
-    # 2. Each mode with everything on (compiled unless --no-compile); whole grids after the
-    #    first two modes, so the headline figures come before the budget can run out.
-    if cfg.compile:
-        tr.compile_blocks()
-    label = "compiled" if cfg.compile else "eager"
-    need = compile_s if cfg.compile else est
-
-    def run_mode(mode: str) -> None:
-        if mode == "fused":
-            for b in (["flex", "split"] if cuda else ["split"]):
-                add(mode, f"{label}, {b}", ours(mode, b), need)
-        else:
-            add(mode, label, ours(mode), need)
-
-    def run_grid(mode: str) -> None:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        from .sampler import SampleSettings, denoise
-
-        best = [r for r in rows if r.mode == mode and r.s_per_step
-                and (r.variant == label or (mode == "fused" and r.variant.startswith(label + ", ")))]
-        if not best:
-            return
-        best = min(best, key=lambda r: r.s_per_step)
-        if left() < best.s_per_step * cfg.grid_steps * 1.2 + 5:
-            grids.append({"mode": mode, "note": "skipped: time budget"})
-            return
-        backend = best.variant.split(", ")[-1] if mode == "fused" else "auto"
-        s = SampleSettings(steps=cfg.grid_steps, mode=mode, fused_backend=backend)
-        sched = FlowMatchEulerDiscreteScheduler(shift=mcfg.shift)
-        mask = known[..., None].expand(-1, -1, -1, tr.mask_channels)
-        sync()
-        t0, c0 = time.perf_counter(), time.process_time()
-        with torch.no_grad():
-            denoise(tr, sched, cond.float(), mask, text, s)
-        sync()
-        total = time.perf_counter() - t0
-        entry = {"mode": mode, "kernels": best.variant, "steps": cfg.grid_steps, "seconds": float(f"{total:.4g}")}
-        if not cuda:
-            entry["cpu_time_over_threads_s"] = round((time.process_time() - c0) / threads, 2)
-        grids.append(entry)
-        log(f"  whole grid, {mode} ({best.variant}), {cfg.grid_steps} steps: {total:.2f} s"
-            + ("" if cuda else f" (cpu time / {threads} threads {entry['cpu_time_over_threads_s']:.1f} s)"))
-
+    # 1. Baselines: the headline modes as the engine runs them today.
     first = [m for m in ("soft", "fused") if m in cfg.modes]
     for mode in first:
-        run_mode(mode)
+        run_variant(base(mode))
+        if mode == "fused" and cuda:
+            run_variant(base(mode, backend="split"))
+    if opts and "hard" in cfg.modes:
+        run_variant(base("hard"))
+
+    # 2. Candidate options, one change each, then every winner together.
+    if opts:
+        cand = []
+        if "soft" in cfg.modes:
+            cand += [base("soft", sdpa="cudnn"), base("soft", ffn_epilogue=True)]
+        if "fused" in cfg.modes and cuda:
+            cand += [base("fused", backend="split", sdpa="cudnn")]
+        if "hard" in cfg.modes:
+            cand += [base("hard", share=True)]
+        if "soft" in cfg.modes:
+            cand += [Variant("soft", "step"), Variant("soft", "blocks", graph=True)]
+        for v in cand:
+            run_variant(v)
+        for mode in first + (["hard"] if "hard" in cfg.modes else []):
+            v = combined(mode)
+            if v != base(mode) and v != base(mode, backend=default_fused):
+                run_variant(v)
+
+    # 3. Whole grids with the fastest measured variant of each headline mode.
     if cfg.grid:
         for mode in first:
             run_grid(mode)
-    for mode in [m for m in cfg.modes if m not in first]:
-        run_mode(mode)
+
+    # 4. The rest: ablations, the other modes, and the slower-to-try options.
+    if cfg.ablations and "soft" in cfg.modes and cuda and not cfg.quick:
+        ablations()
+        tr.fuse_projections()
+    if not cfg.quick:
+        for mode in cfg.modes:
+            if mode not in first:
+                run_variant(base(mode))
+    if full:
+        more = []
+        if "soft" in cfg.modes:
+            more += [base("soft", sdpa="efficient"), base("soft", sdpa="flash")]
+        if "fused" in cfg.modes and cuda:
+            more += [base("fused", backend="split", sdpa="efficient"), base("fused", ffn_epilogue=True)]
+        if "soft" in cfg.modes:
+            more += [Variant("soft", "step", "reduce-overhead"), Variant("soft", "blocks", "max-autotune-no-cudagraphs")]
+        if "fused" in cfg.modes:
+            more += [Variant("fused", "blocks", "max-autotune-no-cudagraphs")]
+        for v in more:
+            run_variant(v)
+        for mode in first:  # the winners may have changed with the rows above
+            run_variant(combined(mode))
+    configure(tr, Variant("soft", "eager"), cuda)  # leave the process-wide switches as found
+    compare_to_baselines(rows, base_compile, default_fused)
 
     result = {"setup": setup, "config": asdict(cfg), "rows": [asdict(r) for r in rows], "grids": grids,
               "floor_s": FLOOR_S if cuda else None, "elapsed_s": round(time.perf_counter() - t_start, 1)}
@@ -282,16 +518,29 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     return result
 
 
+def compare_to_baselines(rows: list[Row], base_compile: str, default_fused: str) -> None:
+    """Each row's speed-up over the baseline of its mode (``extra["vs_base"]``: baseline s /
+    row s, so > 1 is faster)."""
+    name = "compiled" if base_compile == "blocks" else "eager"
+    for r in rows:
+        ref = name + (f", {default_fused}" if r.mode == "fused" else "")
+        b = next((x for x in rows if x.mode == r.mode and x.variant == ref and x.s_per_step), None)
+        if b is not None and r.s_per_step:
+            r.extra["vs_base"] = round(b.s_per_step / r.s_per_step, 3)
+            r.extra["saved_ms"] = round(1000 * (b.s_per_step - r.s_per_step), 1)
+
+
 def format_table(result: dict) -> str:
     """The short table printed at the end."""
     cpu = result["floor_s"] is None
-    lines = [f"{'mode':10s} {'variant':34s} {'s/step':>8s} {'÷floor':>7s} {'peak GB':>8s} {'warm s':>7s} {'TFLOP/s':>8s}"
-             + ("  cpu-time/threads" if cpu else "")]
+    lines = [f"{'mode':10s} {'variant':44s} {'s/step':>8s} {'×base':>6s} {'÷floor':>7s} {'peak GB':>8s} {'warm s':>7s} "
+             f"{'TFLOP/s':>8s}" + ("  cpu-time/threads" if cpu else "")]
     for r in result["rows"]:
         def f(v, fmt):
             return format(v, fmt) if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "—"
 
-        lines.append(f"{r['mode']:10s} {r['variant'][:34]:34s} {f(r['s_per_step'], '8.4f'):>8s} "
+        lines.append(f"{r['mode']:10s} {r['variant'][:44]:44s} {f(r['s_per_step'], '8.4f'):>8s} "
+                     f"{f(r['extra'].get('vs_base'), '6.3f'):>6s} "
                      f"{f(r['floor_ratio'], '7.2f'):>7s} {f(r['peak_gb'], '8.1f'):>8s} {f(r['warmup_s'], '7.1f'):>7s} "
                      f"{f(r['tflops'], '8.3g'):>8s}"
                      + (f"  {f(r['extra'].get('cpu_time_per_step_over_threads_s'), '16.3f'):>16s}" if cpu else "")
@@ -299,11 +548,14 @@ def format_table(result: dict) -> str:
     for gr in result["grids"]:
         if "seconds" in gr:
             lines.append(f"whole grid, {gr['mode']}, {gr['steps']} steps ({gr['kernels']}): {gr['seconds']:.2f} s"
+                         + (f" (+{gr['warmup_s']:.1f} s warm-up)" if gr.get("warmup_s") is not None else "")
                          + (f" (cpu time / threads {gr['cpu_time_over_threads_s']:.1f} s)" if cpu else ""))
         else:
-            lines.append(f"whole grid, {gr['mode']}: {gr['note']}")
+            lines.append(f"whole grid, {gr['mode']}" + (f" ({gr['kernels']})" if "kernels" in gr else "")
+                         + f": {gr['note']}")
     s = result["setup"]
     lines.append(f"{s['device']}, torch {s['torch']}, {s['preset']} ({s['params_backbone_M']} M backbone + "
                  f"{s['params_new_M']} M new), {s['dtype']}, {s['grid']}, {s['tokens']} tokens; "
-                 f"floor from DESIGN.md; {result['elapsed_s']} s in all")
+                 f"floor from DESIGN.md; ×base = s/step of the mode's baseline row (first of its mode) / this row's; "
+                 f"{result['elapsed_s']} s in all")
     return "\n".join(lines)

@@ -25,7 +25,13 @@ def add_arguments(p) -> None:
     p.add_argument("--grid-steps", type=int, default=25, help="steps of the whole-grid timing")
     p.add_argument("--no-grid", action="store_true", help="skip the whole-grid timings")
     p.add_argument("--no-ablations", action="store_true", help="skip the rows that show what each change buys")
-    p.add_argument("--budget-s", type=float, default=400.0, help="stop adding rows after this long (s)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no row that would end after this long (s; default 480 on cuda, 400 on cpu)")
+    p.add_argument("--options", default=None, choices=["none", "quick", "all"],
+                   help="speed-option rows: attention kernels, FFN epilogue, shared Q/K/V, whole-step compile, "
+                        "CUDA graphs, max-autotune (default: all on cuda, none on cpu)")
+    p.add_argument("--quick", action="store_true",
+                   help="only the baselines, the candidate options, their combination and the whole grids")
     p.add_argument("--json", default=None, help="write the results here")
 
 
@@ -43,6 +49,6 @@ def run(args) -> int:
     cfg = BenchConfig(device=resolve_device(args.device), preset=args.preset, views=args.views, times=args.times,
                       height=h, width=w, modes=tuple(args.modes), compile=args.compile, steps=args.steps,
                       grid_steps=args.grid_steps, grid=not args.no_grid, ablations=not args.no_ablations,
-                      budget_s=args.budget_s, json_path=args.json)
+                      budget_s=args.budget_s, json_path=args.json, options=args.options, quick=args.quick)
     run_bench(cfg, log=lambda s: print(s, flush=True))
     return 0

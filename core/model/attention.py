@@ -17,6 +17,7 @@ fused kernels carries no gradient).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -24,6 +25,59 @@ import torch
 import torch.nn.functional as F
 
 FUSED_BACKENDS = ("auto", "dense", "flex", "split")
+# Kernels for unmasked attention on CUDA (bf16/fp16): "auto" lets torch choose (FlashAttention-2
+# on an H100 today); the others call that backend's aten op directly, so the choice also holds
+# inside compiled code. Process-wide, like ``torch.backends`` flags; float32 and the CPU ignore it.
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient")
+_sdpa_backend = "auto"
+
+
+def set_sdpa_backend(name: str) -> str:
+    """Use ``name`` (one of ``SDPA_BACKENDS``) for unmasked CUDA attention; returns the previous
+    choice. Compiled code guards on it (a change recompiles)."""
+    global _sdpa_backend
+    if name not in SDPA_BACKENDS:
+        raise ValueError(f"sdpa backend must be one of {', '.join(SDPA_BACKENDS)}, got {name!r}")
+    old, _sdpa_backend = _sdpa_backend, name
+    return old
+
+
+def get_sdpa_backend() -> str:
+    return _sdpa_backend
+
+
+@contextlib.contextmanager
+def sdpa_backend(name: str):
+    """``with sdpa_backend("cudnn"): ...`` — ``set_sdpa_backend`` for a block of code."""
+    old = set_sdpa_backend(name)
+    try:
+        yield
+    finally:
+        set_sdpa_backend(old)
+
+
+def _explicit_backend(q: torch.Tensor) -> str | None:
+    """The backend to call directly for ``q``, or None for torch's own choice."""
+    b = _sdpa_backend
+    if b == "auto" or q.device.type != "cuda":
+        return None
+    if b in ("flash", "cudnn") and (q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] > 256):
+        return None
+    return b
+
+
+def _sdpa_op(qt, kt, vt, backend: str, lse: bool):
+    """``[N, H, S, d]`` tensors through one backend's aten op: (output, log-sum-exp or None)."""
+    ops = torch.ops.aten
+    if backend == "flash":
+        out = ops._scaled_dot_product_flash_attention(qt, kt, vt)
+    elif backend == "cudnn":
+        out = ops._scaled_dot_product_cudnn_attention(qt, kt, vt, None, lse)
+    elif backend == "efficient":
+        out = ops._scaled_dot_product_efficient_attention(qt, kt, vt, None, lse)
+    else:
+        raise ValueError(f"unknown sdpa backend {backend!r}")
+    return out[0], (out[1] if lse else None)
 
 
 # -- RoPE ------------------------------------------------------------------------------------
@@ -68,7 +122,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # -- kernels ---------------------------------------------------------------------------------
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention over ``[N, S, H, d]`` tensors (torch SDPA: flash / memory-efficient / math)."""
+    """Attention over ``[N, S, H, d]`` tensors (torch SDPA: flash / memory-efficient / math, or
+    the backend ``set_sdpa_backend`` chose, when there is no mask)."""
+    backend = _explicit_backend(q) if mask is None else None
+    if backend is not None:
+        return _sdpa_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), backend, False)[0].transpose(1, 2)
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return o.transpose(1, 2)
 
@@ -76,7 +134,11 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
 def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention and its log-sum-exp: ``o [N, S, H, d]``, ``lse [N, H, S]`` (float32)."""
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    S = q.shape[1]
+    N, S, H = q.shape[:3]
+    backend = _explicit_backend(q)
+    if backend is not None:
+        o, lse = _sdpa_op(qt, kt, vt, backend, True)
+        return o.transpose(1, 2), lse.reshape(N, H, -1)[..., :S].float()
     if q.device.type == "cpu":
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)
     elif q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:

@@ -6,6 +6,12 @@ modules, with three changes that do not alter the result: self-attention goes th
 denoising steps), and sequential mode runs the self-attention sub-layer twice with the same
 pretrained weights, across views then across times (4Real-Video Eq. 5, the "sequential"
 baseline of its supplement Sec. 1.2). A test holds it to the diffusers block to 1e-5.
+
+Two inference-only speed options, both exact up to rounding: ``set_ffn_epilogue(True)`` makes
+the FFN's first matmul apply its bias and tanh-GELU in the cuBLASLt epilogue (CUDA, bf16/fp16, no
+grad), so the [tokens, ffn_dim] activation is written once instead of three times; and
+``run_block(..., shared_streams=True)`` computes norm1 + modulation + Q/K/V once when both
+streams hold the same tokens (every layer of hard sync, layer 0 of any parallel mode).
 """
 
 from __future__ import annotations
@@ -15,6 +21,39 @@ from dataclasses import dataclass
 import torch
 
 from . import attention as A
+
+_ffn_epilogue = False
+
+
+def set_ffn_epilogue(on: bool) -> bool:
+    """Fuse bias + tanh-GELU into the FFN up-projection (cuBLASLt epilogue) where it applies
+    (CUDA, half precision, no grad); returns the previous setting. Compiled code guards on it."""
+    global _ffn_epilogue
+    old, _ffn_epilogue = _ffn_epilogue, bool(on)
+    return old
+
+
+@torch.library.custom_op("fourd::linear_gelu_tanh", mutates_args=())
+def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``gelu_tanh(x @ weight.T + bias)`` for ``x [N, K]`` in one cuBLASLt call (bias and GELU in
+    the epilogue). An opaque op, so inductor keeps the fused call instead of splitting it."""
+    return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
+
+
+@linear_gelu_tanh.register_fake
+def _(x, weight, bias):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def _ffn(ffn, h: torch.Tensor) -> torch.Tensor:
+    """diffusers ``FeedForward`` (Linear -> tanh-GELU -> Linear) on ``h [N, M, D]``."""
+    up = ffn.net[0]
+    if (_ffn_epilogue and h.is_cuda and h.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
+            and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None):
+        # (the CPU kernel of _addmm_activation uses the erf GELU, hence CUDA only)
+        a = linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias)
+        return ffn.net[2](a.view(*h.shape[:-1], -1))
+    return ffn(h)
 
 
 @dataclass(frozen=True)
@@ -100,12 +139,29 @@ def text_kv(blk, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return k.unflatten(2, (attn.heads, -1)), v.unflatten(2, (attn.heads, -1))
 
 
+def _shared_qkv(blk, x, shift, scale, lay: Layout):
+    """Q/K/V of both streams when they hold the same tokens: computed on the time stream (grid
+    order) and re-laid-out for the view stream, ``[2B, M, H, d]`` each."""
+    B, V, T, P = lay.B, lay.V, lay.T, lay.P
+    xt = x[B:]
+    h = torch.addcmul(shift[B:], blk.norm1(xt.float()), 1 + scale[B:]).type_as(x)
+    out = []
+    for t in _qkv(blk.attn1, h):  # [B, M, H, d] grid order
+        H, d = t.shape[-2:]
+        tv = t.view(B, V, T, P, H, d).transpose(1, 2).reshape(B, V * T * P, H, d)  # view order
+        out.append(torch.cat([tv, t]))
+    return out
+
+
 def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_v: torch.Tensor,
-              lay: Layout, ropes: dict, mask=None) -> torch.Tensor:
+              lay: Layout, ropes: dict, mask=None, shared_streams: bool = False) -> torch.Tensor:
     """``x [N, M, D]`` -> ``[N, M, D]`` through Wan block ``blk``.
 
     tproj: ``[N, 6, D]`` timestep projection (adaLN shift/scale/gate), kv_k/kv_v: ``[N, L, H, d]``
     text keys/values of this block, ropes: layout name -> (cos, sin), mask: fused-mode mask.
+    shared_streams (``streams`` layout): the caller promises that both streams hold the same
+    tokens with the same ``tproj`` (view stream = time stream re-laid-out), so Q/K/V are computed
+    once.
     """
     shift, scale, gate, c_shift, c_scale, c_gate = (blk.scale_shift_table + tproj.float()).chunk(6, dim=1)
 
@@ -113,8 +169,11 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_
     sub_layouts = ([Layout("view_of_grid", lay.B, lay.V, lay.T, lay.P), Layout("time", lay.B, lay.V, lay.T, lay.P)]
                    if lay.kind == "sequential" else [lay])
     for sub in sub_layouts:
-        h = torch.addcmul(shift, blk.norm1(x.float()), 1 + scale).type_as(x)
-        q, k, v = _qkv(blk.attn1, h)
+        if shared_streams and sub.kind == "streams":
+            q, k, v = _shared_qkv(blk, x, shift, scale, sub)
+        else:
+            h = torch.addcmul(shift, blk.norm1(x.float()), 1 + scale).type_as(x)
+            q, k, v = _qkv(blk.attn1, h)
         o = _attend(q, k, v, sub, ropes, mask).flatten(2).type_as(q)
         o = blk.attn1.to_out[0](o)
         x = torch.addcmul(x.float(), o, gate).type_as(x)
@@ -128,5 +187,5 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_
 
     # 3. Feed-forward
     h = torch.addcmul(c_shift, blk.norm3(x.float()), 1 + c_scale).type_as(x)
-    x = torch.addcmul(x.float(), blk.ffn(h), c_gate).type_as(x)
+    x = torch.addcmul(x.float(), _ffn(blk.ffn, h), c_gate).type_as(x)
     return x

@@ -120,8 +120,12 @@ class FourDTransformer(nn.Module):
         self.batch_streams = True  # both streams' linear layers in one batch
         self.cache_text_kv = True  # text K/V once per sample, not per step
         self.cache_time = True  # timestep embeddings once per distinct σ
+        self.share_equal_streams = False  # Q/K/V once where both streams hold the same tokens
         self._block_fn = run_block
         self._layer_fn = self._parallel_layer
+        self._streams_fn = self._run_streams  # the whole block stack (compile_step compiles it)
+        self._single_fn = self._run_single
+        self._mark_cudagraph_steps = False
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -196,10 +200,25 @@ class FourDTransformer(nn.Module):
         self._block_fn = torch.compile(run_block, **kwargs)
         self._layer_fn = torch.compile(self._parallel_layer, **kwargs)
 
+    def compile_step(self, **kwargs) -> None:
+        """Compile the whole block stack of a step as one graph (all blocks, sync layers and the
+        layout changes into and out of the two streams), so inductor can fuse across block
+        boundaries; ``mode="reduce-overhead"`` also CUDA-graphs it. Compiles for longer than
+        ``compile_blocks`` (the blocks are unrolled)."""
+        self.compile_blocks()  # (raises the recompile limit)
+        self._block_fn, self._layer_fn = run_block, self._parallel_layer
+        kwargs.setdefault("dynamic", False)
+        self._streams_fn = torch.compile(self._run_streams, **kwargs)
+        self._single_fn = torch.compile(self._run_single, **kwargs)
+        self._mark_cudagraph_steps = kwargs.get("mode") == "reduce-overhead"
+
     def uncompile_blocks(self) -> None:
         """Back to eager blocks."""
         self._block_fn = run_block
         self._layer_fn = self._parallel_layer
+        self._streams_fn = self._run_streams
+        self._single_fn = self._run_single
+        self._mark_cudagraph_steps = False
 
     # -- conditioning --------------------------------------------------------------------------
     def _embed_text(self, text_states: torch.Tensor) -> torch.Tensor:
@@ -364,33 +383,48 @@ class FourDTransformer(nn.Module):
             G = 2 if plan.layout.kind == "streams" else 1
             kv = [tuple(t.repeat(G, 1, 1, 1) for t in text_kv(blk, plan.text)) for blk in self.backbone.blocks]
 
+        if self._mark_cudagraph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         if plan.layout.kind == "streams":
-            xv = tokens.transpose(1, 2).reshape(B, M, D)  # view order (t, v, p)
-            xt = tokens.reshape(B, M, D)  # grid order (v, t, p)
-            x = torch.cat([xv, xt])  # [2B, M, D]
-            tproj2 = tproj.repeat(2, 1, 1)
-            sync_layers = self.layers.soft_sync if plan.mode == "soft" else self.layers.hard_sync
-            for l, blk in enumerate(self.backbone.blocks):
-                x = self._layer_fn(blk, sync_layers[l] if plan.sync else None, x, tproj2, kv[l][0], kv[l][1],
-                                   syncs[l] if plan.sync else None, plan.layout, plan.ropes)
-            yv = x[:B].view(B, T, V, plan.P, D).transpose(1, 2).reshape(B, M, D)
-            yt = x[B:]
+            yv, yt = self._streams_fn(tokens.reshape(B, M, D), tproj, kv, syncs if plan.sync else None,
+                                      plan.layout, plan.ropes, plan.mode, plan.sync)
             if return_streams:
                 return self._head(yv, temb, plan), self._head(yt, temb, plan)
-            return self._head(((yv.float() + yt.float()) / 2).type_as(x), temb, plan)
+            return self._head(((yv.float() + yt.float()) / 2).type_as(yt), temb, plan)
 
         if return_streams:
             raise ValueError("return_streams needs a parallel mode (soft or hard)")
-        x = tokens.reshape(B, M, D)
-        for l, blk in enumerate(self.backbone.blocks):
-            x = self._block_fn(blk, x, tproj, kv[l][0], kv[l][1], plan.layout, plan.ropes, plan.mask)
+        x = self._single_fn(tokens.reshape(B, M, D), tproj, kv, plan.layout, plan.ropes, plan.mask)
         return self._head(x, temb, plan)
 
-    def _parallel_layer(self, blk, sync_layer, x, tproj2, kv_k, kv_v, sync_mod, layout: Layout, ropes):
+    def _run_streams(self, tokens, tproj, kv, syncs, layout: Layout, ropes, mode: str, sync: bool):
+        """Grid-ordered tokens ``[B, M, D]`` through every parallel layer: ``(yv, yt)`` grid order."""
+        B, V, T, P = layout.B, layout.V, layout.T, layout.P
+        M, D = tokens.shape[1:]
+        xv = tokens.view(B, V, T, P, D).transpose(1, 2).reshape(B, M, D)  # view order (t, v, p)
+        x = torch.cat([xv, tokens])  # [2B, M, D]
+        tproj2 = tproj.repeat(2, 1, 1)
+        sync_layers = self.layers.soft_sync if mode == "soft" else self.layers.hard_sync
+        for l, blk in enumerate(self.backbone.blocks):
+            # Both streams hold the same tokens at layer 0, and after every hard sync.
+            shared = self.share_equal_streams and (l == 0 or (mode == "hard" and sync))
+            x = self._layer_fn(blk, sync_layers[l] if sync else None, x, tproj2, kv[l][0], kv[l][1],
+                               syncs[l] if sync else None, layout, ropes, shared)
+        yv = x[:B].view(B, T, V, P, D).transpose(1, 2).reshape(B, M, D)
+        return yv, x[B:]
+
+    def _run_single(self, x, tproj, kv, layout: Layout, ropes, mask):
+        """Grid-ordered tokens ``[B, M, D]`` through every block (sequential and fused modes)."""
+        for l, blk in enumerate(self.backbone.blocks):
+            x = self._block_fn(blk, x, tproj, kv[l][0], kv[l][1], layout, ropes, mask)
+        return x
+
+    def _parallel_layer(self, blk, sync_layer, x, tproj2, kv_k, kv_v, sync_mod, layout: Layout, ropes,
+                        shared: bool = False):
         """One parallel layer: block ``l`` on both streams, then sync layer ``l`` (Fig. 2)."""
         B, V, T, P = layout.B, layout.V, layout.T, layout.P
         if self.batch_streams:
-            x = run_block(blk, x, tproj2, kv_k, kv_v, layout, ropes)
+            x = run_block(blk, x, tproj2, kv_k, kv_v, layout, ropes, shared_streams=shared)
         else:  # the same math, one stream at a time (for the benchmark)
             xv = run_block(blk, x[:B], tproj2[:B], kv_k[:B], kv_v[:B], Layout("view", B, V, T, P), ropes)
             xt = run_block(blk, x[B:], tproj2[B:], kv_k[B:], kv_v[B:], Layout("time", B, V, T, P), ropes)
