@@ -31,6 +31,9 @@ import torch
 # DESIGN.md, reference figures (one H100, 1.3B shape, 8x8 at 288x512, bf16): the floor per step.
 FLOOR_S = {"soft": 0.36, "hard": 0.36, "fused": 0.30}
 DESIGN_AS_IS_S = 0.742  # diffusers as is, two streams
+# A variant whose velocity differs from its mode's baseline by more than this (relative L2) is
+# flagged: bf16 rounding of a 30-block step gives about 1e-2 between kernel choices.
+MISMATCH = 0.05
 
 
 @dataclass
@@ -51,6 +54,7 @@ class BenchConfig:
     json_path: str | None = None
     options: str | None = None  # speed-option rows: none | quick | all (default: all on cuda, none on cpu)
     quick: bool = False  # only the baselines, the candidate options, the combined rows and the grids
+    profile: bool | None = None  # kernel-time table of the fastest soft variant (default: on for cuda)
 
     def resolve(self) -> "BenchConfig":
         c = BenchConfig(**asdict(self))
@@ -60,6 +64,7 @@ class BenchConfig:
         c.compile = (c.device == "cuda") if c.compile is None else c.compile
         c.steps = c.steps or (3 if c.device == "cuda" else 1)
         c.budget_s = c.budget_s or (480.0 if c.device == "cuda" else 400.0)
+        c.profile = (c.device == "cuda") if c.profile is None else c.profile
         if c.options is None:
             c.options = "quick" if c.quick else ("all" if c.device == "cuda" else "none")
         if c.options not in OPTION_SETS:
@@ -125,6 +130,28 @@ def cuda_graphed(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         return state["out"]
 
     return call
+
+
+def kernel_profile(fn: Callable[[], object], top: int = 20) -> dict:
+    """CUDA kernel time of one call of ``fn`` (already warm): the ``top`` kernels by total time,
+    their sum, and the wall time of the same call (the difference is launch gaps and idle GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+
+    def dev_us(e) -> float:
+        return float(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0) or 0.0)
+
+    # Only CUDA activity is recorded, so every event is a kernel (or a copy) and counts once.
+    evs = sorted((e for e in prof.key_averages() if dev_us(e) > 0), key=dev_us, reverse=True)
+    total = sum(dev_us(e) for e in evs)
+    return {"wall_ms": round(1000 * wall, 2), "kernel_sum_ms": round(total / 1000, 2),
+            "top": [{"kernel": e.key[:120], "ms": round(dev_us(e) / 1000, 3), "calls": e.count} for e in evs[:top]]}
 
 
 def configure(tr, v: Variant, cuda: bool) -> None:
@@ -228,6 +255,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     rows: list[Row] = []
     grids: list[dict] = []
     variants: dict[tuple[str, str], Variant] = {}  # (mode, label) -> variant, for measured rows
+    ref_out: dict[str, torch.Tensor] = {}  # mode -> velocity of its first measured row
+    profiles: dict[str, dict] = {}
 
     def sync():
         if cuda:
@@ -239,17 +268,24 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     threads = torch.get_num_threads()
     cpu_est: dict[int, float] = {}
 
+    first_out: dict[int, torch.Tensor] = {}
+
     def measure(fn: Callable[[], object], n: int) -> tuple[float, float, float | None]:
         """(warm-up s, mean s per call, peak GB). On the CPU also the process time per call over
-        the thread count (``cpu_est``): the wall time on an otherwise idle machine, roughly."""
+        the thread count (``cpu_est``): the wall time on an otherwise idle machine, roughly. The
+        warm-up's output goes to ``first_out`` (to compare variants)."""
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         sync()
         t0 = time.perf_counter()
-        fn()
+        out = fn()
         sync()
         warm = time.perf_counter() - t0
+        first_out.pop(0, None)
+        if isinstance(out, torch.Tensor):
+            first_out[0] = out.detach().float().clone()
+        del out
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             fn()
@@ -258,6 +294,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         cpu_est[0] = (time.process_time() - c0) / n / threads
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         return warm, per, peak
+
+    def result(partial: bool) -> dict:
+        return {"setup": setup, "config": asdict(cfg), "rows": [asdict(r) for r in rows], "grids": grids,
+                "profiles": profiles, "floor_s": FLOOR_S if cuda else None,
+                "elapsed_s": round(time.perf_counter() - t_start, 1), "partial": partial}
+
+    def checkpoint() -> None:
+        """Write what is measured so far, so a run killed from outside still leaves its rows."""
+        if cfg.json_path:
+            Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(cfg.json_path).write_text(json.dumps(result(True), indent=2) + "\n")
 
     def add(mode: str, variant: str, make: Callable[[], Callable[[], object]], need_s: float,
             n: int | None = None, v: Variant | None = None):
@@ -287,9 +334,19 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                   round(peak, 2) if peak is not None else None, round(warm, 2), float(f"{fl / per / 1e12:.3g}"))
         if not cuda:
             row.extra["cpu_time_per_step_over_threads_s"] = round(cpu_est[0], 3)
+        out = first_out.pop(0, None)
+        if out is not None:  # same velocity as the mode's first (baseline) row, up to rounding?
+            if mode not in ref_out:
+                ref_out[mode] = out
+            else:
+                ref = ref_out[mode]
+                row.extra["rel_err_vs_base"] = float(f"{((out - ref).norm() / ref.norm()).item():.3g}")
+                if not row.extra["rel_err_vs_base"] < MISMATCH:
+                    row.note = f"MISMATCH: output differs from the baseline by {row.extra['rel_err_vs_base']:.3g}"
         rows.append(row)
         if v is not None:
             variants[(mode, variant)] = v
+        checkpoint()
         log(f"  {mode:10s} {variant:34s} {per:8.4f} s/step  warm-up {warm:6.1f} s"
             + (f"  peak {peak:5.1f} GB" if peak is not None else f"  (cpu time / {threads} threads {cpu_est[0]:.3f} s)"))
         return row
@@ -413,6 +470,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         if not cuda:
             entry["cpu_time_over_threads_s"] = round((time.process_time() - c0) / threads, 2)
         grids.append(entry)
+        checkpoint()
         log(f"  whole grid, {mode} ({best.variant}), {cfg.grid_steps} steps: {total:.2f} s"
             + ("" if cuda else f" (cpu time / {threads} threads {entry['cpu_time_over_threads_s']:.1f} s)"))
 
@@ -484,6 +542,28 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         for mode in first:
             run_grid(mode)
 
+    # 3b. Where the fastest soft step spends its GPU time (for the next round of work).
+    if cfg.profile and cuda and left() > 60:
+        cands = [(r, variants[(r.mode, r.variant)]) for r in rows
+                 if r.mode == "soft" and r.s_per_step and (r.mode, r.variant) in variants]
+        if cands:
+            best, v = min(cands, key=lambda c: c[0].s_per_step)
+            try:
+                configure(tr, v, cuda)
+                fn = ours("soft")
+                fn = cuda_graphed(fn) if v.graph else fn
+                with torch.no_grad():
+                    fn()
+                    fn()
+                    profiles["soft"] = {"variant": best.variant, **kernel_profile(fn)}
+                p = profiles["soft"]
+                log(f"  profile soft ({best.variant}): wall {p['wall_ms']:.1f} ms, kernels {p['kernel_sum_ms']:.1f} ms")
+                for k in p["top"]:
+                    log(f"    {k['ms']:8.2f} ms {k['calls']:5d}x  {k['kernel'][:100]}")
+            except Exception as e:  # report and go on
+                profiles["soft"] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
+                log(f"  profile FAILED {type(e).__name__}: {str(e)[:200]}")
+
     # 4. The rest: ablations, the other modes, and the slower-to-try options.
     if cfg.ablations and "soft" in cfg.modes and cuda and not cfg.quick:
         ablations()
@@ -509,13 +589,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     configure(tr, Variant("soft", "eager"), cuda)  # leave the process-wide switches as found
     compare_to_baselines(rows, base_compile, default_fused)
 
-    result = {"setup": setup, "config": asdict(cfg), "rows": [asdict(r) for r in rows], "grids": grids,
-              "floor_s": FLOOR_S if cuda else None, "elapsed_s": round(time.perf_counter() - t_start, 1)}
+    final = result(False)
     if cfg.json_path:
         Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(result, indent=2) + "\n")
-    log(format_table(result))
-    return result
+        Path(cfg.json_path).write_text(json.dumps(final, indent=2) + "\n")
+    log(format_table(final))
+    return final
 
 
 def compare_to_baselines(rows: list[Row], base_compile: str, default_fused: str) -> None:
@@ -533,14 +612,15 @@ def compare_to_baselines(rows: list[Row], base_compile: str, default_fused: str)
 def format_table(result: dict) -> str:
     """The short table printed at the end."""
     cpu = result["floor_s"] is None
-    lines = [f"{'mode':10s} {'variant':44s} {'s/step':>8s} {'×base':>6s} {'÷floor':>7s} {'peak GB':>8s} {'warm s':>7s} "
+    lines = [f"{'mode':10s} {'variant':44s} {'s/step':>8s} {'×base':>6s} {'Δrel':>7s} {'÷floor':>7s} {'peak GB':>8s} "
+             f"{'warm s':>7s} "
              f"{'TFLOP/s':>8s}" + ("  cpu-time/threads" if cpu else "")]
     for r in result["rows"]:
         def f(v, fmt):
             return format(v, fmt) if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "—"
 
         lines.append(f"{r['mode']:10s} {r['variant'][:44]:44s} {f(r['s_per_step'], '8.4f'):>8s} "
-                     f"{f(r['extra'].get('vs_base'), '6.3f'):>6s} "
+                     f"{f(r['extra'].get('vs_base'), '6.3f'):>6s} {f(r['extra'].get('rel_err_vs_base'), '7.1e'):>7s} "
                      f"{f(r['floor_ratio'], '7.2f'):>7s} {f(r['peak_gb'], '8.1f'):>8s} {f(r['warmup_s'], '7.1f'):>7s} "
                      f"{f(r['tflops'], '8.3g'):>8s}"
                      + (f"  {f(r['extra'].get('cpu_time_per_step_over_threads_s'), '16.3f'):>16s}" if cpu else "")
@@ -556,6 +636,7 @@ def format_table(result: dict) -> str:
     s = result["setup"]
     lines.append(f"{s['device']}, torch {s['torch']}, {s['preset']} ({s['params_backbone_M']} M backbone + "
                  f"{s['params_new_M']} M new), {s['dtype']}, {s['grid']}, {s['tokens']} tokens; "
-                 f"floor from DESIGN.md; ×base = s/step of the mode's baseline row (first of its mode) / this row's; "
+                 f"floor from DESIGN.md; ×base = baseline s/step / this row's, Δrel = "
+                 f"relative L2 difference of the velocity from the mode's first row; "
                  f"{result['elapsed_s']} s in all")
     return "\n".join(lines)

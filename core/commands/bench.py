@@ -32,6 +32,8 @@ def add_arguments(p) -> None:
                         "CUDA graphs, max-autotune (default: all on cuda, none on cpu)")
     p.add_argument("--quick", action="store_true",
                    help="only the baselines, the candidate options, their combination and the whole grids")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
+                   help="print the top CUDA kernels of the fastest soft step (default: on with cuda)")
     p.add_argument("--json", default=None, help="write the results here")
 
 
@@ -49,6 +51,7 @@ def run(args) -> int:
     cfg = BenchConfig(device=resolve_device(args.device), preset=args.preset, views=args.views, times=args.times,
                       height=h, width=w, modes=tuple(args.modes), compile=args.compile, steps=args.steps,
                       grid_steps=args.grid_steps, grid=not args.no_grid, ablations=not args.no_ablations,
-                      budget_s=args.budget_s, json_path=args.json, options=args.options, quick=args.quick)
+                      budget_s=args.budget_s, json_path=args.json, options=args.options, quick=args.quick,
+                      profile=args.profile)
     run_bench(cfg, log=lambda s: print(s, flush=True))
     return 0

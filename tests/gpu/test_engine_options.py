@@ -1,0 +1,141 @@
+"""GPU checks of the engine's speed options (skipped without CUDA): each attention backend, the
+FFN bias+GELU epilogue, shared Q/K/V, whole-step compile (plain and reduce-overhead) and the
+CUDA-graphed step give the eager velocity within bf16 rounding, on a small Wan-shaped model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+V = T = 4
+h = w = 16
+
+
+def small_model(layers: int = 2):
+    """Wan-architecture model, heads 2 x 128 (the 1.3B head size), trained-like new layers, bf16."""
+    from core.model.config import preset
+    from core.model.testing import perturb_new_layers
+    from core.model.transformer import FourDTransformer
+
+    cfg = preset("tiny")
+    cfg.backbone.update(num_attention_heads=2, attention_head_dim=128, ffn_dim=512, num_layers=layers,
+                        patch_size=[1, 2, 2], in_channels=16, out_channels=16, rope_max_seq_len=64)
+    cfg.chunk_times = 4
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = FourDTransformer.from_config(cfg).eval()
+    perturb_new_layers(model)
+    model.fuse_projections()
+    return model.cast(torch.bfloat16)
+
+
+def inputs():
+    g = torch.Generator("cpu").manual_seed(1)
+    x = torch.randn(1, V, T, 16, h, w, generator=g).cuda().bfloat16()
+    cond = torch.randn(1, V, T, 16, h, w, generator=g).cuda().bfloat16()
+    known = torch.zeros(1, V, T, dtype=torch.bool, device="cuda")
+    known[0, 0, :] = True
+    known[0, :, 0] = True
+    text = torch.randn(1, 8, 16, generator=g).cuda().bfloat16()
+    return x, torch.tensor([0.6]), text, cond, known
+
+
+def rel_err(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("backend", ["flash", "cudnn", "efficient"])
+def test_each_sdpa_backend_gives_attention_and_its_log_sum_exp(backend):
+    from core.model import attention as A
+
+    g = torch.Generator("cpu").manual_seed(2)
+    q, k, v = (torch.randn(3, 300, 4, 128, generator=g).cuda().bfloat16() for _ in range(3))
+    s = torch.einsum("nqhd,nkhd->nhqk", q.float(), k.float()) / 128 ** 0.5
+    ref = torch.einsum("nhqk,nkhd->nqhd", s.softmax(-1), v.float())
+    with A.sdpa_backend(backend):
+        o = A.sdpa(q, k, v)
+        o2, lse = A.sdpa_lse(q, k, v)
+    assert rel_err(o, ref) < 1e-2 and rel_err(o2, ref) < 1e-2
+    assert lse.shape == (3, 4, 300) and (lse - s.logsumexp(-1)).abs().max() < 2e-2
+
+
+@pytest.mark.parametrize("backend", ["flash", "cudnn", "efficient"])
+def test_fused_split_with_each_backend_equals_the_dense_mask(backend):
+    from core.model import attention as A
+
+    Vq, Tq, P = 4, 3, 64
+    g = torch.Generator("cpu").manual_seed(3)
+    q, k, v = (torch.randn(1, Vq * Tq * P, 2, 128, generator=g).cuda().bfloat16() for _ in range(3))
+    dense = A.sdpa(q, k, v, A.fused_dense_mask(Vq, Tq, P, "cuda"))
+    with A.sdpa_backend(backend):
+        split = A.fused_split(q, k, v, 1, Vq, Tq, P)
+    assert rel_err(split, dense) < 1e-2
+
+
+def test_linear_gelu_epilogue_is_the_tanh_gelu():
+    from core.model.blocks import linear_gelu_tanh
+
+    g = torch.Generator("cpu").manual_seed(4)
+    x, wt, b = torch.randn(512, 256, generator=g), torch.randn(384, 256, generator=g) / 16, torch.randn(384, generator=g)
+    lin = x.double() @ wt.double().T + b.double()
+    tanh_ref = torch.nn.functional.gelu(lin, approximate="tanh")
+    erf_ref = torch.nn.functional.gelu(lin)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        out32 = linear_gelu_tanh(x.cuda(), wt.cuda(), b.cuda()).double().cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert (out32 - tanh_ref).abs().max() < 1e-4 < (out32 - erf_ref).abs().max()
+    out16 = linear_gelu_tanh(x.cuda().bfloat16(), wt.cuda().bfloat16(), b.cuda().bfloat16())
+    assert rel_err(out16.cpu(), tanh_ref) < 1e-2
+
+
+VARIANTS = [
+    dict(mode="soft", compile="eager", sdpa="cudnn"),
+    dict(mode="soft", compile="eager", sdpa="efficient"),
+    dict(mode="soft", compile="eager", ffn_epilogue=True),
+    dict(mode="hard", compile="eager", share=True),
+    dict(mode="fused", compile="eager", backend="split", sdpa="cudnn"),
+    dict(mode="soft", compile="blocks", ffn_epilogue=True, sdpa="cudnn"),
+    dict(mode="hard", compile="blocks", share=True),
+    dict(mode="soft", compile="step"),
+    dict(mode="fused", compile="step", backend="flex"),
+    dict(mode="soft", compile="step", compile_mode="reduce-overhead"),
+    dict(mode="soft", compile="blocks", graph=True),
+    dict(mode="fused", compile="blocks", backend="split", sdpa="cudnn", graph=True),
+]
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_each_speed_option_gives_the_eager_velocity(kw):
+    from core.bench import Variant, configure, cuda_graphed
+
+    model = small_model()
+    ref_model = copy.deepcopy(model).float()  # float32 eager: the reference both are held to
+    x, sigma, text, cond, known = inputs()
+    v = Variant(**kw)
+    backend = v.backend if v.mode == "fused" else "auto"
+    with torch.no_grad():
+        ref = ref_model(x.float(), sigma, text.float(), cond.float(), known, mode=v.mode,
+                        fused_backend="dense" if v.mode == "fused" else "auto")
+        plan = model.prepare(text, (V, T, h, w), cond=cond, known=known, mode=v.mode, fused_backend=backend)
+        configure(model, Variant(v.mode, "eager"), cuda=True)
+        eager = model.step(plan, x, sigma).clone()
+        try:
+            configure(model, v, cuda=True)
+            fn = (lambda: model.step(plan, x, sigma))
+            fn = cuda_graphed(fn) if v.graph else fn
+            first = fn().clone()
+            again = fn().clone()
+        finally:
+            configure(model, Variant(v.mode, "eager"), cuda=True)
+    tol = max(2 * rel_err(eager, ref), 1e-2)
+    assert rel_err(first, ref) < tol and rel_err(again, ref) < tol

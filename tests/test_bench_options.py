@@ -1,0 +1,158 @@
+"""The engine's speed options give the same velocity as the plain path (exact up to rounding), the
+kernel switches reach compiled code, and ``launch.py bench`` times every option row in one call
+that survives failing rows and respects its time budget. (CUDA-only kernels: tests/gpu.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import launch
+from core.model import attention as A
+from core.model import blocks
+from core.model.config import preset
+from core.model.testing import perturb_new_layers
+from core.model.transformer import FourDTransformer
+
+B, C, H, W = 2, 3, 16, 16
+
+
+def make(num_layers: int = 3) -> FourDTransformer:
+    cfg = preset("tiny")
+    cfg.backbone["num_layers"] = num_layers
+    torch.manual_seed(0)
+    model = FourDTransformer.from_config(cfg).eval()
+    perturb_new_layers(model)  # sync layers away from their identity start, as after training
+    return model
+
+
+def inputs(V=2, T=3):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, V, T, C, H, W, generator=g)
+    cond = torch.randn(B, V, T, C, H, W, generator=g)
+    known = torch.zeros(B, V, T, dtype=torch.bool)
+    known[:, 0, :] = True
+    known[:, :, 0] = True
+    return x, torch.rand(B, generator=g), torch.randn(B, 5, 16, generator=g), cond, known
+
+
+def rel(a, b) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_shared_qkv_of_equal_streams_gives_the_same_velocity(mode):
+    model = make()
+    x, sigma, text, cond, known = inputs()
+    with torch.no_grad():
+        ref = model(x, sigma, text, cond, known, mode=mode)
+        model.share_equal_streams = True
+        shared = model(x, sigma, text, cond, known, mode=mode)
+    assert rel(shared, ref) < 1e-5
+
+
+def test_shared_qkv_is_not_applied_where_the_streams_differ():
+    # With sync off the streams differ after layer 0, so sharing there would change the result:
+    # the model must only share layer 0 (a check that the promise is kept, not assumed).
+    model = make()
+    x, sigma, text, cond, known = inputs()
+    with torch.no_grad():
+        ref = model(x, sigma, text, cond, known, mode="hard", sync=False, return_streams=True)
+        model.share_equal_streams = True
+        shared = model(x, sigma, text, cond, known, mode="hard", sync=False, return_streams=True)
+    for a, b in zip(shared, ref):
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("mode,backend", [("soft", "auto"), ("hard", "auto"), ("fused", "dense")])
+def test_whole_step_compile_equals_eager(mode, backend):
+    # aot_eager: dynamo + AOTAutograd trace the whole block stack as one graph (what inductor
+    # compiles on the GPU) without needing a C++ compiler run per kernel.
+    torch._dynamo.reset()
+    model = make(num_layers=2)
+    model.share_equal_streams = mode == "hard"
+    x, sigma, text, cond, known = inputs()
+    with torch.no_grad():
+        plan = model.prepare(text, (2, 3, H, W), cond=cond, known=known, mode=mode, fused_backend=backend)
+        eager = model.step(plan, x, sigma)
+        model.compile_step(backend="aot_eager")
+        try:
+            compiled = model.step(plan, x, sigma)
+        finally:
+            model.uncompile_blocks()
+            torch._dynamo.reset()
+    assert rel(compiled, eager) < 1e-5
+
+
+def test_kernel_switches_are_checked_and_recompile_compiled_code():
+    with pytest.raises(ValueError, match="sdpa backend"):
+        A.set_sdpa_backend("fastest")
+    frames = []
+
+    def counting(gm, example_inputs):
+        frames.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    fn = torch.compile(lambda q: A.sdpa(q, q, q), backend=counting)
+    q = torch.randn(1, 8, 2, 4)
+    try:
+        fn(q)
+        with A.sdpa_backend("cudnn"):  # the CPU ignores it, but compiled code must see the change
+            assert A.get_sdpa_backend() == "cudnn"
+            fn(q)
+        assert A.get_sdpa_backend() == "auto"
+    finally:
+        torch._dynamo.reset()
+    assert len(frames) == 2
+
+
+def test_ffn_epilogue_is_ignored_off_cuda():
+    # The CPU kernel of _addmm_activation applies the erf GELU, not Wan's tanh GELU; the switch
+    # must leave the CPU path on the module's own FeedForward.
+    model = make(num_layers=1)
+    ffn = model.backbone.blocks[0].ffn
+    h = torch.randn(2, 7, ffn.net[0].proj.in_features)
+    up = ffn.net[0].proj
+    erf_fused = blocks.linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.weight, up.bias)
+    tanh_ref = torch.nn.functional.gelu(up(h), approximate="tanh").reshape(erf_fused.shape)
+    assert (erf_fused - tanh_ref).abs().max() > 1e-6  # so a CPU fallback would be visible
+    old = blocks.set_ffn_epilogue(True)
+    try:
+        with torch.no_grad():
+            assert torch.equal(blocks._ffn(ffn, h), ffn(h))
+    finally:
+        blocks.set_ffn_epilogue(old)
+
+
+def test_bench_option_rows_compare_to_the_baseline(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    # T=4 > the tiny preset's 3 times per fused pass: every fused row fails, the bench goes on.
+    rc = launch.main(["bench", "--device", "cpu", "--preset", "tiny", "--views", "2", "--times", "4",
+                      "--modes", "soft", "hard", "fused", "--options", "quick", "--no-ablations",
+                      "--grid-steps", "1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    rows = {(r["mode"], r["variant"]): r for r in result["rows"]}
+    assert rows[("soft", "eager")]["extra"]["vs_base"] == 1.0
+    for key in [("soft", "eager, sdpa=cudnn"), ("soft", "eager, ffn-epilogue"), ("hard", "eager, shared-qkv")]:
+        assert rows[key]["s_per_step"] > 0 and rows[key]["extra"]["vs_base"] > 0
+    assert rows[("fused", "eager, split")]["note"].startswith("failed: ValueError")
+    # Compiled-only rows (whole-step, CUDA graphs) do not run on the cpu without --compile.
+    assert not any("cuda-graph" in v or "whole-step" in v for _, v in rows)
+    assert result["grids"][0]["mode"] == "soft" and result["grids"][0]["seconds"] > 0
+    assert "×base" in text and "FAILED ValueError" in text
+
+
+def test_bench_respects_its_budget(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = launch.main(["bench", "--device", "cpu", "--preset", "tiny", "--views", "2", "--times", "2",
+                      "--budget-s", "0.001", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["rows"] and all(r["note"] == "skipped: time budget" for r in result["rows"])
+    assert all(r["s_per_step"] is None for r in result["rows"])
+    assert "s/step" in capsys.readouterr().out
