@@ -315,7 +315,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             return next(r for r in rows if r.mode == mode and r.variant == variant)
         if left() < need_s:
             rows.append(Row(mode, variant, note="skipped: time budget"))
-            log(f"  {mode:10s} {variant:34s} skipped (budget)")
+            log(f"  {mode:10s} {variant:44s} skipped (budget)")
             return None
         try:
             with torch.no_grad():
@@ -326,7 +326,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 torch.cuda.empty_cache()
             msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
             rows.append(Row(mode, variant, note=f"failed: {msg}"))
-            log(f"  {mode:10s} {variant:34s} FAILED {msg}")
+            log(f"  {mode:10s} {variant:44s} FAILED {msg}")
             return None
         fl = step_flops(mode if mode in ("soft", "hard", "sequential", "fused") else "soft",
                         V, T, P, D, bc.ffn_dim, L, bc.num_layers, L)
@@ -348,7 +348,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         if v is not None:
             variants[(mode, variant)] = v
         checkpoint()
-        log(f"  {mode:10s} {variant:34s} {per:8.4f} s/step  warm-up {warm:6.1f} s"
+        log(f"  {mode:10s} {variant:44s} {per:8.4f} s/step  warm-up {warm:6.1f} s"
             + (f"  peak {peak:5.1f} GB" if peak is not None else f"  (cpu time / {threads} threads {cpu_est[0]:.3f} s)"))
         return row
 
