@@ -151,8 +151,28 @@ def kernel_profile(fn: Callable[[], object], top: int = 20) -> dict:
     # Only CUDA activity is recorded, so every event is a kernel (or a copy) and counts once.
     evs = sorted((e for e in prof.key_averages() if dev_us(e) > 0), key=dev_us, reverse=True)
     total = sum(dev_us(e) for e in evs)
+    kinds: dict[str, float] = {}
+    for e in evs:
+        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + dev_us(e) / 1000
     return {"wall_ms": round(1000 * wall, 2), "kernel_sum_ms": round(total / 1000, 2),
+            "by_kind_ms": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "top": [{"kernel": e.key[:120], "ms": round(dev_us(e) / 1000, 3), "calls": e.count} for e in evs[:top]]}
+
+
+def kernel_kind(name: str) -> str:
+    """A rough class of a CUDA kernel from its name: matmul, attention, elementwise (Triton), copy, other."""
+    n = name.lower()
+    if n.startswith("triton_tem"):  # inductor templates: FlexAttention or max-autotune matmuls
+        return "attention" if "flex" in n else "matmul"
+    if n.startswith("triton"):  # (a fused name may mention the attention op it feeds)
+        return "elementwise (triton)"
+    if any(k in n for k in ("attention", "fmha", "flash", "cudnn", "sdpa", "flex")):
+        return "attention"
+    if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma", "cublas", "_mm_", "matmul")) or n.startswith("sm90"):
+        return "matmul"
+    if "memcpy" in n or "copy" in n or "memset" in n:
+        return "copy"
+    return "other"
 
 
 def configure(tr, v: Variant, cuda: bool) -> None:
@@ -541,28 +561,31 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         for mode in first:
             run_grid(mode)
 
-    # 3b. Where the fastest soft step spends its GPU time (for the next round of work).
-    if cfg.profile and cuda and left() > 60:
+    # 3b. Where the fastest step of each headline mode spends its GPU time (for the next round).
+    for mode in first if cfg.profile and cuda else []:
         cands = [(r, variants[(r.mode, r.variant)]) for r in rows
-                 if r.mode == "soft" and r.s_per_step and (r.mode, r.variant) in variants
+                 if r.mode == mode and r.s_per_step and (r.mode, r.variant) in variants
                  and not r.note.startswith("MISMATCH")]
-        if cands:
-            best, v = min(cands, key=lambda c: c[0].s_per_step)
-            try:
-                configure(tr, v, cuda)
-                fn = ours("soft")
-                fn = cuda_graphed(fn) if v.graph else fn
-                with torch.no_grad():
-                    fn()
-                    fn()
-                    profiles["soft"] = {"variant": best.variant, **kernel_profile(fn)}
-                p = profiles["soft"]
-                log(f"  profile soft ({best.variant}): wall {p['wall_ms']:.1f} ms, kernels {p['kernel_sum_ms']:.1f} ms")
-                for k in p["top"]:
-                    log(f"    {k['ms']:8.2f} ms {k['calls']:5d}x  {k['kernel'][:100]}")
-            except Exception as e:  # report and go on
-                profiles["soft"] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
-                log(f"  profile FAILED {type(e).__name__}: {str(e)[:200]}")
+        if not cands or left() < 60:
+            continue
+        best, v = min(cands, key=lambda c: c[0].s_per_step)
+        try:
+            configure(tr, v, cuda)
+            fn = ours(mode, v.backend if mode == "fused" else "auto")
+            fn = cuda_graphed(fn) if v.graph else fn
+            with torch.no_grad():
+                fn()
+                fn()
+                profiles[mode] = {"variant": best.variant, **kernel_profile(fn)}
+            p = profiles[mode]
+            log(f"  profile {mode} ({best.variant}): wall {p['wall_ms']:.1f} ms, kernels {p['kernel_sum_ms']:.1f} ms; "
+                + ", ".join(f"{k} {ms:.1f}" for k, ms in p["by_kind_ms"].items()))
+            for k in p["top"]:
+                log(f"    {k['ms']:8.2f} ms {k['calls']:5d}x  {k['kernel'][:100]}")
+        except Exception as e:  # report and go on
+            profiles[mode] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
+            log(f"  profile {mode} FAILED {type(e).__name__}: {str(e)[:200]}")
+        checkpoint()
 
     # 4. The rest: ablations, the other modes, and the slower-to-try options.
     if cfg.ablations and "soft" in cfg.modes and cuda and not cfg.quick:

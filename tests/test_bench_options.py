@@ -156,3 +156,15 @@ def test_bench_respects_its_budget(tmp_path, capsys):
     assert result["rows"] and all(r["note"] == "skipped: time budget" for r in result["rows"])
     assert all(r["s_per_step"] is None for r in result["rows"])
     assert "s/step" in capsys.readouterr().out
+
+
+def test_profile_sorts_kernels_by_kind():
+    from core.bench import kernel_kind
+
+    assert kernel_kind("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_TNT") == "matmul"
+    assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3") == "attention"
+    assert kernel_kind("triton_tem_fused_flex_attention_0") == "attention"
+    assert kernel_kind("triton_tem_fused_addmm_gelu_2") == "matmul"
+    # an inductor kernel named after the attention op it feeds is still elementwise work
+    assert kernel_kind("triton_poi_fused__scaled_dot_product_cudnn_attention_transpose_5") == "elementwise (triton)"
+    assert kernel_kind("Memcpy DtoD (Device -> Device)") == "copy"

@@ -139,3 +139,12 @@ def test_each_speed_option_gives_the_eager_velocity(kw):
             configure(model, Variant(v.mode, "eager"), cuda=True)
     tol = max(2 * rel_err(eager, ref), 1e-2)
     assert rel_err(first, ref) < tol and rel_err(again, ref) < tol
+
+
+def test_kernel_profile_counts_the_step_kernels():
+    from core.bench import kernel_profile
+
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+    p = kernel_profile(lambda: torch.nn.functional.gelu(a @ a, approximate="tanh"))
+    assert p["kernel_sum_ms"] > 0 and p["wall_ms"] >= p["kernel_sum_ms"] * 0.5
+    assert "matmul" in p["by_kind_ms"] and p["top"][0]["calls"] >= 1
