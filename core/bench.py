@@ -401,11 +401,21 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             v = Variant(**{**asdict(v), "backend": default_fused})
 
         def make():
-            configure(tr, v, cuda)
+            use(v)
             fn = ours(v.mode, v.backend if v.mode == "fused" else "auto")
             return cuda_graphed(fn) if v.graph else fn
 
         return add(v.mode, v.label(), make, need_of(v), v=v)
+
+    current: dict[str, Variant | None] = {"v": None}
+
+    def use(v: Variant) -> None:
+        """``configure`` for ``v`` unless it is already set up (so a grid or a profile right
+        after its row reuses the compiled code instead of compiling it again)."""
+        if current["v"] != v:
+            current["v"] = None
+            configure(tr, v, cuda)
+            current["v"] = v
 
     def base(mode: str, **kw) -> Variant:
         return Variant(mode, compile=base_compile, **kw)
@@ -465,7 +475,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             grids.append({"mode": mode, "note": "skipped: time budget"})
             return
         try:
-            configure(tr, v, cuda)
+            use(v)
             s = SampleSettings(steps=cfg.grid_steps, mode=mode, fused_backend=v.backend if mode == "fused" else "auto")
             sched = FlowMatchEulerDiscreteScheduler(shift=mcfg.shift)
             mask = known[..., None].expand(-1, -1, -1, tr.mask_channels)
@@ -495,7 +505,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
     def ablations() -> None:
         """What each optimisation buys (eager, soft mode), and diffusers as is."""
-        configure(tr, Variant("soft", "eager"), cuda)
+        use(Variant("soft", "eager"))
+        current["v"] = None  # the rows below change the model's switches
         for blk in tr.backbone.blocks:  # the last ablation row fuses them again
             blk.attn1.unfuse_projections()
             blk.attn2.unfuse_projections()
@@ -521,6 +532,37 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         tr.fuse_projections()
         add("soft", "eager, + fused Q/K/V matmuls", lambda: ours("soft"), est)
 
+    def profile(mode: str) -> None:
+        """Where the fastest step of ``mode`` spends its GPU time (for the next round of work)."""
+        cands = [(r, variants[(r.mode, r.variant)]) for r in rows
+                 if r.mode == mode and r.s_per_step and (r.mode, r.variant) in variants
+                 and not r.note.startswith("MISMATCH")]
+        if not cands or left() < 60:
+            return
+        best, v = min(cands, key=lambda c: c[0].s_per_step)
+        try:
+            use(v)
+            fn = ours(mode, v.backend if mode == "fused" else "auto")
+            fn = cuda_graphed(fn) if v.graph else fn
+            with torch.no_grad():
+                fn()
+                fn()
+                profiles[mode] = {"variant": best.variant, **kernel_profile(fn)}
+            p = profiles[mode]
+            log(f"  profile {mode} ({best.variant}): wall {p['wall_ms']:.1f} ms, kernels {p['kernel_sum_ms']:.1f} ms; "
+                + ", ".join(f"{k} {ms:.1f}" for k, ms in p["by_kind_ms"].items()))
+            for k in p["top"]:
+                log(f"    {k['ms']:8.2f} ms {k['calls']:5d}x  {k['kernel'][:100]}")
+        except Exception as e:  # report and go on
+            profiles[mode] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
+            log(f"  profile {mode} FAILED {type(e).__name__}: {str(e)[:200]}")
+        checkpoint()
+
+    def run_combined(mode: str) -> None:
+        v = combined(mode)
+        if v != base(mode) and v != base(mode, backend=default_fused):
+            run_variant(v)
+
     # The projections are fused for every row but the ablations (which show what fusing buys);
     # on the cpu the ablations come first, as before (they are the rows that matter there).
     if cfg.ablations and "soft" in cfg.modes and not cuda and not cfg.quick:
@@ -538,7 +580,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     if opts and "hard" in cfg.modes:
         run_variant(base("hard"))
 
-    # 2. Candidate options, one change each, then every winner together.
+    # 2. Candidate options, one change each against its mode's baseline.
     if opts:
         cand = []
         if "soft" in cfg.modes:
@@ -551,41 +593,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             cand += [Variant("soft", "step"), Variant("soft", "blocks", graph=True)]
         for v in cand:
             run_variant(v)
-        for mode in first + (["hard"] if "hard" in cfg.modes else []):
-            v = combined(mode)
-            if v != base(mode) and v != base(mode, backend=default_fused):
-                run_variant(v)
 
-    # 3. Whole grids with the fastest measured variant of each headline mode.
-    if cfg.grid:
-        for mode in first:
+    # 3. Per headline mode: every winner together, a whole grid with the fastest variant, and
+    #    where that variant's step spends its GPU time (the grid and the profile reuse its compile).
+    for mode in first:
+        if opts:
+            run_combined(mode)
+        if cfg.grid:
             run_grid(mode)
-
-    # 3b. Where the fastest step of each headline mode spends its GPU time (for the next round).
-    for mode in first if cfg.profile and cuda else []:
-        cands = [(r, variants[(r.mode, r.variant)]) for r in rows
-                 if r.mode == mode and r.s_per_step and (r.mode, r.variant) in variants
-                 and not r.note.startswith("MISMATCH")]
-        if not cands or left() < 60:
-            continue
-        best, v = min(cands, key=lambda c: c[0].s_per_step)
-        try:
-            configure(tr, v, cuda)
-            fn = ours(mode, v.backend if mode == "fused" else "auto")
-            fn = cuda_graphed(fn) if v.graph else fn
-            with torch.no_grad():
-                fn()
-                fn()
-                profiles[mode] = {"variant": best.variant, **kernel_profile(fn)}
-            p = profiles[mode]
-            log(f"  profile {mode} ({best.variant}): wall {p['wall_ms']:.1f} ms, kernels {p['kernel_sum_ms']:.1f} ms; "
-                + ", ".join(f"{k} {ms:.1f}" for k, ms in p["by_kind_ms"].items()))
-            for k in p["top"]:
-                log(f"    {k['ms']:8.2f} ms {k['calls']:5d}x  {k['kernel'][:100]}")
-        except Exception as e:  # report and go on
-            profiles[mode] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
-            log(f"  profile {mode} FAILED {type(e).__name__}: {str(e)[:200]}")
-        checkpoint()
+        if cfg.profile and cuda:
+            profile(mode)
+    if opts and "hard" in cfg.modes:
+        run_combined("hard")
 
     # 4. The rest: ablations, the other modes, and the slower-to-try options.
     if cfg.ablations and "soft" in cfg.modes and cuda and not cfg.quick:
