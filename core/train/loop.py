@@ -76,7 +76,13 @@ def load_model(cfg: TrainConfig):
     from ..model.pipeline import FourDModel
 
     if cfg.resume is None:
-        return FourDModel.from_preset(cfg.preset, seed=cfg.seed), None, {}
+        import dataclasses
+
+        from ..model.config import preset
+
+        mcfg = preset(cfg.preset)
+        flags = {k: getattr(cfg, k) for k in ("reference_inputs", "residual") if getattr(cfg, k) is not None}
+        return FourDModel.from_config(dataclasses.replace(mcfg, **flags), seed=cfg.seed), None, {}
     src = model_dir_of(cfg.resume)
     if src is None:
         raise InputError(f"--resume {cfg.resume} is neither a training folder nor a model folder")
