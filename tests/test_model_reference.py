@@ -186,3 +186,17 @@ def test_default_preset_carries_the_inductive_biases_and_fits_the_cpu_budget():
     shipped = dict(bb, num_layers=6, ffn_dim=768)
     assert macs(bb) <= 2 / 3 * macs(shipped)
     assert np.isclose(macs(bb) / macs(shipped), 0.6, atol=0.02)
+
+
+def test_reference_and_residual_run_with_the_wan_vae_codec():
+    cfg = dataclasses.replace(preset("tiny-vae"), reference_inputs=True, residual=True)
+    model = FourDModel.from_config(cfg, words=TEST_WORDS, seed=0)
+    V, T = 2, 5
+    frames = torch.rand(V, T, 3, 16, 16) * 2 - 1
+    known = torch.from_numpy(known_mask(V, T, "row0+col0"))
+    out = sample_grid(model, frames, known, "", SampleSettings(steps=1, seed=0))
+    assert out.shape == frames.shape and torch.isfinite(out).all()
+    # a zero head makes the reference latents: each view's row is its (v, 0) latent, decoded
+    cond = model.codec.encode((frames * known[:, :, None, None, None])[None])
+    ref = model.transformer.flow_reference(cond, model.codec.mask(known[None]))
+    assert torch.equal(ref[0, :, 1], cond[0, :, 0])
