@@ -88,11 +88,14 @@ class Engine:
         if self._facts is None:
             self._check_folder()
             from .model.config import FourDConfig
-            from .model.pipeline import _foreign_config
 
             try:
-                cfg = (FourDConfig.load(self.path / "fourd.json") if (self.path / "fourd.json").is_file()
-                       else _foreign_config(self.path))
+                if (self.path / "fourd.json").is_file():
+                    cfg = FourDConfig.load(self.path / "fourd.json")
+                else:  # a plain Wan folder (pipeline imports diffusers: seconds, so only here)
+                    from .model.pipeline import _foreign_config
+
+                    cfg = _foreign_config(self.path)
                 bb = json.loads((self.path / "transformer" / "config.json").read_text())
                 space, time_f = 1, 1
                 if cfg.codec == "wan-vae":

@@ -4,7 +4,8 @@ and the autoregressive extension of a grid along time.
 Rectified flow: ``x_σ = (1−σ)·x0 + σ·ε``, the model predicts ``v = ε − x0``; an Euler step is
 ``x ← x + (σ_next − σ)·v`` and the running estimate of the clean grid is ``x0 = x_σ − σ·v``.
 Known cells are held at their clean latents throughout (and the caller pastes the exact input
-frames back after decoding). Text guidance: ``v = v_uncond + g·(v_cond − v_uncond)``.
+frames back after decoding). A residual model (``FourDTransformer.residual``) starts from
+``ref + ε`` instead of ``ε``; everything else is the same loop. Text guidance: ``v = v_uncond + g·(v_cond − v_uncond)``.
 """
 
 from __future__ import annotations
@@ -110,16 +111,19 @@ def denoise(transformer, scheduler, cond: torch.Tensor, mask: torch.Tensor, text
     total = total_steps or s.steps
     known_cells = mask.all(dim=-1)[..., None, None, None]  # [1, V, T', 1, 1, 1]
 
-    # 4. Noise and timesteps
-    x = initial_noise(tuple(cond.shape), s.seed).to(dev)
-    x = torch.where(known_cells, cond, x)
-    scheduler.set_timesteps(s.steps, device="cpu")
-    sigmas = scheduler.sigmas  # [steps + 1], float32 on the CPU, last = 0
-
-    # 5. Everything that does not change across steps
+    # 4. Everything that does not change across steps
     V, Tl, _, h, w = cond.shape[1:]
     plan = transformer.prepare(text_states, (V, Tl, h, w), cond=cond.expand(G, -1, -1, -1, -1, -1).to(dtype),
                                known=mask.expand(G, -1, -1, -1), mode=s.mode, fused_backend=s.fused_backend)
+
+    # 5. Noise (a residual model's flow starts at ref + ε) and timesteps
+    x = initial_noise(tuple(cond.shape), s.seed).to(dev)
+    ref = getattr(plan, "ref", None)  # [G, V, T', C, h, w] or None (plain flow)
+    if ref is not None:
+        x = x + ref[:1].float()
+    x = torch.where(known_cells, cond, x)
+    scheduler.set_timesteps(s.steps, device="cpu")
+    sigmas = scheduler.sigmas  # [steps + 1], float32 on the CPU, last = 0
 
     # 6. Denoising loop
     for i, t in enumerate(scheduler.timesteps):

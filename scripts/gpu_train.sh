@@ -6,8 +6,9 @@
 #   scripts/gpu_train.sh start [MINUTES] [extra 'launch.py train' arguments]
 #       Starts training at once in the background (setsid nohup) and returns. Resumes exactly
 #       from $TRAIN_DIR/run if a previous start left one on this machine, else from the weights
-#       in assets/model if we trained them (it has training.json; stage 3 only), else from
-#       scratch (all stages). After training it runs
+#       in assets/model if we trained them (it has training.json) and they have the shape of
+#       the preset (same sizes, reference inputs, residual flow; stage 3 only), else from
+#       scratch with preset $PRESET (all stages). After training it runs
 #       'launch.py eval' on $EVAL_SEEDS evaluation scenes. MINUTES (default 16) is the training
 #       loop's budget; loading, compiling and the final eval come on top (about 2-4 minutes).
 #   scripts/gpu_train.sh status        running or not, the last log lines, the curve so far
@@ -18,7 +19,7 @@
 #       learning_curve.json/.png, sample.png, log.jsonl, eval.json (if done), report.txt.
 #
 # Environment: TRAIN_DIR (default /tmp/train), BATCH (32), COMPILE (1), STAGE (auto), FRESH (0; 1
-# starts from scratch whatever exists), EVAL_SEEDS
+# starts from scratch whatever exists), PRESET (default; the model of a fresh start), EVAL_SEEDS
 # (8), PYTHON (python), DEVICE (cuda; cpu for a local dry run), EVAL_ARGS (extra eval arguments).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,13 +44,16 @@ start)
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
   elif [ -f "$RUN/state.pt" ]; then
     resume=(--resume "$RUN"); stage=${STAGE:-3}
-  elif [ -f assets/model/transformer/config.json ] && [ -f assets/model/training.json ]; then
+  elif [ -f assets/model/transformer/config.json ] && [ -f assets/model/training.json ] &&
+       "$PY" -c "import sys; from core.train.checkpoint import same_architecture as s; sys.exit(0 if s('assets/model', '${PRESET:-default}') else 1)"; then
     resume=(--resume assets/model); stage=${STAGE:-3}
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
   else
+    [ -f assets/model/training.json ] && echo "assets/model is not the shape of preset ${PRESET:-default}: training from scratch"
     resume=(); stage=${STAGE:-all}
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
   fi
+  [ ${#resume[@]} -eq 0 ] && resume=(--preset "${PRESET:-default}")
   compile=(); [ "${COMPILE:-1}" = 1 ] && compile=(--compile)
   train_cmd=("$PY" launch.py train --out "$RUN" "${resume[@]}" --stage "$stage" --minutes "$minutes"
              --device "${DEVICE:-cuda}" "${compile[@]}" --batch "${BATCH:-32}" --eval-every 2 --eval-scenes 8

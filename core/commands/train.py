@@ -34,6 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer's layers")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 on CUDA (default: bf16 autocast)")
     p.add_argument("--preset", default=d.preset, help="model preset for a fresh start (default 'default')")
+    p.add_argument("--reference-inputs", default=None, choices=["on", "off"],
+                   help="fresh start: show each cell the frames of (v,0) and (0,t) (default: the preset's)")
+    p.add_argument("--residual", default=None, choices=["on", "off"],
+                   help="fresh start: run the flow on x - ref, ref = column 0 of its view (default: the preset's)")
     p.add_argument("--mode", default=d.mode,
                    help="stream mode to train: soft (default), hard, sequential, fused, or a comma list whose "
                         "modes alternate by step (the first is the model's default)")
@@ -69,6 +73,9 @@ def config_from_args(args):
 
     if args.resume is None and args.preset not in PRESETS:
         raise InputError(f"unknown --preset {args.preset!r}; allowed: {', '.join(PRESETS)}")
+    if args.resume is not None and (args.reference_inputs or args.residual):
+        raise InputError("--reference-inputs and --residual shape a fresh model; a resumed one keeps its own")
+    flag = {None: None, "on": True, "off": False}
     stage = args.stage.strip()
     schedule = STAGE_SHORTCUTS.get(stage, stage) or DEFAULT_SCHEDULE
     parse_size(args.eval_size)
@@ -99,6 +106,7 @@ def config_from_args(args):
         raise InputError(f"--ema must be in [0, 1), got {args.ema}")
     return TrainConfig(
         out=args.out, resume=args.resume, preset=args.preset, minutes=args.minutes, schedule=schedule,
+        reference_inputs=flag[args.reference_inputs], residual=flag[args.residual],
         max_steps=args.max_steps,
         batch=args.batch, max_batch=args.max_batch, views=args.views, times=args.times, mode=args.mode,
         lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup, ema_decay=args.ema,

@@ -9,6 +9,8 @@ Design note — what this package owns and what it does not:
 * ``blocks.py``       one Wan block applied to a layout (the block's math, written out once).
 * ``sync.py``         soft and hard synchronization layers (σ-conditioned; start as the paper's
                       training-free formulas).
+* ``reference.py``    reference frames of each cell: the (v, 0) and (0, t) reference inputs and
+                      the reference of the residual flow.
 * ``transformer.py``  ``FourDTransformer``: modes, conditioning, context flag; ``forward`` for
                       training, ``prepare`` + ``step`` for sampling.
 * ``codec.py``        pixels and the Wan VAE (time-only compression).

@@ -55,6 +55,12 @@ class FourDConfig:
     vae: dict = field(default_factory=dict)  # AutoencoderKLWan kwargs (wan-vae codec)
     sync_rank: int = 16
     sync_embed_dim: int = 64
+    # Inductive biases of the new layers (build-time; saved in fourd_layers/config.json):
+    # ``reference_inputs`` shows every cell the clean frames of (v, 0) and (0, t) with their
+    # known masks; ``residual`` runs the flow on x - ref (``reference.py``), so an untrained
+    # model returns the reference (copy column 0 of its view) and learns only what differs.
+    reference_inputs: bool = False
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -118,12 +124,14 @@ def preset(name: str) -> FourDConfig:
     if name == "default":
         # 144 tokens a frame (9 x 16 patches of 8 x 8 pixels), 9,216 a grid; 4 blocks of 4 heads
         # x 48, FFN 512. Sized for the 2-core CPU (25 steps in < 60 s = 2.4 s a step): ~130
-        # GFLOP a soft step; 6 blocks (~215 GFLOP) or width 256 measured 2.8-3.1 s a step there.
+        # GFLOP a soft step, 0.6x the 6-block FFN-768 model shipped first (2.47 s a step there).
+        # Reference inputs + residual flow: it starts at the copy-column-0 baseline.
         return FourDConfig(
             name="default", codec="pixels", max_text_len=32, views=8, times=8, height=72, width=128,
             chunk_times=8, max_views=8, steps=25, shift=2.0,
             backbone=_wan((1, 8, 8), 4, 48, 3, 64, 512, 4, rope_len=256),
             text=_tiny_text(64, 16, 128, 2, 4), sync_rank=32, sync_embed_dim=64,
+            reference_inputs=True, residual=True,
         )
     if name == "wan2.1-1.3b":
         # 288 x 512 frames through the Wan VAE (x8) and 1x2x2 patches: 18 x 32 = 576 tokens.

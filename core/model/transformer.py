@@ -21,6 +21,15 @@ row, freeze-time column) adds a zero-initialised embedding to the time embedding
 Objective (rectified flow): ``x_σ = (1−σ)·x0 + σ·ε``; the model predicts the velocity ``ε − x0``
 (what ``FlowMatchEulerDiscreteScheduler`` integrates); the backbone's timestep is ``1000·σ``.
 Train with the loss on unknown cells only.
+
+Two optional inductive biases (flags of ``FourDLayers``, saved with it; ``reference.py``):
+``reference_inputs`` adds, through one more zero-initialised patch embedding, the clean frames of
+(v, 0) and (0, t) to every cell (v, t), with their masks. ``residual`` runs the flow on
+``r = x − ref`` (ref: the known (v, 0), else the first known cell, else 0): the noise starts at
+``ref + ε``, the backbone sees ``x_σ − ref`` and its head predicts the clean residual ``r0``
+(x-prediction), turned into the velocity ``(x_σ − ref − r0)/σ``. The caller's contract is
+unchanged (x-space in, x-space velocity out) except that sampling starts from ``ref + ε``
+(``flow_reference``); a zero head returns ``ref`` exactly (a fresh residual model zeroes it).
 """
 
 from __future__ import annotations
@@ -52,12 +61,16 @@ class FourDLayers(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, dim: int, num_layers: int, in_channels: int, mask_channels: int = 1,
                  patch_size: tuple = (1, 2, 2), sync_rank: int = 16, sync_embed_dim: int = 64,
-                 num_contexts: int = NUM_CONTEXTS):
+                 num_contexts: int = NUM_CONTEXTS, reference_inputs: bool = False, residual: bool = False):
         super().__init__()
         patch = tuple(patch_size)
         self.cond_embedding = nn.Conv3d(in_channels + mask_channels, dim, kernel_size=patch, stride=patch)
         nn.init.zeros_(self.cond_embedding.weight)
         nn.init.zeros_(self.cond_embedding.bias)
+        if reference_inputs:  # frames of (v, 0) and (0, t) with their masks (reference.py)
+            self.ref_embedding = nn.Conv3d(2 * (in_channels + mask_channels), dim, kernel_size=patch, stride=patch)
+            nn.init.zeros_(self.ref_embedding.weight)
+            nn.init.zeros_(self.ref_embedding.bias)
         self.context_embedding = nn.Embedding(num_contexts, dim)
         nn.init.zeros_(self.context_embedding.weight)
         self.sync_embed = nn.Sequential(nn.SiLU(), nn.Linear(dim, sync_embed_dim), nn.SiLU())
@@ -90,6 +103,7 @@ class Plan:
     cond: torch.Tensor | None  # [B, V, T, C, h, w] clean latents of known cells
     known_cells: torch.Tensor | None  # [B, V, T] bool: all mask channels known
     context: torch.Tensor  # [B] long
+    ref: torch.Tensor | None = None  # [B, V, T, C, h, w] residual flow reference; None = plain flow
     time_cache: dict = field(default_factory=dict)
 
     @property
@@ -131,7 +145,11 @@ class FourDTransformer(nn.Module):
     @classmethod
     def from_config(cls, cfg: FourDConfig, mask_channels: int = 1) -> "FourDTransformer":
         backbone = WanTransformer3DModel(**cfg.backbone)
-        return cls(backbone, cls.new_layers_for(backbone, cfg, mask_channels), cfg.chunk_times)
+        layers = cls.new_layers_for(backbone, cfg, mask_channels)
+        if layers.config.residual:  # a zero head predicts r0 = 0: the model starts at the reference
+            nn.init.zeros_(backbone.proj_out.weight)
+            nn.init.zeros_(backbone.proj_out.bias)
+        return cls(backbone, layers, cfg.chunk_times)
 
     @staticmethod
     def new_layers_for(backbone, cfg: FourDConfig, mask_channels: int = 1) -> FourDLayers:
@@ -139,7 +157,8 @@ class FourDTransformer(nn.Module):
         return FourDLayers(
             dim=bc.num_attention_heads * bc.attention_head_dim, num_layers=bc.num_layers,
             in_channels=bc.in_channels, mask_channels=mask_channels, patch_size=tuple(bc.patch_size),
-            sync_rank=cfg.sync_rank, sync_embed_dim=cfg.sync_embed_dim)
+            sync_rank=cfg.sync_rank, sync_embed_dim=cfg.sync_embed_dim,
+            reference_inputs=cfg.reference_inputs, residual=cfg.residual)
 
     @property
     def dim(self) -> int:
@@ -156,6 +175,26 @@ class FourDTransformer(nn.Module):
     @property
     def mask_channels(self) -> int:
         return self.layers.config.mask_channels
+
+    @property
+    def reference_inputs(self) -> bool:
+        return bool(getattr(self.layers.config, "reference_inputs", False))
+
+    @property
+    def residual(self) -> bool:
+        return bool(getattr(self.layers.config, "residual", False))
+
+    def flow_reference(self, cond: torch.Tensor, known: torch.Tensor) -> torch.Tensor | None:
+        """Where the flow's noise is centred: ``ref [B, V, T, C, h, w]`` for a residual model
+        (``x_1 = ref + ε``), None for a plain one. ``known``: ``[B, V, T]`` or ``[B, V, T, m]``."""
+        if not self.residual:
+            return None
+        from .reference import flow_reference
+
+        known_cells = known.to(torch.bool)
+        if known_cells.ndim == 4:
+            known_cells = known_cells.all(dim=-1)
+        return flow_reference(cond, known_cells)
 
     def backbone_parameters(self):
         """Pretrained backbone parameters (frozen when real weights are fine-tuned)."""
@@ -335,9 +374,14 @@ class FourDTransformer(nn.Module):
         # Cells with no known frame contribute nothing, whatever the caller left in them.
         clean = cond * mask_ch.any(dim=-1)[..., None, None, None].to(cond.dtype)
         cond_tokens = self._patchify(self.layers.cond_embedding, torch.cat([clean, m], dim=3))
+        if self.reference_inputs:
+            from .reference import reference_inputs
+
+            cond_tokens = cond_tokens + self._patchify(self.layers.ref_embedding, reference_inputs(cond, mask_ch))
+        ref = self.flow_reference(cond, known_cells)
         any_known = bool(known_cells.any())
         return Plan(mode, sync, B, V, T, hp, wp, layout, ropes, mask, text, kv, cond_tokens,
-                    cond if any_known else None, known_cells if any_known else None, context.to(dev))
+                    cond if any_known else None, known_cells if any_known else None, context.to(dev), ref)
 
     @staticmethod
     def _fused_backend(choice: str, device, M: int) -> str:
@@ -354,27 +398,48 @@ class FourDTransformer(nn.Module):
     def forward(self, noisy: torch.Tensor, sigma: torch.Tensor, text_states: torch.Tensor,
                 cond: torch.Tensor | None = None, known: torch.Tensor | None = None, *,
                 mode: str = "soft", context: torch.Tensor | None = None, sync: bool = True,
-                fused_backend: str = "auto", return_streams: bool = False):
+                fused_backend: str = "auto", return_streams: bool = False, output: str = "velocity"):
         """Velocity ``[B, V, T, C, h, w]`` for ``noisy [B, V, T, C, h, w]`` at ``sigma [B]``.
 
         With ``return_streams`` (parallel modes) returns ``(view, time)``: each stream through the
-        output head on its own instead of their average.
+        output head on its own instead of their average. ``output="x0"``: the clean estimate
+        instead (exact for a residual model, ``ref + r0``, at any σ; training uses it).
         """
         B, V, T, C, h, w = noisy.shape
         plan = self.prepare(text_states, (V, T, h, w), cond=cond, known=known, context=context,
                             mode=mode, sync=sync, fused_backend=fused_backend, cache=False)
-        return self.step(plan, noisy, sigma, return_streams=return_streams)
+        return self.step(plan, noisy, sigma, return_streams=return_streams, output=output)
 
-    def step(self, plan: Plan, noisy: torch.Tensor, sigma: torch.Tensor, return_streams: bool = False):
-        """One evaluation of the model on ``noisy [B, V, T, C, h, w]`` at ``sigma [B]``."""
+    def step(self, plan: Plan, noisy: torch.Tensor, sigma: torch.Tensor, return_streams: bool = False,
+             output: str = "velocity"):
+        """One evaluation of the model on ``noisy [B, V, T, C, h, w]`` at ``sigma [B]``: the
+        velocity, or with ``output="x0"`` the clean estimate (see ``forward``)."""
+        if output not in ("velocity", "x0"):
+            raise ValueError(f"output must be 'velocity' or 'x0', got {output!r}")
         B, V, T, C, h, w = noisy.shape
         if (B, V, T) != (plan.B, plan.V, plan.T):
             raise ValueError(f"noisy grid {(B, V, T)} does not match the plan {(plan.B, plan.V, plan.T)}")
         if sigma.ndim == 0:
             sigma = sigma.expand(B)
-        temb, tproj, syncs = self._time(plan, sigma)
         if plan.known_cells is not None and plan.cond is not None:
             noisy = torch.where(plan.known_cells[..., None, None, None], plan.cond.to(noisy.dtype), noisy)
+        net_in = noisy if plan.ref is None else noisy - plan.ref.to(noisy.dtype)  # residual: r_σ
+        out = self._network(plan, net_in, sigma, return_streams)
+        s = sigma.to(noisy.device, torch.float32).reshape(B, 1, 1, 1, 1, 1)
+
+        def convert(y):
+            if plan.ref is None:  # the head predicts the velocity
+                return y if output == "velocity" else (noisy.float() - s * y.float()).type_as(y)
+            # residual: the head predicts r0; x0 = ref + r0, v = (x_σ − x0)/σ (in fp32)
+            x0 = plan.ref.float() + y.float()
+            return x0 if output == "x0" else (noisy.float() - x0) / s
+
+        return tuple(convert(y) for y in out) if return_streams else convert(out)
+
+    def _network(self, plan: Plan, noisy: torch.Tensor, sigma: torch.Tensor, return_streams: bool):
+        """Backbone + new layers on ``noisy [B, V, T, C, h, w]``: the output head's values."""
+        B, V, T, C, h, w = noisy.shape
+        temb, tproj, syncs = self._time(plan, sigma)
         tokens = self._patchify(self.backbone.patch_embedding, noisy)  # [B, V, T, P, D]
         tokens = tokens + plan.cond_tokens.to(tokens.dtype)
         M, D = V * T * plan.P, tokens.shape[-1]

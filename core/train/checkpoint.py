@@ -73,3 +73,29 @@ def load_state(out: Path, device) -> dict | None:
     if not p.is_file():
         return None
     return torch.load(p, map_location=device, weights_only=True)
+
+
+ARCH_KEYS = ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "ffn_dim", "num_layers",
+             "text_dim")
+
+
+def same_architecture(model_dir: str | os.PathLike, preset_name: str) -> bool:
+    """Whether a model folder has the shape a fresh model of ``preset_name`` would have (backbone
+    sizes and the new layers' flags); a resume across architectures cannot load the weights."""
+    import dataclasses
+
+    from ..model.config import preset
+
+    folder = Path(model_dir)
+    try:
+        bb = json.loads((folder / "transformer" / "config.json").read_text())
+        layers = json.loads((folder / "fourd_layers" / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    cfg = preset(preset_name)
+    want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.backbone.items() if k in ARCH_KEYS}
+    have = {k: bb.get(k) for k in want}
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    flags_same = all(bool(layers.get(k, False)) == bool(getattr(cfg, k))
+                     for k in ("reference_inputs", "residual") if k in fields)
+    return have == want and flags_same

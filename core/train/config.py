@@ -61,6 +61,8 @@ class TrainConfig:
     out: str
     resume: str | None = None  # a training folder (exact resume) or a model folder (weights)
     preset: str = "default"  # model preset when not resuming
+    reference_inputs: bool | None = None  # fresh start: override the preset's flag (None: keep it)
+    residual: bool | None = None  # fresh start: override the preset's residual flow flag
     minutes: float = 18.0  # wall-clock budget of the session's loop (steps, curve points, saves)
     max_steps: int | None = None  # stop earlier after this many steps in this session
     schedule: str = DEFAULT_SCHEDULE

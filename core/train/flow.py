@@ -44,3 +44,18 @@ def masked_velocity_loss(pred: torch.Tensor, target: torch.Tensor, known: torch.
     unk = (~known).to(pred.dtype)  # [B, V, T]
     se = ((pred.float() - target.float()) ** 2).mean(dim=(3, 4, 5))  # [B, V, T]
     return (se * unk).sum() / unk.sum().clamp_min(1)
+
+
+MIN_LOSS_SIGMA = 0.05  # x-prediction: the velocity error is the x0 error / σ, with σ floored here
+
+
+def masked_x0_velocity_loss(x0_pred: torch.Tensor, x0: torch.Tensor, known: torch.Tensor, sigma: torch.Tensor,
+                            min_sigma: float = MIN_LOSS_SIGMA) -> torch.Tensor:
+    """The velocity loss of a model that predicts x0 (the residual flow): ``v − v̂ = (x̂0 − x0)/σ``,
+    so this is ``masked_velocity_loss`` with σ floored at ``min_sigma`` (at σ → 0 the weight
+    would explode; JiT, Li & He 2025, clip it the same way).
+
+    x0_pred, x0: [B, V, T, C, H, W]; known: bool [B, V, T]; sigma: [B].
+    """
+    s = sigma.float().clamp_min(min_sigma).reshape(-1, *([1] * (x0.dim() - 1)))
+    return masked_velocity_loss(x0_pred.float() / s, x0.float() / s, known)

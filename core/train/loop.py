@@ -27,7 +27,7 @@ from .config import STAGE_NAMES, Phase, TrainConfig
 from .curve import draw_curve, save_curve, save_png
 from .data import Batch, stage_batches
 from .ema import EMA
-from .flow import add_noise, masked_velocity_loss, sample_sigmas
+from .flow import add_noise, masked_velocity_loss, masked_x0_velocity_loss, sample_sigmas
 from .masks import parse_families, sample_grid_masks, sample_video_masks
 
 ProgressFn = Callable[[dict], None]
@@ -76,7 +76,13 @@ def load_model(cfg: TrainConfig):
     from ..model.pipeline import FourDModel
 
     if cfg.resume is None:
-        return FourDModel.from_preset(cfg.preset, seed=cfg.seed), None, {}
+        import dataclasses
+
+        from ..model.config import preset
+
+        mcfg = preset(cfg.preset)
+        flags = {k: getattr(cfg, k) for k in ("reference_inputs", "residual") if getattr(cfg, k) is not None}
+        return FourDModel.from_config(dataclasses.replace(mcfg, **flags), seed=cfg.seed), None, {}
     src = model_dir_of(cfg.resume)
     if src is None:
         raise InputError(f"--resume {cfg.resume} is neither a training folder nor a model folder")
@@ -147,13 +153,18 @@ def train_step(model, net: nn.Module, opt: torch.optim.Optimizer, batches: list[
         x0 = b.x0.to(device, torch.float32)
         noise = torch.randn(x0.shape, generator=None, device=device)
         sigma = sample_sigmas(B, cfg.sigma_shift, cfg.sigma_mean, cfg.sigma_std, generator=gen).to(device)
-        xt = add_noise(x0, noise, sigma)
+        ref = model.transformer.flow_reference(x0, known)  # residual flow: x_1 = ref + ε
+        xt = add_noise(x0, noise if ref is None else noise + ref, sigma)
         drop = (torch.rand(B, generator=gen) < cfg.text_drop).tolist()
         caps = ["" if d else c for c, d in zip(b.captions, drop)]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             text = encode_text_train(model.text, caps, device)
-            v = model.transformer(xt, sigma, text, cond=x0, known=known, mode=mode, context=b.context)
-        loss = masked_velocity_loss(v, noise - x0, known)
+            out = model.transformer(xt, sigma, text, cond=x0, known=known, mode=mode, context=b.context,
+                                    output="velocity" if ref is None else "x0")
+        if ref is None:
+            loss = masked_velocity_loss(out, noise - x0, known)
+        else:  # the same velocity loss, from the exact x0 estimate, 1/σ floored (x-prediction)
+            loss = masked_x0_velocity_loss(out, x0, known, sigma)
         w = int((~known).sum()) / max(1, n_unknown)
         (loss * w).backward()
         total += loss.item() * w
