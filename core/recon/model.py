@@ -8,7 +8,8 @@ through the estimated cameras):
 - ``view_offsets [N,V,3]``: the per-view compensation offset (starts at 0, regularised);
 - ``Deformation``: an MLP of (position, t) -> offset whose last layer starts at zero;
 - ``EnvBackground``: the colour of the sky/far background as a function of ray direction;
-- ``cam_deltas [V,6]``: small pose corrections of the estimated cameras (view 0 stays fixed).
+- ``cam_deltas [V,6]``: small pose corrections of the estimated cameras (view 0 stays fixed);
+- ``log_focal``: one correction of the shared focal length (a pose cannot undo a wrong focal).
 A cell (v, t) is rendered with the Gaussians at ``means + Deformation(means, t) + view_offsets[:, v]``.
 
 The only device-specific line is the rasterise call: ``gsplat.rasterization`` on CUDA, our torch
@@ -124,6 +125,7 @@ class DeformableGaussians(nn.Module):
         forward = scene.viewmats[:, 2, :3].mean(0)
         self.background = EnvBackground(up, forward, bg_rgb, bg_res)
         self.cam_deltas = nn.Parameter(torch.zeros(V, 6))
+        self.log_focal = nn.Parameter(torch.zeros(()))
 
     @property
     def num_gaussians(self) -> int:
@@ -136,6 +138,12 @@ class DeformableGaussians(nn.Module):
         """Refined world -> camera matrices of ``views`` [B] -> [B, 4, 4]; view 0 never moves."""
         delta = self.cam_deltas[views] * (views != 0).to(self.cam_deltas.dtype)[:, None]
         return se3_exp(delta) @ self.viewmats0[views]
+
+    def intrinsics(self, views: Tensor) -> Tensor:
+        """Refined K of ``views`` [B] -> [B, 3, 3]: the focal lengths scaled by ``exp(log_focal)``."""
+        K = self.Ks[views]
+        f = torch.exp(self.log_focal)
+        return torch.cat([torch.cat([K[:, :2, :2] * f, K[:, :2, 2:]], dim=2), K[:, 2:]], dim=1)
 
     def means_at(self, t: int, view: int | None = None) -> Tensor:
         """Gaussian centres at time index ``t`` (and with view ``view``'s compensation): [N, 3]."""
@@ -159,7 +167,7 @@ class DeformableGaussians(nn.Module):
         means = torch.stack([by_t[t] + p["view_offsets"][:, v] for v, t in cells])  # [B, N, 3]
         views = torch.tensor([v for v, _ in cells], device=dev)
         viewmats = self.camera(views)  # [B, 4, 4]
-        Ks = self.Ks[views]
+        Ks = self.intrinsics(views)
         scales = torch.exp(p["scales"]).expand(N, 3)
         rgb, alpha, meta = rasterize(
             means,
@@ -174,8 +182,8 @@ class DeformableGaussians(nn.Module):
             **raster_kwargs,
         )
         rgb, alpha = rgb[:, 0], alpha[:, 0]  # [B, H, W, 3], [B, H, W, 1]
-        with torch.no_grad():
-            dirs = ray_directions(viewmats.detach(), Ks, H, W)  # [B, H, W, 3]
+        # the background sees the refined cameras too: the horizon and the sky pin down rotations
+        dirs = ray_directions(viewmats, Ks, H, W)  # [B, H, W, 3]
         bg = self.background(dirs)
         return rgb + (1.0 - alpha) * bg, alpha, meta
 
