@@ -116,7 +116,31 @@ def fit_grid(run: Path, holdout: int, iters: int | None, seed: int = 0, device: 
     for key in ("camera_errors", "camera_errors_initial"):
         if key in out:
             row[key] = out[key]
+    row["fov_refined"] = out["sfm"].get("fov_x_deg_refined")
+    row["regions"] = error_by_region(Path(run), out)
     return row
+
+
+def error_by_region(run: Path, out: dict) -> dict | None:
+    """Diagnosis of a synthetic run folder after its fit: PSNR and share of the error on the sky,
+    the near and far floor and the objects, from the ground truth's depth and cameras."""
+    import numpy as np
+
+    from ..grid import Grid
+    from .metrics import ground_truth_regions, region_report
+
+    if not ((run / "depth.npz").is_file() and (run / "cameras.json").is_file()):
+        return None
+    cams = json.loads((run / "cameras.json").read_text())["views"]
+    regions = ground_truth_regions(np.load(run / "depth.npz")["depth"], np.array([c["viewmat"] for c in cams]),
+                                   np.array([c["K"] for c in cams]))
+    frames = Grid.load_npz(run / "grid.npz").frames
+    renders = np.load(run / "splats" / "renders.npz")["frames"]
+    held = np.zeros(frames.shape[:2], bool)
+    for v, t in out["holdout"]:
+        held[v, t] = True
+    return {"fit": region_report(frames, renders, regions, ~held),
+            "held": region_report(frames, renders, regions, held) if held.any() else None}
 
 
 def _table(rows: list[dict]) -> str:
@@ -198,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     ok_rows = [r for r in rows if "error" not in r]
     if ok_rows:
         print(_table(ok_rows))
+        for r in ok_rows:
+            for part in ("fit", "held"):
+                reg = (r.get("regions") or {}).get(part)
+                if reg:
+                    print(f"  {Path(r['grid']).name} {part:<4} PSNR by region (share of error): " + ", ".join(
+                        f"{k} {v['psnr']:.1f} dB ({100 * v['error_share']:.0f}%)" for k, v in reg.items()))
     for r in rows:
         if "error" in r:
             print(f"{r['grid']}: {r['error']}")
