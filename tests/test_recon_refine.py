@@ -59,3 +59,26 @@ def test_photometric_refinement_pulls_a_perturbed_pose_and_focal_back():
     assert rot1 < 0.4 * rot0, (rot0, rot1)
     assert tr1 < 0.75 * tr0, (tr0, tr1)  # a sideways shift is partly traded for a rotation at this depth
     assert f1 < 0.5 * f0, (f0, f1)
+
+
+def test_moving_seeds_sit_where_the_moving_ball_is_at_their_time():
+    import numpy as np
+
+    from core.recon.cameras import CameraEstimate
+    from core.recon.fit import seed_moving
+    from core.recon.toyscene import motion, render_toy, toy_gaussians
+
+    V, T = 5, 3
+    toy = render_toy(views=V, times=T, height=120, width=208, arc_deg=30.0)
+    est = CameraEstimate(viewmats=toy.viewmats, Ks=toy.Ks, points=np.zeros((0, 3)), colors=np.zeros((0, 3)),
+                         source="exact", fov_x_deg=55.0, scene_scale=1.5)
+    means, rgb, scales, times = seed_moving(est, toy.frames, np.ones((V, T), bool), 3000, np.random.default_rng(0))
+    assert len(means) > 100 and set(np.unique(times)) <= {0.5, 1.0}
+    gs = toy_gaussians()
+    ball0 = gs["means"][gs["moving"]].mean(0)  # centre of the moving ball at time 0 (radius 0.25)
+    last = times == 1.0
+    assert last.sum() > 50
+    dist = np.linalg.norm(means[last] - (ball0 + motion(T - 1, T)), axis=1)
+    # most sit on the ball (radius 0.25) where it is at the last time; the rest on the ground it uncovered
+    assert np.mean(dist < 0.4) > 0.5, np.percentile(dist, [25, 50, 75])
+    assert np.isfinite(scales).all() and (rgb >= 0).all() and (rgb <= 1).all()

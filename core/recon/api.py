@@ -276,12 +276,14 @@ def _export_arrays(model) -> dict:
         "rgb": torch.sigmoid(p["colors"]).detach().float().cpu().numpy(),
     }
     means = {"canonical": p["means"].detach().float().cpu().numpy()}
+    opacity = {}  # per time: the temporal window folded into the opacity
     for t in range(T):
         means[t] = model.means_at(t).detach().float().cpu().numpy()
-    for name, arr in list(base.items()) + list(means.items()):
+        opacity[t] = torch.logit(model.opacities_at(t).clamp(1e-6, 1 - 1e-6)).detach().float().cpu().numpy()
+    for name, arr in list(base.items()) + list(means.items()) + list(opacity.items()):
         if not np.isfinite(arr).all():
             raise RuntimeError(f"the fit produced non-finite Gaussians ({name}); nothing was written")
-    return {"base": base, "means": means}
+    return {"base": base, "means": means, "opacity_logits": opacity}
 
 
 def _write_splats(folder: Path, model, exported, renders, frames, held, cell_psnr, cfg) -> dict:
@@ -295,7 +297,7 @@ def _write_splats(folder: Path, model, exported, renders, frames, held, cell_psn
     names = []
     for t in range(T):
         name = f"frame_{t:03d}.ply"
-        write_splat_ply(folder / name, exported["means"][t], **base)
+        write_splat_ply(folder / name, exported["means"][t], **{**base, "opacity_logits": exported["opacity_logits"][t]})
         names.append(f"splats/{name}")
     # the deformation weights and everything else needed to re-render the fit
     tensors = {f"deform.{k}": v.detach().float().cpu().contiguous() for k, v in model.deform.state_dict().items()}
@@ -304,11 +306,14 @@ def _write_splats(folder: Path, model, exported, renders, frames, held, cell_psn
     tensors["background.basis"] = model.background.basis.detach().float().cpu().contiguous()
     tensors["cam_deltas"] = model.cam_deltas.detach().float().cpu().contiguous()
     tensors["log_focal"] = model.log_focal.detach().float().cpu().reshape(1).contiguous()
+    tensors["t_centres"] = model.params["t_centres"].detach().float().cpu().contiguous()
+    tensors["t_log_widths"] = model.params["t_log_widths"].detach().float().cpu().contiguous()
     meta = {"extent": str(model.scene.extent), "times": str(T), "views": str(V),
             "deform": json.dumps({"width": cfg.deform_width, "depth": cfg.deform_depth,
                                   "pos_freqs": cfg.pos_freqs, "time_freqs": cfg.time_freqs}),
             "note": "offset(x, t) = head(body([fourier(x / (2 extent), pos_freqs), fourier(t, time_freqs)])) * extent,"
-                    " t = index / (times - 1); canonical Gaussians in canonical.ply"}
+                    " t = index / (times - 1); canonical Gaussians in canonical.ply; opacity at t = sigmoid(logit) *"
+                    " exp(-((t - t_centres) / exp(t_log_widths))^2 / 2) (folded into frame_XXX.ply)"}
     save_file(tensors, str(folder / "model.safetensors"), metadata=meta)
     np.savez_compressed(folder / "renders.npz", frames=renders, psnr=cell_psnr.astype(np.float32), holdout=held)
     write_png(folder / "renders.png", _sheet(renders, held))

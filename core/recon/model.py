@@ -6,6 +6,10 @@ through the estimated cameras):
   (logits), ``colors [N,3]`` (logits of rgb), plus fixed identity ``quats [N,4]`` that gsplat's
   densification expects;
 - ``view_offsets [N,V,3]``: the per-view compensation offset (starts at 0, regularised);
+- ``t_centres [N]``, ``t_log_widths [N]``: when a Gaussian exists. Its opacity at time t is scaled
+  by ``exp(-(t - centre)^2 / 2 width^2)`` (t in 0..1): seeds of the first cells start wide (about
+  static), seeds of a moving object at time t start narrow around t, so large motions that a
+  smooth deformation cannot reach from time 0 are still covered where the other views saw them;
 - ``Deformation``: an MLP of (position, t) -> offset whose last layer starts at zero;
 - ``EnvBackground``: the colour of the sky/far background as a function of ray direction;
 - ``cam_deltas [V,6]``: small pose corrections of the estimated cameras (view 0 stays fixed);
@@ -103,7 +107,8 @@ class DeformableGaussians(nn.Module):
 
     def __init__(self, scene: Scene, means: Tensor, rgb: Tensor, scales: Tensor, init_opacity: float,
                  up: Tensor, bg_rgb: Tensor, deform_width: int = 64, deform_depth: int = 3,
-                 pos_freqs: int = 6, time_freqs: int = 4, bg_res: tuple[int, int] = (32, 64)):
+                 pos_freqs: int = 6, time_freqs: int = 4, bg_res: tuple[int, int] = (32, 64),
+                 t_centres: Tensor | None = None, t_widths: Tensor | None = None):
         super().__init__()
         V = scene.viewmats.shape[0]
         N = means.shape[0]
@@ -117,6 +122,9 @@ class DeformableGaussians(nn.Module):
             "opacities": nn.Parameter(torch.logit(torch.full((N,), float(init_opacity)))),
             "colors": nn.Parameter(torch.logit(rgb.float().clamp(0.02, 0.98))),
             "view_offsets": nn.Parameter(torch.zeros(N, V, 3)),
+            "t_centres": nn.Parameter(torch.full((N,), 0.5) if t_centres is None else t_centres.float().clone()),
+            "t_log_widths": nn.Parameter(torch.log(torch.full((N,), 1e3) if t_widths is None
+                                                   else t_widths.float().clamp_min(1e-3))),
         })
         # the estimated cameras move with the model (.to(device)); ``scene`` keeps the sizes
         self.register_buffer("viewmats0", scene.viewmats.float().clone())  # [V, 4, 4]
@@ -154,6 +162,12 @@ class DeformableGaussians(nn.Module):
             m = m + self.params["view_offsets"][:, view]
         return m
 
+    def opacities_at(self, t: int) -> Tensor:
+        """Opacities [N] in 0..1 at time index ``t`` (the temporal window applied)."""
+        p = self.params
+        dt = (self.time_value(t) - p["t_centres"]) * torch.exp(-p["t_log_widths"])
+        return torch.sigmoid(p["opacities"]) * torch.exp(-0.5 * dt * dt)
+
     def render(self, cells: list[tuple[int, int]], rasterize, raster_kwargs: dict) -> tuple[Tensor, Tensor, dict]:
         """Render cells [(v, t)] -> rgb [B, H, W, 3] (background composited), alpha [B, H, W, 1], meta."""
         p = self.params
@@ -173,7 +187,7 @@ class DeformableGaussians(nn.Module):
             means,
             p["quats"].expand(B, N, 4),
             scales.expand(B, N, 3),
-            torch.sigmoid(p["opacities"]).expand(B, N),
+            torch.stack([self.opacities_at(t) for _, t in cells]),  # [B, N]
             torch.sigmoid(p["colors"]).expand(B, N, 3),
             viewmats[:, None],  # [B, 1, 4, 4]: one camera per cell
             Ks[:, None],
