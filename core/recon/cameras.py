@@ -841,7 +841,11 @@ def triangulate_with_cameras(images: np.ndarray, viewmats: np.ndarray, Ks: np.nd
                 continue
             a, b = feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]]
             Pi, Pj = Ks[i] @ viewmats[i, :3], Ks[j] @ viewmats[j, :3]
-            Xh = np.stack([triangulate([Pi, Pj], [pa, pb]) for pa, pb in zip(a, b)])  # pixel DLT
+            A = np.stack([a[:, :1] * Pi[2] - Pi[0], a[:, 1:] * Pi[2] - Pi[1],
+                          b[:, :1] * Pj[2] - Pj[0], b[:, 1:] * Pj[2] - Pj[1]], 1)  # [m, 4, 4] pixel DLT
+            Xw = np.linalg.svd(A)[2][:, -1]  # [m, 4]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                Xh = Xw[:, :3] / Xw[:, 3:]
             ok = np.isfinite(Xh).all(1)
             for P, uv, vm in ((Pi, a, viewmats[i]), (Pj, b, viewmats[j])):
                 Xc = Xh @ vm[:3, :3].T + vm[:3, 3]
