@@ -45,7 +45,7 @@ class FitConfig:
     lr_background: float = 1e-2
     camera_start: float = 0.05  # fraction of the fit before the cameras are refined
     view_offset_start: float = 0.0  # fraction of the fit before the per-view offsets may move
-    moving_points: float = 0.3  # extra seeds of what moves (x init_points); 0 = none, all Gaussians static in time
+    moving_points: float = 0.6  # extra seeds of what moves (x init_points); 0 = none, all Gaussians static in time
     static_width: float = 1.0  # temporal width of the first cells' seeds (times in 0..1, centred at 0.5)
     moving_width: float = 0.5  # temporal width of a moving seed, in time steps
     lr_t_centres: float = 2e-3
