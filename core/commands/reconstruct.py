@@ -19,7 +19,7 @@ HELP = "fit deformable 3D Gaussians to a run folder's grid; write splats/*.ply a
 def add_arguments(p) -> None:
     p.add_argument("dir", type=Path, help="a run folder (with grid.npz)")
     p.add_argument("--iters", type=int, default=None,
-                   help="optimisation steps (default: the device preset; cpu 1200, cuda 6000 within 45 s)")
+                   help="optimisation steps (default: the device preset; cpu 1200, cuda 6000 within 42 s)")
     p.add_argument("--holdout", type=int, default=0,
                    help="cells held out of the fit to measure novel-view/novel-time PSNR (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -9,8 +9,11 @@ Design note (what lives where, and what does not):
   round of matching guided by the first cameras), with an orbit prior as fallback. Ground-truth
   cameras are never read here; ``metrics.camera_errors`` compares against them afterwards.
 - ``model``: canonical isotropic Gaussians, the temporal deformation MLP (zero at init), the
-  per-view compensation offsets, an environment-map background and per-view pose corrections.
-- ``fit``: seeding and the optimisation loop (L1 + SSIM, gsplat's ``DefaultStrategy``).
+  per-view compensation offsets, a temporal window per Gaussian (when it exists), an
+  environment-map background, per-view pose corrections and a shared focal correction.
+- ``fit``: seeding (the first cells from the camera estimate's points; what moves from each
+  column's moving pixels, triangulated with the estimated cameras) and the optimisation loop
+  (L1 + SSIM, gsplat's ``DefaultStrategy``, photometric camera refinement).
 - ``splat_torch``: a pure-torch copy of gsplat's classic rasterizer for CPUs; on CUDA the same
   call goes to ``gsplat.rasterization``. gsplat is imported only inside functions: on a machine
   without CUDA its kernels would start a compile.

@@ -183,7 +183,9 @@ def reconstruct_run(
         raise Cancelled("reconstruction cancelled")
 
     # 3. Seed and fit
+    t0 = time.perf_counter()
     model = build_model(est, frames, train, cfg, dev, seed)
+    seed_s = time.perf_counter() - t0
     result = fit(model, frames, train, cfg, seed=seed, on_progress=on_progress, should_cancel=should_cancel)
     fit_s = time.perf_counter() - t_start
 
@@ -202,7 +204,7 @@ def reconstruct_run(
 
     with torch.no_grad():
         refined = model.camera(torch.arange(V, device=dev)).cpu().double().numpy()
-    Ks = model.Ks.cpu().double().numpy()
+        Ks = model.intrinsics(torch.arange(V, device=dev)).cpu().double().numpy()
     out = {
         "version": 1,
         "status": "done",
@@ -215,7 +217,7 @@ def reconstruct_run(
         "psnr_fit_min": _min(cell_psnr[train]),
         "psnr_holdout_mean": _mean(cell_psnr[held]),
         "psnr_holdout_min": _min(cell_psnr[held]),
-        "timings": {"cameras_s": round(cameras_s, 3), "fit_s": round(fit_s, 3), "loop_s": round(result.seconds, 3),
+        "timings": {"cameras_s": round(cameras_s, 3), "seed_s": round(seed_s, 3), "fit_s": round(fit_s, 3), "loop_s": round(result.seconds, 3),
                     "first_step_s": round(result.first_step_s, 3),
                     "render_s": round(render_s, 3), "write_s": round(write_s, 3),
                     "total_s": round(time.perf_counter() - t_start, 3)},
@@ -223,7 +225,8 @@ def reconstruct_run(
                 "train_psnr_running": round(result.train_psnr, 3), "skipped_steps": result.skipped_steps,
                 "history": result.history},
         "settings": asdict(cfg),
-        "sfm": {"source": est.source, "fov_x_deg": round(est.fov_x_deg, 3), "reproj_px": _num(est.reproj_px),
+        "sfm": {"source": est.source, "fov_x_deg": round(est.fov_x_deg, 3),
+                "fov_x_deg_refined": round(float(np.degrees(2 * np.arctan(W / (2 * Ks[0, 0, 0])))), 3), "reproj_px": _num(est.reproj_px),
                 "registered_views": est.n_registered, "points": int(len(est.points)),
                 "times_used": cam_times, "settings": asdict(sfm or SfMConfig())},
         "cameras": [{"viewmat": refined[v].tolist(), "K": Ks[v].tolist()} for v in range(V)],
@@ -273,12 +276,14 @@ def _export_arrays(model) -> dict:
         "rgb": torch.sigmoid(p["colors"]).detach().float().cpu().numpy(),
     }
     means = {"canonical": p["means"].detach().float().cpu().numpy()}
+    opacity = {}  # per time: the temporal window folded into the opacity
     for t in range(T):
         means[t] = model.means_at(t).detach().float().cpu().numpy()
-    for name, arr in list(base.items()) + list(means.items()):
+        opacity[t] = torch.logit(model.opacities_at(t).clamp(1e-6, 1 - 1e-6)).detach().float().cpu().numpy()
+    for name, arr in list(base.items()) + list(means.items()) + list(opacity.items()):
         if not np.isfinite(arr).all():
             raise RuntimeError(f"the fit produced non-finite Gaussians ({name}); nothing was written")
-    return {"base": base, "means": means}
+    return {"base": base, "means": means, "opacity_logits": opacity}
 
 
 def _write_splats(folder: Path, model, exported, renders, frames, held, cell_psnr, cfg) -> dict:
@@ -292,7 +297,7 @@ def _write_splats(folder: Path, model, exported, renders, frames, held, cell_psn
     names = []
     for t in range(T):
         name = f"frame_{t:03d}.ply"
-        write_splat_ply(folder / name, exported["means"][t], **base)
+        write_splat_ply(folder / name, exported["means"][t], **{**base, "opacity_logits": exported["opacity_logits"][t]})
         names.append(f"splats/{name}")
     # the deformation weights and everything else needed to re-render the fit
     tensors = {f"deform.{k}": v.detach().float().cpu().contiguous() for k, v in model.deform.state_dict().items()}
@@ -300,11 +305,15 @@ def _write_splats(folder: Path, model, exported, renders, frames, held, cell_psn
     tensors["background.texture"] = model.background.texture.detach().float().cpu().contiguous()
     tensors["background.basis"] = model.background.basis.detach().float().cpu().contiguous()
     tensors["cam_deltas"] = model.cam_deltas.detach().float().cpu().contiguous()
+    tensors["log_focal"] = model.log_focal.detach().float().cpu().reshape(1).contiguous()
+    tensors["t_centres"] = model.params["t_centres"].detach().float().cpu().contiguous()
+    tensors["t_log_widths"] = model.params["t_log_widths"].detach().float().cpu().contiguous()
     meta = {"extent": str(model.scene.extent), "times": str(T), "views": str(V),
             "deform": json.dumps({"width": cfg.deform_width, "depth": cfg.deform_depth,
                                   "pos_freqs": cfg.pos_freqs, "time_freqs": cfg.time_freqs}),
             "note": "offset(x, t) = head(body([fourier(x / (2 extent), pos_freqs), fourier(t, time_freqs)])) * extent,"
-                    " t = index / (times - 1); canonical Gaussians in canonical.ply"}
+                    " t = index / (times - 1); canonical Gaussians in canonical.ply; opacity at t = sigmoid(logit) *"
+                    " exp(-((t - t_centres) / exp(t_log_widths))^2 / 2) (folded into frame_XXX.ply)"}
     save_file(tensors, str(folder / "model.safetensors"), metadata=meta)
     np.savez_compressed(folder / "renders.npz", frames=renders, psnr=cell_psnr.astype(np.float32), holdout=held)
     write_png(folder / "renders.png", _sheet(renders, held))

@@ -805,3 +805,56 @@ def _fill_missing(rec: _Recon, V: int) -> None:
         R = cv2.Rodrigues(a * dr)[0] @ rec.R[lo]
         c = (1 - a) * (-rec.R[lo].T @ rec.t[lo]) + a * (-rec.R[hi].T @ rec.t[hi])
         rec.R[v], rec.t[v] = R, -R @ c
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Points of one instant with known cameras (seeds for what moves)
+
+
+def triangulate_with_cameras(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, masks: np.ndarray | None = None,
+                             cfg: SfMConfig | None = None, window: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Points seen at one instant by several views whose cameras are known: (points [M, 3], rgb [M, 3]).
+
+    ``images`` uint8 [n, H, W, 3] (one time, n views), ``viewmats`` [n, 4, 4], ``Ks`` [n, 3, 3],
+    ``masks`` bool [n, H, W] limits the keypoints (e.g. to what moved). Views i and j (j - i <=
+    ``window``) are matched (mutual nearest, ratio test), kept when a match lies within the
+    epipolar threshold of the known geometry, triangulated, and kept when the point is in front
+    of both cameras and reprojects within the threshold.
+    """
+    cfg = cfg or SfMConfig()
+    n, H, W = images.shape[:3]
+    if n < 2:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    feats = detect_features(images, cfg)
+    if masks is not None:
+        for f, m in zip(feats, masks):
+            ij = np.clip(np.floor(f["xy"]).astype(int), 0, [W - 1, H - 1])
+            keep = m[ij[:, 1], ij[:, 0]] if len(ij) else np.zeros(0, bool)
+            for k in ("xy", "desc", "rgb"):
+                f[k] = f[k][keep]
+    thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
+    pts, cols = [], []
+    for i in range(n):
+        for j in range(i + 1, min(n, i + 1 + window)):
+            m = match_pair(feats[i], feats[j], cfg.ratio)
+            if len(m) == 0:
+                continue
+            a, b = feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]]
+            Pi, Pj = Ks[i] @ viewmats[i, :3], Ks[j] @ viewmats[j, :3]
+            A = np.stack([a[:, :1] * Pi[2] - Pi[0], a[:, 1:] * Pi[2] - Pi[1],
+                          b[:, :1] * Pj[2] - Pj[0], b[:, 1:] * Pj[2] - Pj[1]], 1)  # [m, 4, 4] pixel DLT
+            Xw = np.linalg.svd(A)[2][:, -1]  # [m, 4]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                Xh = Xw[:, :3] / Xw[:, 3:]
+            ok = np.isfinite(Xh).all(1)
+            for P, uv, vm in ((Pi, a, viewmats[i]), (Pj, b, viewmats[j])):
+                Xc = Xh @ vm[:3, :3].T + vm[:3, 3]
+                proj = np.c_[Xh, np.ones(len(Xh))] @ P.T
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    err = np.linalg.norm(proj[:, :2] / proj[:, 2:3] - uv, axis=1)
+                ok &= (Xc[:, 2] > 1e-3) & (err < 2 * thr)
+            pts.append(Xh[ok])
+            cols.append(0.5 * (feats[i]["rgb"][m[ok, 0]] + feats[j]["rgb"][m[ok, 1]]))
+    if not pts:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    return np.concatenate(pts), np.concatenate(cols)

@@ -6,9 +6,14 @@ through the estimated cameras):
   (logits), ``colors [N,3]`` (logits of rgb), plus fixed identity ``quats [N,4]`` that gsplat's
   densification expects;
 - ``view_offsets [N,V,3]``: the per-view compensation offset (starts at 0, regularised);
+- ``t_centres [N]``, ``t_log_widths [N]``: when a Gaussian exists. Its opacity at time t is scaled
+  by ``exp(-(t - centre)^2 / 2 width^2)`` (t in 0..1): seeds of the first cells start wide (about
+  static), seeds of a moving object at time t start narrow around t, so large motions that a
+  smooth deformation cannot reach from time 0 are still covered where the other views saw them;
 - ``Deformation``: an MLP of (position, t) -> offset whose last layer starts at zero;
 - ``EnvBackground``: the colour of the sky/far background as a function of ray direction;
-- ``cam_deltas [V,6]``: small pose corrections of the estimated cameras (view 0 stays fixed).
+- ``cam_deltas [V,6]``: small pose corrections of the estimated cameras (view 0 stays fixed);
+- ``log_focal``: one correction of the shared focal length (a pose cannot undo a wrong focal).
 A cell (v, t) is rendered with the Gaussians at ``means + Deformation(means, t) + view_offsets[:, v]``.
 
 The only device-specific line is the rasterise call: ``gsplat.rasterization`` on CUDA, our torch
@@ -102,7 +107,8 @@ class DeformableGaussians(nn.Module):
 
     def __init__(self, scene: Scene, means: Tensor, rgb: Tensor, scales: Tensor, init_opacity: float,
                  up: Tensor, bg_rgb: Tensor, deform_width: int = 64, deform_depth: int = 3,
-                 pos_freqs: int = 6, time_freqs: int = 4, bg_res: tuple[int, int] = (32, 64)):
+                 pos_freqs: int = 6, time_freqs: int = 4, bg_res: tuple[int, int] = (32, 64),
+                 t_centres: Tensor | None = None, t_widths: Tensor | None = None):
         super().__init__()
         V = scene.viewmats.shape[0]
         N = means.shape[0]
@@ -116,6 +122,9 @@ class DeformableGaussians(nn.Module):
             "opacities": nn.Parameter(torch.logit(torch.full((N,), float(init_opacity)))),
             "colors": nn.Parameter(torch.logit(rgb.float().clamp(0.02, 0.98))),
             "view_offsets": nn.Parameter(torch.zeros(N, V, 3)),
+            "t_centres": nn.Parameter(torch.full((N,), 0.5) if t_centres is None else t_centres.float().clone()),
+            "t_log_widths": nn.Parameter(torch.log(torch.full((N,), 1e3) if t_widths is None
+                                                   else t_widths.float().clamp_min(1e-3))),
         })
         # the estimated cameras move with the model (.to(device)); ``scene`` keeps the sizes
         self.register_buffer("viewmats0", scene.viewmats.float().clone())  # [V, 4, 4]
@@ -124,6 +133,7 @@ class DeformableGaussians(nn.Module):
         forward = scene.viewmats[:, 2, :3].mean(0)
         self.background = EnvBackground(up, forward, bg_rgb, bg_res)
         self.cam_deltas = nn.Parameter(torch.zeros(V, 6))
+        self.log_focal = nn.Parameter(torch.zeros(()))
 
     @property
     def num_gaussians(self) -> int:
@@ -137,6 +147,12 @@ class DeformableGaussians(nn.Module):
         delta = self.cam_deltas[views] * (views != 0).to(self.cam_deltas.dtype)[:, None]
         return se3_exp(delta) @ self.viewmats0[views]
 
+    def intrinsics(self, views: Tensor) -> Tensor:
+        """Refined K of ``views`` [B] -> [B, 3, 3]: the focal lengths scaled by ``exp(log_focal)``."""
+        K = self.Ks[views]
+        f = torch.exp(self.log_focal)
+        return torch.cat([torch.cat([K[:, :2, :2] * f, K[:, :2, 2:]], dim=2), K[:, 2:]], dim=1)
+
     def means_at(self, t: int, view: int | None = None) -> Tensor:
         """Gaussian centres at time index ``t`` (and with view ``view``'s compensation): [N, 3]."""
         m = self.params["means"]
@@ -145,6 +161,12 @@ class DeformableGaussians(nn.Module):
         if view is not None:
             m = m + self.params["view_offsets"][:, view]
         return m
+
+    def opacities_at(self, t: int) -> Tensor:
+        """Opacities [N] in 0..1 at time index ``t`` (the temporal window applied)."""
+        p = self.params
+        dt = (self.time_value(t) - p["t_centres"]) * torch.exp(-p["t_log_widths"])
+        return torch.sigmoid(p["opacities"]) * torch.exp(-0.5 * dt * dt)
 
     def render(self, cells: list[tuple[int, int]], rasterize, raster_kwargs: dict) -> tuple[Tensor, Tensor, dict]:
         """Render cells [(v, t)] -> rgb [B, H, W, 3] (background composited), alpha [B, H, W, 1], meta."""
@@ -159,13 +181,13 @@ class DeformableGaussians(nn.Module):
         means = torch.stack([by_t[t] + p["view_offsets"][:, v] for v, t in cells])  # [B, N, 3]
         views = torch.tensor([v for v, _ in cells], device=dev)
         viewmats = self.camera(views)  # [B, 4, 4]
-        Ks = self.Ks[views]
+        Ks = self.intrinsics(views)
         scales = torch.exp(p["scales"]).expand(N, 3)
         rgb, alpha, meta = rasterize(
             means,
             p["quats"].expand(B, N, 4),
             scales.expand(B, N, 3),
-            torch.sigmoid(p["opacities"]).expand(B, N),
+            torch.stack([self.opacities_at(t) for _, t in cells]),  # [B, N]
             torch.sigmoid(p["colors"]).expand(B, N, 3),
             viewmats[:, None],  # [B, 1, 4, 4]: one camera per cell
             Ks[:, None],
@@ -174,8 +196,8 @@ class DeformableGaussians(nn.Module):
             **raster_kwargs,
         )
         rgb, alpha = rgb[:, 0], alpha[:, 0]  # [B, H, W, 3], [B, H, W, 1]
-        with torch.no_grad():
-            dirs = ray_directions(viewmats.detach(), Ks, H, W)  # [B, H, W, 3]
+        # the background sees the refined cameras too: the horizon and the sky pin down rotations
+        dirs = ray_directions(viewmats, Ks, H, W)  # [B, H, W, 3]
         bg = self.background(dirs)
         return rgb + (1.0 - alpha) * bg, alpha, meta
 
