@@ -114,9 +114,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         # Eager float32 (the CPU path): one complex multiply instead of six elementwise passes.
         xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
         return torch.view_as_real(xc * torch.complex(cos, sin)[:, None, :]).flatten(-2)
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [N, S, H, d/2] each
-    c, s = cos[:, None, :], sin[:, None, :]
-    out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    # (x1, x2) -> (x1·c − x2·s, x2·c + x1·s), written without stack/cat: the pair swap is a
+    # flip, the sign a ±1 factor on s. Under compile this stays one pointwise expression, so
+    # inductor fuses norm + RoPE + cast into the kernel that writes q/k in the layout the
+    # attention kernel takes (a stack made it realize an fp32 buffer and copy it again).
+    # The same products and sums as the stacked form: bitwise equal.
+    xr = x.float().unflatten(-1, (-1, 2))  # [N, S, H, d/2, 2]
+    sign = torch.arange(2, device=sin.device, dtype=sin.dtype) * 2 - 1  # (−1, +1)
+    c, s = cos[:, None, :, None], sin[:, None, :, None] * sign
+    out = (xr * c + xr.flip(-1) * s).flatten(-2)
     return out.type_as(x)
 
 
