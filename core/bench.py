@@ -18,7 +18,8 @@ failing row prints its error and the bench goes on; warm-ups (compile) are timed
 ``--quick`` (about 5 minutes on an H100): per mode (soft, hard, fused) an eager row (the
 reference of the Δrel column), the old compiled baseline (no speed options; fused: flex) and the
 engine's defaults (``[defaults]``: FFN epilogue, shared Q/K/V, fused split on cuDNN), then whole
-grids of soft and fused with the defaults and the kernel profile of the soft default step.
+grids of soft and fused with the defaults and the kernel profile of the soft default step; last,
+budget permitting, the soft defaults compiled as one whole-step graph.
 """
 
 from __future__ import annotations
@@ -614,6 +615,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 run_grid(mode, only=d.label())
             if cfg.profile and cuda and mode == "soft":
                 profile(mode, only=d.label())
+        if cuda and cfg.compile and "soft" in cfg.modes:  # last, if the budget allows: the whole
+            # step as one graph now that the sync no longer breaks it (inductor may then fuse the
+            # FFN residual of block l into sync l as well)
+            run_variant(Variant(**{**asdict(defaults("soft")), "compile": "step", "defaults": False}))
         return finish()
 
     # 1. Baselines: the headline modes with no speed option, then as the engine runs them.
