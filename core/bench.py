@@ -14,6 +14,12 @@ epilogue, Q/K/V shared between equal streams, compiling the whole step instead o
 CUDA graphs (a manual capture of the step, or ``reduce-overhead``), ``max-autotune`` — then a
 "combined" row per family applies every option that won, and the whole-grid timings use it. A
 failing row prints its error and the bench goes on; warm-ups (compile) are timed apart.
+
+``--quick`` (about 5 minutes on an H100): per mode (soft, hard, fused) an eager row (the
+reference of the Δrel column), the old compiled baseline (no speed options; fused: flex) and the
+engine's defaults (``[defaults]``: FFN epilogue, shared Q/K/V, fused split on cuDNN), then whole
+grids of soft and fused with the defaults and the kernel profile of the soft default step; last,
+budget permitting, the soft defaults compiled as one whole-step graph.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class BenchConfig:
     budget_s: float | None = None  # default 480 on cuda, 400 on cpu
     json_path: str | None = None
     options: str | None = None  # speed-option rows: none | quick | all (default: all on cuda, none on cpu)
-    quick: bool = False  # only the baselines, the candidate options, the combined rows and the grids
+    quick: bool = False  # eager reference, old baseline and defaults per mode, two grids, soft profile
     profile: bool | None = None  # kernel-time table of the fastest soft variant (default: on for cuda)
 
     def resolve(self) -> "BenchConfig":
@@ -88,6 +94,7 @@ class Variant:
     ffn_epilogue: bool = False  # bias + tanh-GELU in the FFN matmul's epilogue
     share: bool = False  # Q/K/V once where both streams hold the same tokens
     backend: str = "auto"  # fused-mode kernel: flex | split (auto: flex on cuda, split on cpu)
+    defaults: bool = False  # the engine's inference defaults (only marks the label)
 
     def label(self) -> str:
         parts = [{"eager": "eager", "blocks": "compiled", "step": "whole-step compiled"}[self.compile]
@@ -102,7 +109,7 @@ class Variant:
             parts.append("shared-qkv")
         if self.graph:
             parts.append("cuda-graph")
-        return ", ".join(parts)
+        return ", ".join(parts) + (" [defaults]" if self.defaults else "")
 
     @property
     def needs_cuda_compile(self) -> bool:
@@ -133,7 +140,7 @@ def cuda_graphed(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     return call
 
 
-def kernel_profile(fn: Callable[[], object], top: int = 20) -> dict:
+def kernel_profile(fn: Callable[[], object], top: int = 30) -> dict:
     """CUDA kernel time of one call of ``fn`` (already warm): the ``top`` kernels by total time,
     their sum, and the wall time of the same call (the difference is launch gaps and idle GPU)."""
     from torch.profiler import ProfilerActivity, profile
@@ -155,6 +162,7 @@ def kernel_profile(fn: Callable[[], object], top: int = 20) -> dict:
     for e in evs:
         kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + dev_us(e) / 1000
     return {"wall_ms": round(1000 * wall, 2), "kernel_sum_ms": round(total / 1000, 2),
+            "launches": int(sum(e.count for e in evs)),
             "by_kind_ms": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "top": [{"kernel": e.key[:120], "ms": round(dev_us(e) / 1000, 3), "calls": e.count} for e in evs[:top]]}
 
@@ -240,6 +248,7 @@ def build_transformer(preset_name: str, device: str, dtype: torch.dtype):
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     cfg = cfg.resolve()
     t_start = time.perf_counter()
+    found = _switches()
     dev = cfg.device
     cuda = dev == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -327,6 +336,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
             Path(cfg.json_path).write_text(json.dumps(result(True), indent=2) + "\n")
 
+    def finish() -> dict:
+        configure(tr, Variant("soft", "eager"), cuda)
+        _restore(found)  # leave the process-wide switches as found
+        compare_to_baselines(rows, base_compile, default_fused)
+        final = result(False)
+        if cfg.json_path:
+            Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(cfg.json_path).write_text(json.dumps(final, indent=2) + "\n")
+        log(format_table(final))
+        return final
+
     def add(mode: str, variant: str, make: Callable[[], Callable[[], object]], need_s: float,
             n: int | None = None, v: Variant | None = None):
         """Time one row: ``make()`` sets up (and may fail), the first call of what it returns is
@@ -335,7 +355,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             return next(r for r in rows if r.mode == mode and r.variant == variant)
         if left() < need_s:
             rows.append(Row(mode, variant, note="skipped: time budget"))
-            log(f"  {mode:10s} {variant:44s} skipped (budget)")
+            log(f"  {mode:10s} {variant:56s} skipped (budget)")
             return None
         try:
             with torch.no_grad():
@@ -346,7 +366,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 torch.cuda.empty_cache()
             msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
             rows.append(Row(mode, variant, note=f"failed: {msg}"))
-            log(f"  {mode:10s} {variant:44s} FAILED {msg}")
+            log(f"  {mode:10s} {variant:56s} FAILED {msg}")
             return None
         fl = step_flops(mode if mode in ("soft", "hard", "sequential", "fused") else "soft",
                         V, T, P, D, bc.ffn_dim, L, bc.num_layers, L)
@@ -368,7 +388,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         if v is not None:
             variants[(mode, variant)] = v
         checkpoint()
-        log(f"  {mode:10s} {variant:44s} {per:8.4f} s/step  warm-up {warm:6.1f} s"
+        log(f"  {mode:10s} {variant:56s} {per:8.4f} s/step  warm-up {warm:6.1f} s"
             + (f"  peak {peak:5.1f} GB" if peak is not None else f"  (cpu time / {threads} threads {cpu_est[0]:.3f} s)"))
         return row
 
@@ -437,6 +457,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         won = [o for o in options if helps(mode, o, than)]
         return min(won, key=lambda o: s_of(mode, o)) if won else than
 
+    def defaults(mode: str) -> Variant:
+        """How the engine runs ``mode`` now (inference, half precision on CUDA): FFN epilogue on,
+        Q/K/V shared where the streams are equal, fused mode on the split kernel (cuDNN)."""
+        return Variant(mode, compile=base_compile, ffn_epilogue=cuda, share=mode in ("soft", "hard") and cuda,
+                       backend="split" if mode == "fused" else "auto", defaults=True)
+
+    def eager_ref(mode: str) -> Variant:
+        """The reference of the Δrel column in quick runs: eager, plain (fused: split)."""
+        return Variant(mode, "eager", backend="split" if mode == "fused" else "auto")
+
     def combined(mode: str) -> Variant:
         """Every single option that beat its baseline (by >1 %), together."""
         soft_base = base("soft")
@@ -459,14 +489,15 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             return Variant("fused", backend="split", sdpa=split_sdpa, **kw)
         return Variant("fused", backend=default_fused, sdpa=sdpa, **kw)
 
-    def run_grid(mode: str) -> None:
+    def run_grid(mode: str, only: str | None = None) -> None:
+        """A whole grid with the fastest variant of ``mode`` (or the row labelled ``only``)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         from .sampler import SampleSettings, denoise
 
         cands = [(r, variants[(r.mode, r.variant)]) for r in rows
                  if r.mode == mode and r.s_per_step and (r.mode, r.variant) in variants
-                 and not r.note.startswith("MISMATCH")
+                 and not r.note.startswith("MISMATCH") and (only is None or r.variant == only)
                  and not variants[(r.mode, r.variant)].graph]  # the sampler does not replay graphs
         if not cands:
             return
@@ -532,11 +563,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         tr.fuse_projections()
         add("soft", "eager, + fused Q/K/V matmuls", lambda: ours("soft"), est)
 
-    def profile(mode: str) -> None:
-        """Where the fastest step of ``mode`` spends its GPU time (for the next round of work)."""
+    def profile(mode: str, only: str | None = None) -> None:
+        """Where the fastest step of ``mode`` (or the row labelled ``only``) spends its GPU time."""
         cands = [(r, variants[(r.mode, r.variant)]) for r in rows
                  if r.mode == mode and r.s_per_step and (r.mode, r.variant) in variants
-                 and not r.note.startswith("MISMATCH")]
+                 and not r.note.startswith("MISMATCH") and (only is None or r.variant == only)]
         if not cands or left() < 60:
             return
         best, v = min(cands, key=lambda c: c[0].s_per_step)
@@ -549,10 +580,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 fn()
                 profiles[mode] = {"variant": best.variant, **kernel_profile(fn)}
             p = profiles[mode]
-            log(f"  profile {mode} ({best.variant}): wall {p['wall_ms']:.1f} ms, kernels {p['kernel_sum_ms']:.1f} ms; "
+            log(f"  profile {mode} ({best.variant}): wall {p['wall_ms']:.1f} ms, kernels {p['kernel_sum_ms']:.1f} ms "
+                f"in {p['launches']} launches; "
                 + ", ".join(f"{k} {ms:.1f}" for k, ms in p["by_kind_ms"].items()))
             for k in p["top"]:
-                log(f"    {k['ms']:8.2f} ms {k['calls']:5d}x  {k['kernel'][:100]}")
+                log(f"    {k['ms']:8.2f} ms {k['calls']:5d}x  {k['kernel'][:120]}")
         except Exception as e:  # report and go on
             profiles[mode] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
             log(f"  profile {mode} FAILED {type(e).__name__}: {str(e)[:200]}")
@@ -571,14 +603,35 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     opts = cfg.options != "none"
     full = cfg.options == "all"
 
-    # 1. Baselines: the headline modes as the engine runs them today.
+    if cfg.quick:  # eager reference, old baseline, defaults; grids and the soft profile
+        for mode in [m for m in ("soft", "hard", "fused") if m in cfg.modes]:
+            run_variant(eager_ref(mode))
+            run_variant(base(mode))
+            run_variant(defaults(mode))
+            d = defaults(mode)
+            if not cfg.compile:
+                d = Variant(**{**asdict(d), "compile": "eager"})
+            if cfg.grid and mode in ("soft", "fused"):
+                run_grid(mode, only=d.label())
+            if cfg.profile and cuda and mode == "soft":
+                profile(mode, only=d.label())
+        if cuda and cfg.compile and "soft" in cfg.modes:  # last, if the budget allows: the whole
+            # step as one graph now that the sync no longer breaks it (inductor may then fuse the
+            # FFN residual of block l into sync l as well)
+            run_variant(Variant(**{**asdict(defaults("soft")), "compile": "step", "defaults": False}))
+        return finish()
+
+    # 1. Baselines: the headline modes with no speed option, then as the engine runs them.
     first = [m for m in ("soft", "fused") if m in cfg.modes]
     for mode in first:
         run_variant(base(mode))
         if mode == "fused" and cuda:
             run_variant(base(mode, backend="split"))
+        if opts:
+            run_variant(defaults(mode))
     if opts and "hard" in cfg.modes:
         run_variant(base("hard"))
+        run_variant(defaults("hard"))
 
     # 2. Candidate options, one change each against its mode's baseline.
     if opts:
@@ -628,15 +681,23 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             run_variant(v)
         for mode in first:  # the winners may have changed with the rows above
             run_variant(combined(mode))
-    configure(tr, Variant("soft", "eager"), cuda)  # leave the process-wide switches as found
-    compare_to_baselines(rows, base_compile, default_fused)
+    return finish()
 
-    final = result(False)
-    if cfg.json_path:
-        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(final, indent=2) + "\n")
-    log(format_table(final))
-    return final
+
+def _switches() -> tuple:
+    """The process-wide kernel switches (to leave them as found)."""
+    from .model import attention as A
+    from .model import blocks
+
+    return A.get_sdpa_backend(), blocks._ffn_epilogue
+
+
+def _restore(switches: tuple) -> None:
+    from .model import attention as A
+    from .model.blocks import set_ffn_epilogue
+
+    A.set_sdpa_backend(switches[0])
+    set_ffn_epilogue(switches[1])
 
 
 def compare_to_baselines(rows: list[Row], base_compile: str, default_fused: str) -> None:
@@ -654,14 +715,14 @@ def compare_to_baselines(rows: list[Row], base_compile: str, default_fused: str)
 def format_table(result: dict) -> str:
     """The short table printed at the end."""
     cpu = result["floor_s"] is None
-    lines = [f"{'mode':10s} {'variant':44s} {'s/step':>8s} {'×base':>6s} {'Δrel':>7s} {'÷floor':>7s} {'peak GB':>8s} "
+    lines = [f"{'mode':10s} {'variant':56s} {'s/step':>8s} {'×base':>6s} {'Δrel':>7s} {'÷floor':>7s} {'peak GB':>8s} "
              f"{'warm s':>7s} "
              f"{'TFLOP/s':>8s}" + ("  cpu-time/threads" if cpu else "")]
     for r in result["rows"]:
         def f(v, fmt):
             return format(v, fmt) if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "—"
 
-        lines.append(f"{r['mode']:10s} {r['variant'][:44]:44s} {f(r['s_per_step'], '8.4f'):>8s} "
+        lines.append(f"{r['mode']:10s} {r['variant'][:56]:56s} {f(r['s_per_step'], '8.4f'):>8s} "
                      f"{f(r['extra'].get('vs_base'), '6.3f'):>6s} {f(r['extra'].get('rel_err_vs_base'), '7.1e'):>7s} "
                      f"{f(r['floor_ratio'], '7.2f'):>7s} {f(r['peak_gb'], '8.1f'):>8s} {f(r['warmup_s'], '7.1f'):>7s} "
                      f"{f(r['tflops'], '8.3g'):>8s}"

@@ -168,3 +168,21 @@ def test_profile_sorts_kernels_by_kind():
     # an inductor kernel named after the attention op it feeds is still elementwise work
     assert kernel_kind("triton_poi_fused__scaled_dot_product_cudnn_attention_transpose_5") == "elementwise (triton)"
     assert kernel_kind("Memcpy DtoD (Device -> Device)") == "copy"
+
+
+def test_bench_quick_has_reference_baseline_and_defaults_rows(tmp_path, capsys):
+    out = tmp_path / "quick.json"
+    rc = launch.main(["bench", "--device", "cpu", "--preset", "tiny", "--views", "2", "--times", "3",
+                      "--quick", "--grid-steps", "1", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    rows = {(r["mode"], r["variant"]): r for r in result["rows"]}
+    # (on the cpu without --compile every row is eager; the defaults change nothing there)
+    for mode, ref in [("soft", "eager"), ("hard", "eager"), ("fused", "eager, split")]:
+        d = rows[(mode, ref + " [defaults]")]
+        assert d["s_per_step"] > 0 and d["extra"]["rel_err_vs_base"] == 0.0
+        assert rows[(mode, ref)]["extra"]["vs_base"] == 1.0
+    assert [g["mode"] for g in result["grids"]] == ["soft", "fused"]
+    assert all("[defaults]" in g["kernels"] and g["seconds"] > 0 for g in result["grids"])
+    assert not result["partial"] and "[defaults]" in capsys.readouterr().out
+    assert blocks._ffn_epilogue is True  # the bench leaves the process-wide switches as found

@@ -31,7 +31,8 @@ def add_arguments(p) -> None:
                    help="speed-option rows: attention kernels, FFN epilogue, shared Q/K/V, whole-step compile, "
                         "CUDA graphs, max-autotune (default: all on cuda, none on cpu)")
     p.add_argument("--quick", action="store_true",
-                   help="only the baselines, the candidate options, their combination and the whole grids")
+                   help="about 5 minutes on an H100: per mode an eager reference, the old compiled baseline and "
+                        "the engine's defaults, whole grids (soft, fused), the soft kernel profile")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="print the top CUDA kernels of the fastest soft step (default: on with cuda)")
     p.add_argument("--json", default=None, help="write the results here")

@@ -114,9 +114,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         # Eager float32 (the CPU path): one complex multiply instead of six elementwise passes.
         xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
         return torch.view_as_real(xc * torch.complex(cos, sin)[:, None, :]).flatten(-2)
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [N, S, H, d/2] each
-    c, s = cos[:, None, :], sin[:, None, :]
-    out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    # (x1, x2) -> (x1·c − x2·s, x2·c + x1·s), written without stack/cat: the pair swap is a
+    # flip, the sign a ±1 factor on s. Under compile this stays one pointwise expression, so
+    # inductor fuses norm + RoPE + cast into the kernel that writes q/k in the layout the
+    # attention kernel takes (a stack made it realize an fp32 buffer and copy it again).
+    # The same products and sums as the stacked form: bitwise equal.
+    xr = x.float().unflatten(-1, (-1, 2))  # [N, S, H, d/2, 2]
+    sign = torch.arange(2, device=sin.device, dtype=sin.dtype) * 2 - 1  # (−1, +1)
+    c, s = cos[:, None, :, None], sin[:, None, :, None] * sign
+    out = (xr * c + xr.flip(-1) * s).flatten(-2)
     return out.type_as(x)
 
 
@@ -142,6 +148,9 @@ def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
     if q.device.type == "cpu":
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)
     elif q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        if _cudnn_lse_ok(q):  # H100: the split fused kernel is 20 % faster on cuDNN than on flash
+            o, lse = _sdpa_op(qt, kt, vt, "cudnn", True)
+            return o.transpose(1, 2), lse.reshape(N, H, -1)[..., :S].float()
         qt, kt, vt = qt.contiguous(), kt.contiguous(), vt.contiguous()
         out = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)
         o, lse = out[0], out[1]
@@ -150,6 +159,18 @@ def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
         lse = torch.logsumexp(s, dim=-1)
         o = (torch.softmax(s, dim=-1) @ vt.float()).type_as(q)
     return o.transpose(1, 2), lse[..., :S].float()
+
+
+def _cudnn_lse_ok(q: torch.Tensor) -> bool:
+    """cuDNN attention for ``sdpa_lse`` under the "auto" backend: CUDA half precision, head
+    dim <= 128, an Ampere-or-newer GPU with cuDNN (else the flash kernel, as before)."""
+    return (q.shape[-1] <= 128 and q.shape[-1] % 8 == 0 and torch.backends.cudnn.is_available()
+            and _cuda_capability(q.device.index) >= (8, 0))
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 @functools.lru_cache(maxsize=8)  # one per grid shape: training steps reuse it

@@ -62,8 +62,13 @@ class SyncLayer(nn.Module):
         D, r = self.dim, self.rank
         yv = x[:B].view(B, T, V, P, D).transpose(1, 2)  # grid order view of the view stream
         yt = x[B:].view(B, V, T, P, D)
-        if torch.is_grad_enabled():  # training: out= writes do not record gradients
-            xv, xt = self(yv, yt, mod)
+        # down_v on the view stream in its own (contiguous) order: the small result is transposed
+        hv = self.down_v(x[:B]).view(B, T, V, P, r).transpose(1, 2) if r else None
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            # Training (out= writes record no gradients) and compiled code (dynamo graph-breaks
+            # on a non-contiguous out=, which left the sync outside the compiled layer): the
+            # functional form, one pointwise pass that inductor writes straight into both layouts.
+            xv, xt = self._mix(yv, yt, mod, hv)
             return torch.cat([xv.transpose(1, 2).reshape(B, -1, D), xt.reshape(B, -1, D)])
         out = torch.empty_like(x)
         ov = out[:B].view(B, T, V, P, D).transpose(1, 2)
@@ -80,7 +85,6 @@ class SyncLayer(nn.Module):
             ov.copy_(ot)
         if r:
             scale, shift = mod[:, 2 * D:2 * D + r], mod[:, 2 * D + r:]
-            hv = self.down_v(x[:B]).view(B, T, V, P, r).transpose(1, 2)  # small: r channels
             h = hv + self.down_t(yt)
             h = torch.addcmul(shift.view(B, 1, 1, 1, r).to(h.dtype), h, 1 + scale.view(B, 1, 1, 1, r).to(h.dtype))
             up = self.up(h)
@@ -94,6 +98,10 @@ class SyncLayer(nn.Module):
 
     def forward(self, yv: torch.Tensor, yt: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``yv, yt [B, ..., D]`` aligned (same token order), ``mod [B, 2D + 2r]`` -> ``(xv, xt)``."""
+        return self._mix(yv, yt, mod, self.down_v(yv) if self.rank else None)
+
+    def _mix(self, yv, yt, mod, hv):
+        """``forward`` with the low-rank view-stream projection ``hv = down_v(yv)`` given."""
         D, r = self.dim, self.rank
         shape = (mod.shape[0],) + (1,) * (yv.ndim - 2) + (-1,)
         g_v = (self.weight_v + mod[:, :D]).view(shape).float()
@@ -106,7 +114,7 @@ class SyncLayer(nn.Module):
             xv = xt = g_v * yv32 + g_t * yt32
         if r:
             scale, shift = mod[:, 2 * D:2 * D + r].view(shape), mod[:, 2 * D + r:].view(shape)
-            h = self.down_v(yv) + self.down_t(yt)
+            h = hv + self.down_t(yt)
             h = h * (1 + scale.to(h.dtype)) + shift.to(h.dtype)
             up = self.up(h).float()
             if self.kind == "soft":

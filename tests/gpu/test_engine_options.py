@@ -111,6 +111,11 @@ VARIANTS = [
     dict(mode="soft", compile="step", compile_mode="reduce-overhead"),
     dict(mode="soft", compile="blocks", graph=True),
     dict(mode="fused", compile="blocks", backend="split", sdpa="cudnn", graph=True),
+    # the engine's inference defaults (compiled): what generate and the bench's headline rows run
+    dict(mode="soft", compile="blocks", ffn_epilogue=True, share=True, defaults=True),
+    dict(mode="hard", compile="blocks", ffn_epilogue=True, share=True, defaults=True),
+    dict(mode="fused", compile="blocks", backend="split", ffn_epilogue=True, defaults=True),
+    dict(mode="soft", compile="step", ffn_epilogue=True, share=True),
 ]
 
 
@@ -148,3 +153,60 @@ def test_kernel_profile_counts_the_step_kernels():
     p = kernel_profile(lambda: torch.nn.functional.gelu(a @ a, approximate="tanh"))
     assert p["kernel_sum_ms"] > 0 and p["wall_ms"] >= p["kernel_sum_ms"] * 0.5
     assert "matmul" in p["by_kind_ms"] and p["top"][0]["calls"] >= 1
+
+
+def test_split_log_sum_exps_use_cudnn_by_default_and_match_flash():
+    from core.model import attention as A
+
+    g = torch.Generator("cpu").manual_seed(5)
+    q, k, v = (torch.randn(2, 256, 2, 128, generator=g).cuda().bfloat16() for _ in range(3))
+    assert A.get_sdpa_backend() == "auto" and A._cudnn_lse_ok(q) == torch.backends.cudnn.is_available()
+    o, lse = A.sdpa_lse(q, k, v)
+    with A.sdpa_backend("flash"):
+        o_f, lse_f = A.sdpa_lse(q, k, v)
+    assert rel_err(o, o_f) < 1e-2 and (lse - lse_f).abs().max() < 2e-2 and lse.shape == lse_f.shape
+
+
+def test_engine_defaults_are_on_for_cuda_half_inference():
+    from core.model import blocks
+
+    model = small_model()
+    x, sigma, text, cond, known = inputs()
+    assert blocks._ffn_epilogue and model.share_equal_streams is None
+    calls = []
+    real = blocks._shared_qkv
+
+    def spy(*a):
+        calls.append(1)
+        return real(*a)
+
+    blocks._shared_qkv = spy
+    try:
+        with torch.no_grad():
+            plan = model.prepare(text, (V, T, h, w), cond=cond, known=known, mode="fused")
+            assert plan.layout.fused_backend == "split"
+            auto = model(x, sigma, text, cond, known, mode="hard")
+            model.share_equal_streams = True
+            shared = model(x, sigma, text, cond, known, mode="hard")
+    finally:
+        blocks._shared_qkv = real
+    assert len(calls) == 2 * 2 and torch.equal(auto, shared)  # 2 layers, twice
+    with torch.enable_grad():
+        plan = model.prepare(text, (V, T, h, w), cond=cond, known=known, mode="fused")
+    assert plan.layout.fused_backend == "flex"
+
+
+def test_compiled_soft_step_has_no_graph_break_on_cuda():
+    model = small_model(layers=3)
+    x, sigma, text, cond, known = inputs()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        plan = model.prepare(text, (V, T, h, w), cond=cond, known=known, mode="soft")
+        tokens = torch.randn(1, V * T * plan.P, model.dim, device="cuda", dtype=torch.bfloat16)
+        temb, tproj, syncs = model._time(plan, sigma)
+        x2, tp2 = torch.cat([tokens, tokens]), tproj.repeat(2, 1, 1)
+        blk, sl = model.backbone.blocks[1], model.layers.soft_sync[0]
+        ex = torch._dynamo.explain(model._parallel_layer)(blk, sl, x2, tp2, plan.kv[1][0], plan.kv[1][1], syncs[0],
+                                                          plan.layout, plan.ropes, False)
+    torch._dynamo.reset()
+    assert ex.graph_break_count == 0 and ex.graph_count == 1
