@@ -163,14 +163,24 @@ def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
 
 def _cudnn_lse_ok(q: torch.Tensor) -> bool:
     """cuDNN attention for ``sdpa_lse`` under the "auto" backend: CUDA half precision, head
-    dim <= 128, an Ampere-or-newer GPU with cuDNN (else the flash kernel, as before)."""
-    return (q.shape[-1] <= 128 and q.shape[-1] % 8 == 0 and torch.backends.cudnn.is_available()
-            and _cuda_capability(q.device.index) >= (8, 0))
+    dim <= 128, an Ampere-or-newer GPU with cuDNN (else the flash kernel, as before). The device
+    facts come from ``note_cuda_device`` (called eagerly by ``prepare``): querying them here,
+    inside compiled code, would break the graph."""
+    return q.shape[-1] <= 128 and q.shape[-1] % 8 == 0 and _CUDNN_LSE_DEVICES.get(q.device.index, False)
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
+_CUDNN_LSE_DEVICES: dict = {}  # CUDA device index -> cuDNN attention usable for sdpa_lse
+
+
+def note_cuda_device(device: torch.device | str) -> None:
+    """Record, outside compiled code, whether ``device`` can run cuDNN attention (Ampere or newer)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CUDNN_LSE_DEVICES:
+        _CUDNN_LSE_DEVICES[index] = bool(torch.backends.cudnn.is_available()
+                                         and torch.cuda.get_device_capability(index) >= (8, 0))
 
 
 @functools.lru_cache(maxsize=8)  # one per grid shape: training steps reuse it

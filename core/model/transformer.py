@@ -329,6 +329,7 @@ class FourDTransformer(nn.Module):
         hp, wp = h // ph, w // pw
         B = text_states.shape[0]
         dev = text_states.device
+        A.note_cuda_device(dev)  # device facts read inside compiled attention (no graph break)
         P = hp * wp
         rope = self.backbone.rope
         ar = lambda n: torch.arange(n, device=rope.freqs_cos.device)  # noqa: E731

@@ -160,6 +160,7 @@ def test_split_log_sum_exps_use_cudnn_by_default_and_match_flash():
 
     g = torch.Generator("cpu").manual_seed(5)
     q, k, v = (torch.randn(2, 256, 2, 128, generator=g).cuda().bfloat16() for _ in range(3))
+    A.note_cuda_device(q.device)  # what prepare() does before any compiled call
     assert A.get_sdpa_backend() == "auto" and A._cudnn_lse_ok(q) == torch.backends.cudnn.is_available()
     o, lse = A.sdpa_lse(q, k, v)
     with A.sdpa_backend("flash"):
@@ -210,3 +211,15 @@ def test_compiled_soft_step_has_no_graph_break_on_cuda():
                                                           plan.layout, plan.ropes, False)
     torch._dynamo.reset()
     assert ex.graph_break_count == 0 and ex.graph_count == 1
+
+
+def test_split_attention_compiles_without_a_graph_break():
+    """The cuDNN choice in sdpa_lse reads device facts noted eagerly, so dynamo sees one graph."""
+    import torch._dynamo
+
+    from core.model import attention as A
+
+    q, k, v = (torch.randn(2, 256, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    A.note_cuda_device(q.device)
+    explained = torch._dynamo.explain(lambda a, b, c: A.sdpa_lse(a, b, c)[0] * 2)(q, k, v)
+    assert explained.graph_break_count == 0, explained.break_reasons
