@@ -41,6 +41,8 @@ class SfMConfig:
     fov_candidates: tuple[float, ...] = (50.0, 35.0, 70.0)  # starting points, tried until one fits well
     ba_iters: int = 40
     min_registered_frac: float = 0.75  # below this many views placed, fall back to the orbit prior
+    max_times: int = 8  # a whole grid given: match within at most this many time columns (evenly spaced)
+    threads: int = 0  # feature detection threads (0: one per CPU core, at most 16)
 
 
 @dataclass
@@ -86,6 +88,73 @@ def detect_features(images: np.ndarray, cfg: SfMConfig) -> list[dict]:
     return feats
 
 
+def _detect_many(images: list[np.ndarray], cfg: SfMConfig) -> list[dict]:
+    """``detect_features`` of many images, in threads (OpenCV releases the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = cfg.threads or min(16, os.cpu_count() or 1)
+    if n <= 1 or len(images) <= 1:
+        return [detect_features(img[None], cfg)[0] for img in images]
+    with ThreadPoolExecutor(n) as ex:
+        return list(ex.map(lambda img: detect_features(img[None], cfg)[0], images))
+
+
+def pooled_features(frames: np.ndarray, usable: np.ndarray, cfg: SfMConfig) -> list[dict]:
+    """SIFT features of every usable cell of a grid, pooled per view: one feature set per view
+    whose keypoints also carry 'time' [n] and, per time, 'local' {t: indices of that cell's
+    keypoints in the pool}. Every time column shows the same cameras with the scene frozen, so
+    views are matched within one time; what stands still gives the same keypoint at every time,
+    and those repeats are merged into one (same position within 0.3 px, near-equal descriptor),
+    so a static point is one track, while what moved adds new points at each time.
+
+    ``frames`` uint8 [V, T, H, W, 3], ``usable`` bool [V, T]."""
+    V, T = frames.shape[:2]
+    times = [t for t in range(T) if usable[:, t].sum() >= 2]
+    if len(times) > cfg.max_times:
+        times = [times[i] for i in np.unique(np.round(np.linspace(0, len(times) - 1, cfg.max_times)).astype(int))]
+    cells = [(v, t) for t in times for v in range(V) if usable[v, t]]
+    det = dict(zip(cells, _detect_many([frames[v, t] for v, t in cells], cfg)))
+    out = []
+    for v in range(V):
+        xy, desc, rgb, time_of, local = [], [], [], [], {}
+        n = 0
+        for t in times:
+            if (v, t) not in det:
+                continue
+            f = det[(v, t)]
+            idx = np.arange(n, n + len(f["xy"]))
+            if n and len(f["xy"]):
+                pool_xy = torch.tensor(np.concatenate(xy), dtype=torch.float32)
+                d = torch.cdist(torch.tensor(f["xy"], dtype=torch.float32), pool_xy)  # [k, n]
+                cand = d < 0.3
+                if bool(cand.any()):
+                    pool_desc = torch.from_numpy(np.concatenate(desc))
+                    kk, pp = torch.nonzero(cand, as_tuple=True)
+                    dd = (torch.from_numpy(f["desc"])[kk] - pool_desc[pp]).norm(dim=1)
+                    good = dd < 0.15 * pool_desc[pp].norm(dim=1).clamp_min(1.0)
+                    kk, pp, dd = kk[good], pp[good], dd[good]
+                    order = torch.argsort(dd)
+                    taken: set[int] = set()
+                    for a, b in zip(kk[order].tolist(), pp[order].tolist()):
+                        if idx[a] >= n and b not in taken:  # each pool keypoint once per time
+                            idx[a] = b
+                            taken.add(b)
+            new = idx >= n
+            idx[new] = n + np.arange(int(new.sum()))
+            n += int(new.sum())
+            xy.append(f["xy"][new])
+            desc.append(f["desc"][new])
+            rgb.append(f["rgb"][new])
+            time_of.append(np.full(int(new.sum()), t))
+            local[t] = idx
+        cat = (lambda a, shape: np.concatenate(a) if a else np.zeros(shape))
+        out.append({"xy": cat(xy, (0, 2)), "desc": cat(desc, (0, 128)).astype(np.float32),
+                    "rgb": cat(rgb, (0, 3)), "time": cat(time_of, (0,)).astype(int), "local": local,
+                    "cells": {t: det[(v, t)] for t in times if (v, t) in det}})
+    return out
+
+
 def match_pair(fa: dict, fb: dict, ratio: float) -> np.ndarray:
     """Mutual nearest neighbours passing the ratio test: [m, 2] index pairs (a, b)."""
     if len(fa["desc"]) < 2 or len(fb["desc"]) < 2:
@@ -122,10 +191,23 @@ def verified_matches(feats: list[dict], cfg: SfMConfig, thr_px: float, coherence
     pairs = {}
     for i in range(V):
         for j in range(i + 1, min(V, i + 1 + cfg.pair_window)):
-            m = match_pair(feats[i], feats[j], cfg.ratio)
-            if len(m) < cfg.min_pair_inliers:
-                continue
-            m = m[coherent(feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]], coherence_px)]
+            if "local" in feats[i]:  # pooled over times: match the cells of each time, then pool
+                ms = []
+                for t in sorted(set(feats[i]["local"]) & set(feats[j]["local"])):
+                    ci, cj = feats[i]["cells"][t], feats[j]["cells"][t]
+                    mt = match_pair(ci, cj, cfg.ratio)
+                    mt = mt[coherent(ci["xy"][mt[:, 0]], cj["xy"][mt[:, 1]], coherence_px)]
+                    ms.append(np.stack([feats[i]["local"][t][mt[:, 0]], feats[j]["local"][t][mt[:, 1]]], 1))
+                m = np.unique(np.concatenate(ms), axis=0) if ms else np.zeros((0, 2), int)
+                # a pool keypoint matched to two different partners (at different times) is ambiguous
+                for c in (0, 1):
+                    u, cnt = np.unique(m[:, c], return_counts=True)
+                    m = m[~np.isin(m[:, c], u[cnt > 1])]
+            else:
+                m = match_pair(feats[i], feats[j], cfg.ratio)
+                if len(m) < cfg.min_pair_inliers:
+                    continue
+                m = m[coherent(feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]], coherence_px)]
             if len(m) < cfg.min_pair_inliers:
                 continue
             a, b = feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]]
@@ -619,6 +701,9 @@ def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float)
             lines /= np.linalg.norm(lines[:, :2], axis=1, keepdims=True) + 1e-12
             epi = np.abs((lines[ci] * np.c_[xy_j[cj], np.ones(len(cj))]).sum(1))
             ci, cj = ci[epi < epi_px], cj[epi < epi_px]
+            if "time" in rec.feats[i]:  # pooled over times: partners come from the same time
+                same = rec.feats[i]["time"][ki[ci]] == rec.feats[j]["time"][cj]
+                ci, cj = ci[same], cj[same]
             if len(ci) < 8:
                 continue
             desc_d = np.linalg.norm(rec.feats[i]["desc"][ki[ci]] - rec.feats[j]["desc"][cj], axis=1)
@@ -641,17 +726,25 @@ def check_parallax(feats: list[dict], pairs: dict) -> float:
     return float(np.median(np.concatenate(d))) if d else float("nan")
 
 
-def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None) -> CameraEstimate:
-    """Estimate the cameras of ``images`` (uint8 [V, H, W, 3], one per view, scene frozen).
+def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
+                     usable: np.ndarray | None = None) -> CameraEstimate:
+    """Estimate the cameras of ``images``: uint8 [V, H, W, 3] (one per view, scene frozen), or a
+    whole grid uint8 [V, T, H, W, 3] whose time columns all show the same cameras (each column a
+    frozen instant); then ``usable`` bool [V, T] (default all) says which cells may be used, and
+    views are matched within each time column with the matches pooled (``pooled_features``).
 
     Raises InputError when the views show no camera motion at all; falls back to the orbit
     prior (with a warning in ``.warnings``) when the features cannot place enough views.
     """
     cfg = cfg or SfMConfig()
-    V, H, W = images.shape[:3]
+    V, H, W = images.shape[0], images.shape[-3], images.shape[-2]
     if V < 2:
         raise InputError("a reconstruction needs at least 2 views; this grid has 1")
-    feats = detect_features(images, cfg)
+    if images.ndim == 5:
+        usable = np.ones(images.shape[:2], bool) if usable is None else np.asarray(usable, bool)
+        feats = pooled_features(images, usable, cfg)
+    else:
+        feats = _detect_many(list(images), cfg)
     thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
     pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
     warnings: list[str] = []
