@@ -34,6 +34,7 @@ class SfMConfig:
     ransac_px: float = 1.5  # epipolar / PnP threshold, in pixels of a 512-wide image (scaled)
     coherence: float = 0.012  # a match may differ from its neighbours' motion by this x image size
     three_view_from: int = 4  # grids with this many views keep only points seen by 3+ views
+    final_two_view: bool = True  # ...until the last bundle adjustment, which takes two-view tracks that fit
     guided: bool = True  # a second round of matching guided by the first cameras
     guided_window: float = 0.02  # its search radius around the predicted position, x image size
     min_tri_angle_deg: float = 1.0  # a point needs this much parallax between some two rays
@@ -572,8 +573,11 @@ def _sfm_with_focal(feats, tracks, pairs, focal, H, W, cfg: SfMConfig, optimise_
         err = np.array([rec.reproj_err(c, rec.X[p], rec.tracks[p][c]) for c, p in zip(cams, pts)])
         keep_px = float(np.clip(3 * 1.4826 * np.median(err), 0.5, 3 * thr)) if len(err) else 3 * thr
         rec.X[:] = np.nan
+        # in the last round, with every view placed, two-view tracks come back when they fit: a
+        # wrong match along the epipolar line fits with a wrong depth but does not pull the poses
+        last_min = 2 if (rnd == 1 and cfg.final_two_view) else min_obs
         rec.triangulate_tracks(keep_px, cfg.min_tri_angle_deg, only_new=False,
-                               min_obs=min_obs if len(rec.R) >= 3 else 2)
+                               min_obs=last_min if len(rec.R) >= 3 else 2)
     rms = bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
     return rec, rms
 
