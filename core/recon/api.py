@@ -170,11 +170,9 @@ def reconstruct_run(
 
     # 2. Cameras from the frames (never from ground truth)
     t0 = time.perf_counter()
-    images, cam_times = camera_images(frames, train)
-    if any(cam_times):
-        warnings.append("cameras of views " + ", ".join(str(v) for v, t in enumerate(cam_times) if t) +
-                        " were estimated from a later time (their column-0 cell is held out)")
-    est = estimate_cameras(images, sfm or SfMConfig(), log=log)
+    # every time column is a frozen multi-view snapshot with the same cameras: match within each
+    # (training cells only) and pool the matches
+    est = estimate_cameras(frames, sfm or SfMConfig(), log=log, usable=train)
     warnings += est.warnings
     cameras_s = time.perf_counter() - t0
     if should_cancel is not None and should_cancel():

@@ -694,8 +694,14 @@ def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float)
             good = pc[:, 2] > 1e-6
             ki, pc = ki[good], pc[good]
             pred = pc[:, :2] / pc[:, 2:3] * rec.focal + [rec.W / 2, rec.H / 2]
-            near = torch.cdist(torch.tensor(pred, dtype=torch.float32), torch.tensor(xy_j, dtype=torch.float32)) < window_px
-            ci, cj = (x.numpy() for x in torch.nonzero(near, as_tuple=True))  # candidate pairs (sparse)
+            pred_t, xy_t = torch.tensor(pred, dtype=torch.float32), torch.tensor(xy_j, dtype=torch.float32)
+            ci, cj = [], []
+            for a0 in range(0, len(pred_t), 2048):  # candidate pairs (sparse), in blocks
+                near = torch.cdist(pred_t[a0:a0 + 2048], xy_t) < window_px
+                bi, bj = torch.nonzero(near, as_tuple=True)
+                ci.append(bi.numpy() + a0)
+                cj.append(bj.numpy())
+            ci, cj = np.concatenate(ci), np.concatenate(cj)
             # epipolar distance of each candidate to the line of its keypoint in i
             Rij = rec.R[j] @ rec.R[i].T
             tij = rec.t[j] - Rij @ rec.t[i]
@@ -711,14 +717,20 @@ def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float)
             if len(ci) < 8:
                 continue
             desc_d = np.linalg.norm(rec.feats[i]["desc"][ki[ci]] - rec.feats[j]["desc"][cj], axis=1)
-            dd = np.full((len(ki), len(xy_j)), np.inf, np.float32)
-            dd[ci, cj] = desc_d
-            best_j = dd.argmin(1)
-            srt = np.partition(dd, 1, axis=1)[:, :2] if dd.shape[1] > 1 else np.c_[dd, np.full(len(dd), np.inf)]
-            ok = np.isfinite(srt[:, 0]) & (srt[:, 0] < 0.9 * srt[:, 1])
-            best_i = dd.argmin(0)
-            ok &= best_i[best_j] == np.arange(len(ki))  # mutual
-            m = np.stack([ki[ok], best_j[ok]], 1)
+            # sparse ratio test and mutual check over the candidate pairs
+            o = np.lexsort((desc_d, ci))
+            ci_s, cj_s, d_s = ci[o], cj[o], desc_d[o]
+            first = np.r_[True, ci_s[1:] != ci_s[:-1]]
+            second_d = np.full(len(ci_s), np.inf)
+            has2 = first[:-1] & ~first[1:]
+            second_d[:-1][has2] = d_s[1:][has2]
+            ok = first & (d_s < 0.9 * second_d)
+            o2 = np.lexsort((d_s, cj_s))
+            best_for_j = {}
+            for a, b in zip(ci_s[o2][::-1], cj_s[o2][::-1]):  # reversed: the best (first) wins
+                best_for_j[int(b)] = int(a)
+            ok &= np.array([best_for_j[int(b)] == int(a) for a, b in zip(ci_s, cj_s)], bool)
+            m = np.stack([ki[ci_s[ok]], cj_s[ok]], 1)
             if len(m) >= cfg.min_pair_inliers:
                 out[(i, j)] = m
     return out
