@@ -34,7 +34,8 @@ class SfMConfig:
     ransac_px: float = 1.5  # epipolar / PnP threshold, in pixels of a 512-wide image (scaled)
     coherence: float = 0.012  # a match may differ from its neighbours' motion by this x image size
     three_view_from: int = 4  # grids with this many views keep only points seen by 3+ views
-    final_two_view: bool = True  # ...until the last bundle adjustment, which takes two-view tracks that fit
+    final_two_view: bool = True  # whole grid: the last bundle adjustment takes two-view tracks that fit
+    whole_grid: bool = False  # the reconstruction pools every training cell's matches (see estimate_cameras)
     guided: bool = True  # a second round of matching guided by the first cameras
     guided_window: float = 0.02  # its search radius around the predicted position, x image size
     min_tri_angle_deg: float = 1.0  # a point needs this much parallax between some two rays
@@ -575,7 +576,8 @@ def _sfm_with_focal(feats, tracks, pairs, focal, H, W, cfg: SfMConfig, optimise_
         rec.X[:] = np.nan
         # in the last round, with every view placed, two-view tracks come back when they fit: a
         # wrong match along the epipolar line fits with a wrong depth but does not pull the poses
-        last_min = 2 if (rnd == 1 and cfg.final_two_view) else min_obs
+        # (measured with the whole-grid pool only, so the column-0 path keeps three-view tracks)
+        last_min = 2 if (rnd == 1 and cfg.final_two_view and "local" in feats[0]) else min_obs
         rec.triangulate_tracks(keep_px, cfg.min_tri_angle_deg, only_new=False,
                                min_obs=last_min if len(rec.R) >= 3 else 2)
     rms = bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
