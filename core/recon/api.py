@@ -170,11 +170,18 @@ def reconstruct_run(
 
     # 2. Cameras from the frames (never from ground truth)
     t0 = time.perf_counter()
-    images, cam_times = camera_images(frames, train)
-    if any(cam_times):
-        warnings.append("cameras of views " + ", ".join(str(v) for v, t in enumerate(cam_times) if t) +
-                        " were estimated from a later time (their column-0 cell is held out)")
-    est = estimate_cameras(images, sfm or SfMConfig(), log=log)
+    sfm_cfg = sfm or SfMConfig()
+    if sfm_cfg.whole_grid:
+        # every time column is a frozen multi-view snapshot with the same cameras: match within
+        # each (training cells only) and pool the matches
+        est = estimate_cameras(frames, sfm_cfg, log=log, usable=train)
+        cam_times = None
+    else:
+        images, cam_times = camera_images(frames, train)
+        if any(cam_times):
+            warnings.append("cameras of views " + ", ".join(str(v) for v, t in enumerate(cam_times) if t) +
+                            " were estimated from a later time (their column-0 cell is held out)")
+        est = estimate_cameras(images, sfm_cfg, log=log)
     warnings += est.warnings
     cameras_s = time.perf_counter() - t0
     if should_cancel is not None and should_cancel():
@@ -228,7 +235,7 @@ def reconstruct_run(
         "sfm": {"source": est.source, "fov_x_deg": round(est.fov_x_deg, 3),
                 "fov_x_deg_refined": round(float(np.degrees(2 * np.arctan(W / (2 * Ks[0, 0, 0])))), 3), "reproj_px": _num(est.reproj_px),
                 "registered_views": est.n_registered, "points": int(len(est.points)),
-                "times_used": cam_times, "settings": asdict(sfm or SfMConfig())},
+                "times_used": cam_times, "whole_grid": sfm_cfg.whole_grid, "settings": asdict(sfm or SfMConfig())},
         "cameras": [{"viewmat": refined[v].tolist(), "K": Ks[v].tolist()} for v in range(V)],
         "cameras_initial": [{"viewmat": est.viewmats[v].tolist()} for v in range(V)],
         "scene_centre": [0.0, 0.0, 0.0],

@@ -1,6 +1,7 @@
 """GPU benchmark of the reconstruction: gsplat vs the torch splatter, then fits of run folders.
 
     python -m core.recon.bench --json PATH [--grid DIR ...] [--holdout 8] [--iters N] [--toy]
+    python -m core.recon.bench --cameras-only [--seeds A..B] [--size HxW] [--times T] [--column0] [--json PATH]
 
 (a) renders one small scene with ``gsplat.rasterization`` and with our torch splatter (both on
 the GPU) and reports how far images and gradients differ, and the time of gsplat's first call
@@ -9,6 +10,7 @@ scenes, 8x8 at 288x512) with ``--holdout`` cells held out, writing ``splats/`` a
 ``recon.json`` into each, and reports PSNR on fitted and held-out cells, camera errors (when the
 folder has ``cameras.json``; read after the fit) and fit time. With ``--toy`` (or no ``--grid``)
 it also fits the built-in toy scene at 8x8, 288x512. Prints a table at the end, writes JSON.
+``--cameras-only`` (CPU or GPU) measures the camera estimate alone on synthetic scenes.
 """
 
 from __future__ import annotations
@@ -162,14 +164,99 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _seed_range(text: str) -> list[int]:
+    """"A..B" (inclusive) or "A,B,C" -> seeds."""
+    if ".." in text:
+        a, b = text.split("..")
+        return list(range(int(a), int(b) + 1))
+    return [int(x) for x in text.split(",") if x]
+
+
+def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Path, column0: bool = False,
+                 threads: int = 0) -> list[dict]:
+    """The camera estimate alone (CPU) on synthetic scenes, against their ground-truth cameras
+    (read only to measure): per seed the rotation / translation-direction errors (max over view
+    pairs), the fov error, pass (rotation <= 2 deg and direction <= 5 deg) and the seconds the
+    estimate took. Grids are rendered once into ``cache`` (``launch.py synth``) and reused."""
+    import numpy as np
+
+    from ..commands.synth import synth_run
+    from ..grid import Grid, parse_size
+    from .api import load_gt_cameras
+    from .cameras import SfMConfig, estimate_cameras
+    from .metrics import camera_errors
+
+    H, W = parse_size(size)
+    rows = []
+    for s in seeds:
+        run = cache / f"s{s}_{views}x{times}_{H}x{W}"
+        if not (run / "grid.npz").is_file():
+            synth_run(run, s, views, times, H, W, videos=False)
+        grid = Grid.load_npz(run / "grid.npz")
+        gt = load_gt_cameras(run / "cameras.json", grid.V)
+        K = np.array(json.loads((run / "cameras.json").read_text())["views"][0]["K"])
+        fov_true = math.degrees(2 * math.atan(W / 2 / K[0, 0]))
+        images = grid.frames[:, 0] if column0 else grid.frames
+        t0 = time.perf_counter()
+        est = estimate_cameras(images, SfMConfig(threads=threads))
+        sec = time.perf_counter() - t0
+        e = camera_errors(est.viewmats, gt)
+        rows.append({"seed": s, "rot_deg_max": round(e["rot_deg_max"], 3), "tdir_deg_max": round(e["tdir_deg_max"], 3),
+                     "fov_est": round(est.fov_x_deg, 2), "fov_true": round(fov_true, 2),
+                     "fov_err": round(est.fov_x_deg - fov_true, 2), "source": est.source,
+                     "registered": est.n_registered, "points": len(est.points), "seconds": round(sec, 2),
+                     "pass": bool(e["rot_deg_max"] <= 2.0 and e["tdir_deg_max"] <= 5.0)})
+        r = rows[-1]
+        print(f"{s} {'PASS' if r['pass'] else 'FAIL'} rot {r['rot_deg_max']:.2f} tdir {r['tdir_deg_max']:.2f} "
+              f"fov {r['fov_est']:.1f}/{r['fov_true']:.1f} {r['source']} {r['registered']}/{grid.V} "
+              f"{r['seconds']:.1f} s", flush=True)
+    return rows
+
+
+def _camera_table(rows: list[dict]) -> str:
+    head = f"{'seed':<11} {'rot max':>8} {'tdir max':>9} {'fov err':>8} {'views':>6} {'cams s':>7} pass"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['seed']:<11} {r['rot_deg_max']:>8.2f} {r['tdir_deg_max']:>9.2f} {r['fov_err']:>8.1f} "
+                     f"{r['registered']:>6} {r['seconds']:>7.1f} {'yes' if r['pass'] else 'NO'}")
+    n = sum(r["pass"] for r in rows)
+    lines.append(f"passes {n}/{len(rows)} (rotation <= 2 deg and translation direction <= 5 deg, max over view pairs); "
+                 f"camera estimate {sum(r['seconds'] for r in rows) / max(len(rows), 1):.1f} s mean")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.recon.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", type=Path, required=True, help="where to write the results")
+    p.add_argument("--json", type=Path, default=None, help="where to write the results (required for fits)")
+    p.add_argument("--cameras-only", action="store_true",
+                   help="CPU: only the camera estimate on synthetic scenes (--seeds), against their true cameras")
+    p.add_argument("--seeds", default="1000000000..1000000009", help="with --cameras-only: A..B or A,B,C")
+    p.add_argument("--size", default="288x512", help="with --cameras-only: frame size HxW")
+    p.add_argument("--views", type=int, default=8, help="with --cameras-only: V")
+    p.add_argument("--times", type=int, default=8, help="with --cameras-only: T")
+    p.add_argument("--column0", action="store_true", help="with --cameras-only: estimate from column 0 alone")
+    p.add_argument("--threads", type=int, default=0, help="with --cameras-only: detection threads (0: per core)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="with --cameras-only: folder for the rendered grids (default a temporary one)")
     p.add_argument("--grid", type=Path, action="append", default=[], help="a run folder to reconstruct (repeatable)")
     p.add_argument("--holdout", type=int, default=8, help="cells held out per grid (default 8)")
     p.add_argument("--iters", type=int, default=None, help="steps (default: the CUDA preset, time-budgeted)")
     p.add_argument("--toy", action="store_true", help="also fit the built-in toy scene (8x8 at 288x512)")
     args = p.parse_args(argv)
+    if args.cameras_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = args.cache or Path(tmp)
+            cache.mkdir(parents=True, exist_ok=True)
+            rows = camera_bench(_seed_range(args.seeds), args.size, args.views, args.times, cache,
+                                column0=args.column0, threads=args.threads)
+        print(_camera_table(rows))
+        if args.json:
+            args.json.write_text(json.dumps({"cameras": rows, "threads": args.threads or None,
+                                             "column0": args.column0}, indent=2))
+            print(f"wrote {args.json}")
+        return 0
+    if args.json is None:
+        p.error("--json is required (except with --cameras-only)")
     if not torch.cuda.is_available():
         print("error: the reconstruction benchmark needs a CUDA GPU", file=sys.stderr)
         return 2

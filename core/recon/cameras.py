@@ -34,6 +34,8 @@ class SfMConfig:
     ransac_px: float = 1.5  # epipolar / PnP threshold, in pixels of a 512-wide image (scaled)
     coherence: float = 0.012  # a match may differ from its neighbours' motion by this x image size
     three_view_from: int = 4  # grids with this many views keep only points seen by 3+ views
+    final_two_view: bool = True  # whole grid: the last bundle adjustment takes two-view tracks that fit
+    whole_grid: bool = False  # the reconstruction pools every training cell's matches (see estimate_cameras)
     guided: bool = True  # a second round of matching guided by the first cameras
     guided_window: float = 0.02  # its search radius around the predicted position, x image size
     min_tri_angle_deg: float = 1.0  # a point needs this much parallax between some two rays
@@ -41,6 +43,8 @@ class SfMConfig:
     fov_candidates: tuple[float, ...] = (50.0, 35.0, 70.0)  # starting points, tried until one fits well
     ba_iters: int = 40
     min_registered_frac: float = 0.75  # below this many views placed, fall back to the orbit prior
+    max_times: int = 8  # a whole grid given: match within at most this many time columns (evenly spaced)
+    threads: int = 0  # feature detection threads (0: one per CPU core, at most 16)
 
 
 @dataclass
@@ -86,6 +90,73 @@ def detect_features(images: np.ndarray, cfg: SfMConfig) -> list[dict]:
     return feats
 
 
+def _detect_many(images: list[np.ndarray], cfg: SfMConfig) -> list[dict]:
+    """``detect_features`` of many images, in threads (OpenCV releases the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = cfg.threads or min(16, os.cpu_count() or 1)
+    if n <= 1 or len(images) <= 1:
+        return [detect_features(img[None], cfg)[0] for img in images]
+    with ThreadPoolExecutor(n) as ex:
+        return list(ex.map(lambda img: detect_features(img[None], cfg)[0], images))
+
+
+def pooled_features(frames: np.ndarray, usable: np.ndarray, cfg: SfMConfig) -> list[dict]:
+    """SIFT features of every usable cell of a grid, pooled per view: one feature set per view
+    whose keypoints also carry 'time' [n] and, per time, 'local' {t: indices of that cell's
+    keypoints in the pool}. Every time column shows the same cameras with the scene frozen, so
+    views are matched within one time; what stands still gives the same keypoint at every time,
+    and those repeats are merged into one (same position within 0.3 px, near-equal descriptor),
+    so a static point is one track, while what moved adds new points at each time.
+
+    ``frames`` uint8 [V, T, H, W, 3], ``usable`` bool [V, T]."""
+    V, T = frames.shape[:2]
+    times = [t for t in range(T) if usable[:, t].sum() >= 2]
+    if len(times) > cfg.max_times:
+        times = [times[i] for i in np.unique(np.round(np.linspace(0, len(times) - 1, cfg.max_times)).astype(int))]
+    cells = [(v, t) for t in times for v in range(V) if usable[v, t]]
+    det = dict(zip(cells, _detect_many([frames[v, t] for v, t in cells], cfg)))
+    out = []
+    for v in range(V):
+        xy, desc, rgb, time_of, local = [], [], [], [], {}
+        n = 0
+        for t in times:
+            if (v, t) not in det:
+                continue
+            f = det[(v, t)]
+            idx = np.arange(n, n + len(f["xy"]))
+            if n and len(f["xy"]):
+                pool_xy = torch.tensor(np.concatenate(xy), dtype=torch.float32)
+                d = torch.cdist(torch.tensor(f["xy"], dtype=torch.float32), pool_xy)  # [k, n]
+                cand = d < 0.3
+                if bool(cand.any()):
+                    pool_desc = torch.from_numpy(np.concatenate(desc))
+                    kk, pp = torch.nonzero(cand, as_tuple=True)
+                    dd = (torch.from_numpy(f["desc"])[kk] - pool_desc[pp]).norm(dim=1)
+                    good = dd < 0.15 * pool_desc[pp].norm(dim=1).clamp_min(1.0)
+                    kk, pp, dd = kk[good], pp[good], dd[good]
+                    order = torch.argsort(dd)
+                    taken: set[int] = set()
+                    for a, b in zip(kk[order].tolist(), pp[order].tolist()):
+                        if idx[a] >= n and b not in taken:  # each pool keypoint once per time
+                            idx[a] = b
+                            taken.add(b)
+            new = idx >= n
+            idx[new] = n + np.arange(int(new.sum()))
+            n += int(new.sum())
+            xy.append(f["xy"][new])
+            desc.append(f["desc"][new])
+            rgb.append(f["rgb"][new])
+            time_of.append(np.full(int(new.sum()), t))
+            local[t] = idx
+        cat = (lambda a, shape: np.concatenate(a) if a else np.zeros(shape))
+        out.append({"xy": cat(xy, (0, 2)), "desc": cat(desc, (0, 128)).astype(np.float32),
+                    "rgb": cat(rgb, (0, 3)), "time": cat(time_of, (0,)).astype(int), "local": local,
+                    "cells": {t: det[(v, t)] for t in times if (v, t) in det}})
+    return out
+
+
 def match_pair(fa: dict, fb: dict, ratio: float) -> np.ndarray:
     """Mutual nearest neighbours passing the ratio test: [m, 2] index pairs (a, b)."""
     if len(fa["desc"]) < 2 or len(fb["desc"]) < 2:
@@ -122,10 +193,23 @@ def verified_matches(feats: list[dict], cfg: SfMConfig, thr_px: float, coherence
     pairs = {}
     for i in range(V):
         for j in range(i + 1, min(V, i + 1 + cfg.pair_window)):
-            m = match_pair(feats[i], feats[j], cfg.ratio)
-            if len(m) < cfg.min_pair_inliers:
-                continue
-            m = m[coherent(feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]], coherence_px)]
+            if "local" in feats[i]:  # pooled over times: match the cells of each time, then pool
+                ms = []
+                for t in sorted(set(feats[i]["local"]) & set(feats[j]["local"])):
+                    ci, cj = feats[i]["cells"][t], feats[j]["cells"][t]
+                    mt = match_pair(ci, cj, cfg.ratio)
+                    mt = mt[coherent(ci["xy"][mt[:, 0]], cj["xy"][mt[:, 1]], coherence_px)]
+                    ms.append(np.stack([feats[i]["local"][t][mt[:, 0]], feats[j]["local"][t][mt[:, 1]]], 1))
+                m = np.unique(np.concatenate(ms), axis=0) if ms else np.zeros((0, 2), int)
+                # a pool keypoint matched to two different partners (at different times) is ambiguous
+                for c in (0, 1):
+                    u, cnt = np.unique(m[:, c], return_counts=True)
+                    m = m[~np.isin(m[:, c], u[cnt > 1])]
+            else:
+                m = match_pair(feats[i], feats[j], cfg.ratio)
+                if len(m) < cfg.min_pair_inliers:
+                    continue
+                m = m[coherent(feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]], coherence_px)]
             if len(m) < cfg.min_pair_inliers:
                 continue
             a, b = feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]]
@@ -490,8 +574,12 @@ def _sfm_with_focal(feats, tracks, pairs, focal, H, W, cfg: SfMConfig, optimise_
         err = np.array([rec.reproj_err(c, rec.X[p], rec.tracks[p][c]) for c, p in zip(cams, pts)])
         keep_px = float(np.clip(3 * 1.4826 * np.median(err), 0.5, 3 * thr)) if len(err) else 3 * thr
         rec.X[:] = np.nan
+        # in the last round, with every view placed, two-view tracks come back when they fit: a
+        # wrong match along the epipolar line fits with a wrong depth but does not pull the poses
+        # (measured with the whole-grid pool only, so the column-0 path keeps three-view tracks)
+        last_min = 2 if (rnd == 1 and cfg.final_two_view and "local" in feats[0]) else min_obs
         rec.triangulate_tracks(keep_px, cfg.min_tri_angle_deg, only_new=False,
-                               min_obs=min_obs if len(rec.R) >= 3 else 2)
+                               min_obs=last_min if len(rec.R) >= 3 else 2)
     rms = bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
     return rec, rms
 
@@ -608,8 +696,14 @@ def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float)
             good = pc[:, 2] > 1e-6
             ki, pc = ki[good], pc[good]
             pred = pc[:, :2] / pc[:, 2:3] * rec.focal + [rec.W / 2, rec.H / 2]
-            near = torch.cdist(torch.tensor(pred, dtype=torch.float32), torch.tensor(xy_j, dtype=torch.float32)) < window_px
-            ci, cj = (x.numpy() for x in torch.nonzero(near, as_tuple=True))  # candidate pairs (sparse)
+            pred_t, xy_t = torch.tensor(pred, dtype=torch.float32), torch.tensor(xy_j, dtype=torch.float32)
+            ci, cj = [], []
+            for a0 in range(0, len(pred_t), 2048):  # candidate pairs (sparse), in blocks
+                near = torch.cdist(pred_t[a0:a0 + 2048], xy_t) < window_px
+                bi, bj = torch.nonzero(near, as_tuple=True)
+                ci.append(bi.numpy() + a0)
+                cj.append(bj.numpy())
+            ci, cj = np.concatenate(ci), np.concatenate(cj)
             # epipolar distance of each candidate to the line of its keypoint in i
             Rij = rec.R[j] @ rec.R[i].T
             tij = rec.t[j] - Rij @ rec.t[i]
@@ -619,17 +713,26 @@ def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float)
             lines /= np.linalg.norm(lines[:, :2], axis=1, keepdims=True) + 1e-12
             epi = np.abs((lines[ci] * np.c_[xy_j[cj], np.ones(len(cj))]).sum(1))
             ci, cj = ci[epi < epi_px], cj[epi < epi_px]
+            if "time" in rec.feats[i]:  # pooled over times: partners come from the same time
+                same = rec.feats[i]["time"][ki[ci]] == rec.feats[j]["time"][cj]
+                ci, cj = ci[same], cj[same]
             if len(ci) < 8:
                 continue
             desc_d = np.linalg.norm(rec.feats[i]["desc"][ki[ci]] - rec.feats[j]["desc"][cj], axis=1)
-            dd = np.full((len(ki), len(xy_j)), np.inf, np.float32)
-            dd[ci, cj] = desc_d
-            best_j = dd.argmin(1)
-            srt = np.partition(dd, 1, axis=1)[:, :2] if dd.shape[1] > 1 else np.c_[dd, np.full(len(dd), np.inf)]
-            ok = np.isfinite(srt[:, 0]) & (srt[:, 0] < 0.9 * srt[:, 1])
-            best_i = dd.argmin(0)
-            ok &= best_i[best_j] == np.arange(len(ki))  # mutual
-            m = np.stack([ki[ok], best_j[ok]], 1)
+            # sparse ratio test and mutual check over the candidate pairs
+            o = np.lexsort((desc_d, ci))
+            ci_s, cj_s, d_s = ci[o], cj[o], desc_d[o]
+            first = np.r_[True, ci_s[1:] != ci_s[:-1]]
+            second_d = np.full(len(ci_s), np.inf)
+            has2 = first[:-1] & ~first[1:]
+            second_d[:-1][has2] = d_s[1:][has2]
+            ok = first & (d_s < 0.9 * second_d)
+            o2 = np.lexsort((d_s, cj_s))
+            best_for_j = {}
+            for a, b in zip(ci_s[o2][::-1], cj_s[o2][::-1]):  # reversed: the best (first) wins
+                best_for_j[int(b)] = int(a)
+            ok &= np.array([best_for_j[int(b)] == int(a) for a, b in zip(ci_s, cj_s)], bool)
+            m = np.stack([ki[ci_s[ok]], cj_s[ok]], 1)
             if len(m) >= cfg.min_pair_inliers:
                 out[(i, j)] = m
     return out
@@ -641,17 +744,25 @@ def check_parallax(feats: list[dict], pairs: dict) -> float:
     return float(np.median(np.concatenate(d))) if d else float("nan")
 
 
-def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None) -> CameraEstimate:
-    """Estimate the cameras of ``images`` (uint8 [V, H, W, 3], one per view, scene frozen).
+def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
+                     usable: np.ndarray | None = None) -> CameraEstimate:
+    """Estimate the cameras of ``images``: uint8 [V, H, W, 3] (one per view, scene frozen), or a
+    whole grid uint8 [V, T, H, W, 3] whose time columns all show the same cameras (each column a
+    frozen instant); then ``usable`` bool [V, T] (default all) says which cells may be used, and
+    views are matched within each time column with the matches pooled (``pooled_features``).
 
     Raises InputError when the views show no camera motion at all; falls back to the orbit
     prior (with a warning in ``.warnings``) when the features cannot place enough views.
     """
     cfg = cfg or SfMConfig()
-    V, H, W = images.shape[:3]
+    V, H, W = images.shape[0], images.shape[-3], images.shape[-2]
     if V < 2:
         raise InputError("a reconstruction needs at least 2 views; this grid has 1")
-    feats = detect_features(images, cfg)
+    if images.ndim == 5:
+        usable = np.ones(images.shape[:2], bool) if usable is None else np.asarray(usable, bool)
+        feats = pooled_features(images, usable, cfg)
+    else:
+        feats = _detect_many(list(images), cfg)
     thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
     pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
     warnings: list[str] = []

@@ -1,0 +1,61 @@
+"""Cameras from a whole grid: the time columns' matches are pooled (what stands still merged into
+one keypoint, what moves adding new ones), unusable cells are left out, and the orbit is found."""
+
+import numpy as np
+import pytest
+
+from core.recon.cameras import SfMConfig, estimate_cameras, pooled_features
+from core.recon.metrics import camera_errors
+from core.recon.toyscene import render_toy
+
+
+@pytest.fixture(scope="module")
+def toy_grid():
+    return render_toy(views=6, times=2, height=96, width=176, arc_deg=40.0, fov_x_deg=55.0)
+
+
+def test_pooled_features_merge_what_stands_still_and_add_what_moves(toy_grid):
+    cfg = SfMConfig(threads=1)
+    usable = np.ones((6, 2), bool)
+    usable[2, 1] = False
+    merged = 0
+    feats = pooled_features(toy_grid.frames, usable, cfg)
+    for v, f in enumerate(feats):
+        cells = f["cells"]
+        assert sorted(cells) == ([0] if v == 2 else [0, 1])
+        n_cells = sum(len(c["xy"]) for c in cells.values())
+        # time 0 keeps its own keypoints in order; later times mostly repeat them (the ground
+        # stands still) and add a few new ones where the ball moved
+        np.testing.assert_array_equal(f["local"][0], np.arange(len(cells[0]["xy"])))
+        assert len(cells[0]["xy"]) <= len(f["xy"]) <= n_cells
+        merged += n_cells - len(f["xy"])
+        for t, idx in f["local"].items():
+            np.testing.assert_allclose(f["xy"][idx], cells[t]["xy"], atol=0.3)
+            assert len(np.unique(idx)) == len(idx)  # one cell never maps two keypoints onto one
+            assert (f["time"][idx] <= t).all()
+    n_later = sum(len(f["cells"][1]["xy"]) for f in feats if 1 in f["cells"])
+    assert merged > 0.5 * n_later, (merged, n_later)  # most of time 1 is time 0 again
+    assert merged < n_later  # ...but the ball moved: some keypoints are new
+
+
+def test_camera_estimate_from_a_whole_grid_recovers_the_orbit(toy_grid):
+    usable = np.ones((6, 2), bool)
+    usable[1, 0] = usable[4, 1] = False  # held-out cells are never looked at
+    est = estimate_cameras(toy_grid.frames, SfMConfig(threads=1), usable=usable)
+    assert est.source == "features" and est.n_registered == 6
+    err = camera_errors(est.viewmats, toy_grid.viewmats)
+    assert err["rot_deg_max"] < 2.0, err
+    assert err["tdir_deg_max"] < 5.0, err
+    assert abs(est.fov_x_deg - 55.0) < 5.0
+    assert est.reproj_px < 1.0
+
+
+def test_a_held_out_cell_changes_nothing_it_should_not_see(toy_grid):
+    """Blanking a cell that is marked unusable leaves the estimate exactly as it was."""
+    usable = np.ones((6, 2), bool)
+    usable[3, 1] = False
+    frames = toy_grid.frames.copy()
+    a = estimate_cameras(frames, SfMConfig(threads=1), usable=usable)
+    frames[3, 1] = 0
+    b = estimate_cameras(frames, SfMConfig(threads=1), usable=usable)
+    np.testing.assert_allclose(a.viewmats, b.viewmats)
