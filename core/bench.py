@@ -11,7 +11,7 @@ Speed options (``--options quick|all``, default ``all`` on CUDA): each row chang
 against the compiled baseline of its mode — the attention kernel (cuDNN / flash / efficient, for
 the parallel streams and the exact ``split`` fused kernel), the FFN's bias+GELU in the matmul
 epilogue, Q/K/V shared between equal streams, compiling the whole step instead of each block,
-CUDA graphs (a manual capture of the step, or ``reduce-overhead``), ``max-autotune`` — then a
+CUDA graphs (``reduce-overhead``), ``max-autotune`` — then a
 "combined" row per family applies every option that won, and the whole-grid timings use it. A
 failing row prints its error and the bench goes on; warm-ups (compile) are timed apart.
 
@@ -89,7 +89,6 @@ class Variant:
     mode: str
     compile: str = "blocks"  # eager | blocks (each layer, shared graph) | step (the whole block stack)
     compile_mode: str | None = None  # torch.compile mode: max-autotune-no-cudagraphs, reduce-overhead
-    graph: bool = False  # capture the whole step in one CUDA graph (torch.cuda.CUDAGraph) and replay it
     sdpa: str = "auto"  # attention kernel: auto | flash | cudnn | efficient
     ffn_epilogue: bool = False  # bias + tanh-GELU in the FFN matmul's epilogue
     share: bool = False  # Q/K/V once where both streams hold the same tokens
@@ -107,37 +106,11 @@ class Variant:
             parts.append("ffn-epilogue")
         if self.share:
             parts.append("shared-qkv")
-        if self.graph:
-            parts.append("cuda-graph")
         return ", ".join(parts) + (" [defaults]" if self.defaults else "")
 
     @property
     def needs_cuda_compile(self) -> bool:
-        return self.compile == "step" or self.graph or self.compile_mode is not None
-
-
-def cuda_graphed(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """``fn`` (no arguments, static inputs) captured in one CUDA graph on its first call (after
-    two warm-up calls on a side stream) and replayed after. The result tensor is the graph's
-    static output: it is overwritten by the next replay."""
-    state: dict = {}
-
-    def call():
-        if "graph" not in state:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                state["out"] = fn()
-            state["graph"] = graph
-        state["graph"].replay()
-        return state["out"]
-
-    return call
+        return self.compile == "step" or self.compile_mode is not None
 
 
 def kernel_profile(fn: Callable[[], object], top: int = 30) -> dict:
@@ -423,7 +396,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         def make():
             use(v)
             fn = ours(v.mode, v.backend if v.mode == "fused" else "auto")
-            return cuda_graphed(fn) if v.graph else fn
+            return fn
 
         return add(v.mode, v.label(), make, need_of(v), v=v)
 
@@ -474,10 +447,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         ffn = helps("soft", base("soft", ffn_epilogue=True), soft_base) or \
             helps("fused", base("fused", ffn_epilogue=True), base("fused"))
         share = helps("hard", base("hard", share=True), base("hard"))
-        comp = fastest("soft", [Variant("soft", "step"), Variant("soft", "blocks", graph=True),
+        comp = fastest("soft", [Variant("soft", "step"),
                                 Variant("soft", "step", "reduce-overhead"),
                                 Variant("soft", "blocks", "max-autotune-no-cudagraphs")], soft_base)
-        kw = dict(compile=comp.compile, compile_mode=comp.compile_mode, graph=comp.graph, ffn_epilogue=ffn)
+        kw = dict(compile=comp.compile, compile_mode=comp.compile_mode, ffn_epilogue=ffn)
         if mode != "fused":
             return Variant(mode, sdpa=sdpa, share=share, **kw)
         # fused: the exact split kernel (with the best attention kernel for it) or FlexAttention
@@ -497,8 +470,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
         cands = [(r, variants[(r.mode, r.variant)]) for r in rows
                  if r.mode == mode and r.s_per_step and (r.mode, r.variant) in variants
-                 and not r.note.startswith("MISMATCH") and (only is None or r.variant == only)
-                 and not variants[(r.mode, r.variant)].graph]  # the sampler does not replay graphs
+                 and not r.note.startswith("MISMATCH") and (only is None or r.variant == only)]
         if not cands:
             return
         best, v = min(cands, key=lambda c: c[0].s_per_step)
@@ -574,7 +546,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         try:
             use(v)
             fn = ours(mode, v.backend if mode == "fused" else "auto")
-            fn = cuda_graphed(fn) if v.graph else fn
             with torch.no_grad():
                 fn()
                 fn()
@@ -643,7 +614,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         if "hard" in cfg.modes:
             cand += [base("hard", share=True)]
         if "soft" in cfg.modes:
-            cand += [Variant("soft", "step"), Variant("soft", "blocks", graph=True)]
+            cand += [Variant("soft", "step")]
         for v in cand:
             run_variant(v)
 
