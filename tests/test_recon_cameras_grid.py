@@ -59,3 +59,27 @@ def test_a_held_out_cell_changes_nothing_it_should_not_see(toy_grid):
     frames[3, 1] = 0
     b = estimate_cameras(frames, SfMConfig(threads=1), usable=usable)
     np.testing.assert_allclose(a.viewmats, b.viewmats)
+
+
+def test_cameras_fall_back_to_the_whole_grid_when_column_0_cannot_place_the_views(toy_grid):
+    """A featureless column 0 (a fade from grey, say) places no view; the later column does."""
+    from core.recon.api import grid_cameras
+
+    frames = toy_grid.frames.copy()
+    frames[:, 0] = 128
+    train = np.ones((6, 2), bool)
+    est, times, used_grid, warnings = grid_cameras(frames, train, SfMConfig(threads=1))
+    assert used_grid and times is None and any("whole grid" in w for w in warnings)
+    assert est.source == "features" and est.n_registered == 6
+    err = camera_errors(est.viewmats, toy_grid.viewmats)
+    assert err["rot_deg_max"] < 2.0 and err["tdir_deg_max"] < 5.0, err
+    # without the fallback the same grid gets no camera from features
+    est0, times0, used0, _ = grid_cameras(frames, train, SfMConfig(threads=1, whole_grid_fallback=False))
+    assert not used0 and est0.n_registered < 6 and times0 == [0] * 6
+
+
+def test_cameras_come_from_column_0_when_it_places_every_view(toy_grid):
+    from core.recon.api import grid_cameras
+
+    est, times, used_grid, _ = grid_cameras(toy_grid.frames, np.ones((6, 2), bool), SfMConfig(threads=1))
+    assert not used_grid and times == [0] * 6 and est.n_registered == 6

@@ -1,7 +1,7 @@
 """``launch.py reconstruct DIR``: fit deformable 3D Gaussians to a run folder's grid and export splats.
 
     python launch.py reconstruct DIR [--iters N] [--holdout N] [--device auto|cpu|cuda] [--seed S]
-                                     [--gt-cameras PATH]
+                                     [--gt-cameras PATH] [--whole-grid]
 
 Writes ``DIR/splats/`` (canonical.ply, frame_XXX.ply, model.safetensors, renders) and
 ``DIR/recon.json``. Cameras are estimated from the frames; ground-truth cameras (``--gt-cameras``,
@@ -26,12 +26,16 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the fit (default 0)")
     p.add_argument("--gt-cameras", type=Path, default=None,
                    help="ground-truth cameras.json to report camera errors against (read after the fit)")
+    p.add_argument("--whole-grid", action="store_true",
+                   help="estimate cameras from every training cell, not column 0 alone (slower; more robust on "
+                        "repetitive floors; column 0 falls back to it anyway when it cannot place every view)")
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
     from ..recon.api import reconstruct_run
+    from ..recon.cameras import SfMConfig
 
     bars = []  # made on the first step, so a refused input prints only its error line
 
@@ -48,7 +52,8 @@ def run(args) -> int:
 
     try:
         out = reconstruct_run(args.dir, iters=args.iters, holdout=args.holdout, device=args.device,
-                              on_progress=on_progress, seed=args.seed, gt_cameras=args.gt_cameras)
+                              on_progress=on_progress, seed=args.seed, gt_cameras=args.gt_cameras,
+                              sfm=SfMConfig(whole_grid=args.whole_grid))
     finally:
         for bar in bars:
             bar.close()

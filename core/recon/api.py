@@ -107,6 +107,35 @@ def camera_images(frames: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, li
     return np.stack([frames[v, t] for v, t in enumerate(ts)]), ts
 
 
+def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
+                 log: Callable[[str], None] | None = None):
+    """The grid's cameras from its training cells: from column 0 (one frame per view,
+    ``camera_images``), or from every training cell when ``cfg.whole_grid`` — and, with
+    ``cfg.whole_grid_fallback``, from the whole grid too when column 0 could not place every view
+    (the estimate that places more views wins). Returns (estimate, times used per view or None,
+    whether the whole grid was used, warnings)."""
+    V = frames.shape[0]
+    warnings: list[str] = []
+    if cfg.whole_grid:
+        # every time column is a frozen multi-view snapshot with the same cameras: match within
+        # each (training cells only) and pool the matches
+        return estimate_cameras(frames, cfg, log=log, usable=train), None, True, warnings
+    images, cam_times = camera_images(frames, train)
+    if any(cam_times):
+        warnings.append("cameras of views " + ", ".join(str(v) for v, t in enumerate(cam_times) if t) +
+                        " were estimated from a later time (their column-0 cell is held out)")
+    est = estimate_cameras(images, cfg, log=log)
+    if cfg.whole_grid_fallback and est.n_registered < V and frames.shape[1] > 1:
+        if log:
+            log(f"column 0 placed {est.n_registered} of {V} views from features; trying the whole grid")
+        pooled = estimate_cameras(frames, replace(cfg, whole_grid=True), log=log, usable=train)
+        if pooled.n_registered > est.n_registered:
+            warnings.append(f"column 0 placed only {est.n_registered} of {V} views; the cameras come from "
+                            "matches pooled over the whole grid")
+            return pooled, None, True, warnings
+    return est, cam_times, False, warnings
+
+
 def load_gt_cameras(path: str | Path, V: int) -> np.ndarray:
     """Ground-truth viewmats [V, 4, 4] from a synth ``cameras.json`` (for measuring only)."""
     path = Path(path)
@@ -171,17 +200,8 @@ def reconstruct_run(
     # 2. Cameras from the frames (never from ground truth)
     t0 = time.perf_counter()
     sfm_cfg = sfm or SfMConfig()
-    if sfm_cfg.whole_grid:
-        # every time column is a frozen multi-view snapshot with the same cameras: match within
-        # each (training cells only) and pool the matches
-        est = estimate_cameras(frames, sfm_cfg, log=log, usable=train)
-        cam_times = None
-    else:
-        images, cam_times = camera_images(frames, train)
-        if any(cam_times):
-            warnings.append("cameras of views " + ", ".join(str(v) for v, t in enumerate(cam_times) if t) +
-                            " were estimated from a later time (their column-0 cell is held out)")
-        est = estimate_cameras(images, sfm_cfg, log=log)
+    est, cam_times, used_grid, cam_warnings = grid_cameras(frames, train, sfm_cfg, log=log)
+    warnings += cam_warnings
     warnings += est.warnings
     cameras_s = time.perf_counter() - t0
     if should_cancel is not None and should_cancel():
@@ -235,7 +255,7 @@ def reconstruct_run(
         "sfm": {"source": est.source, "fov_x_deg": round(est.fov_x_deg, 3),
                 "fov_x_deg_refined": round(float(np.degrees(2 * np.arctan(W / (2 * Ks[0, 0, 0])))), 3), "reproj_px": _num(est.reproj_px),
                 "registered_views": est.n_registered, "points": int(len(est.points)),
-                "times_used": cam_times, "whole_grid": sfm_cfg.whole_grid, "settings": asdict(sfm or SfMConfig())},
+                "times_used": cam_times, "whole_grid": used_grid, "settings": asdict(sfm or SfMConfig())},
         "cameras": [{"viewmat": refined[v].tolist(), "K": Ks[v].tolist()} for v in range(V)],
         "cameras_initial": [{"viewmat": est.viewmats[v].tolist()} for v in range(V)],
         "scene_centre": [0.0, 0.0, 0.0],
