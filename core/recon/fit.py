@@ -75,6 +75,17 @@ PRESETS: dict[str, FitConfig] = {
 }
 
 
+def _project(est, v: int, pts: np.ndarray):
+    """Points ``pts [N, 3]`` in view ``v`` of the estimate: (pixel uv [M, 2], depth [M]) of the M
+    points in front of the camera, or None when fewer than 4 are."""
+    R, t, K = est.viewmats[v, :3, :3], est.viewmats[v, :3, 3], est.Ks[v]
+    pc = pts @ R.T + t
+    front = pc[:, 2] > 1e-3
+    if front.sum() < 4:
+        return None
+    uv = pc[front, :2] / pc[front, 2:3] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+    return uv, pc[front, 2]
+
 def preset_for(device: torch.device, iters: int | None = None) -> FitConfig:
     cfg = PRESETS["cuda" if device.type == "cuda" else "cpu"]
     return replace(cfg, iters=iters) if iters else replace(cfg)
@@ -143,13 +154,11 @@ def seed_points(est: CameraEstimate, images: np.ndarray, views: list[int], count
         far_px = 0.1 * max(H, W)
         plane = dominant_plane(pts, rng, tol=0.01)
         for v, img in zip(views, images):
-            R, t, K = est.viewmats[v, :3, :3], est.viewmats[v, :3, 3], est.Ks[v]
-            pc = pts @ R.T + t
-            front = pc[:, 2] > 1e-3
-            if front.sum() < 4:
+            seen = _project(est, v, pts)
+            if seen is None:
                 continue
-            uv = pc[front, :2] / pc[front, 2:3] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
-            z = pc[front, 2]
+            uv, z = seen
+            R, t, K = est.viewmats[v, :3, :3], est.viewmats[v, :3, 3], est.Ks[v]
             ys = np.arange(stride / 2, H, stride)
             xs = np.arange(stride / 2, W, stride)
             gx, gy = np.meshgrid(xs, ys)
@@ -225,19 +234,18 @@ def seed_moving(est: CameraEstimate, frames: np.ndarray, train: np.ndarray, coun
         rgbs.append(cols)
         times.append(np.full(len(pts), t / (T - 1)))
         for v in views:
-            R, tt, K = est.viewmats[v, :3, :3], est.viewmats[v, :3, 3], est.Ks[v]
-            pc = pts @ R.T + tt
-            front = pc[:, 2] > 1e-3
-            if front.sum() < 4:
+            seen = _project(est, v, pts)
+            if seen is None:
                 continue
-            uv = pc[front, :2] / pc[front, 2:3] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+            uv, z = seen
+            R, tt, K = est.viewmats[v, :3, :3], est.viewmats[v, :3, 3], est.Ks[v]
             ys, xs = np.nonzero(moving[(v, t)])
             pick = rng.choice(len(xs), size=min(per_cell, len(xs)), replace=False)
             q = np.stack([xs[pick], ys[pick]], 1) + rng.uniform(0, 1, size=(len(pick), 2))
             d = torch.cdist(torch.tensor(q, dtype=torch.float32), torch.tensor(uv, dtype=torch.float32))
             dist, idx = d.topk(min(4, d.shape[1]), largest=False)
             near = dist[:, 0].numpy() < far_px
-            depth = np.median(pc[front, 2][idx.numpy()], axis=1)[near]
+            depth = np.median(z[idx.numpy()], axis=1)[near]
             q = q[near]
             ray = np.stack([(q[:, 0] - K[0, 2]) / K[0, 0], (q[:, 1] - K[1, 2]) / K[1, 1], np.ones(len(q))], 1)
             means.append((ray * depth[:, None] - tt) @ R)
