@@ -10,26 +10,16 @@ import torch
 
 from core.model import attention as A
 from core.model import blocks
-from core.model.config import preset
 from core.model.sync import SyncLayer
-from core.model.testing import perturb_new_layers
+from core.model.testing import rel_err as rel
+from core.model.testing import tiny_transformer
 from core.model.transformer import FourDTransformer
 
 B, C, H, W = 1, 3, 16, 16
 
 
 def make(num_layers: int = 4) -> FourDTransformer:
-    cfg = preset("tiny")
-    cfg.backbone["num_layers"] = num_layers
-    torch.manual_seed(0)
-    model = FourDTransformer.from_config(cfg).eval()
-    perturb_new_layers(model)
-    model.fuse_projections()
-    return model
-
-
-def rel(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+    return tiny_transformer(num_layers, fuse=True)
 
 
 def stacked_rope(x, cos, sin):

@@ -12,34 +12,19 @@ import torch
 import launch
 from core.model import attention as A
 from core.model import blocks
-from core.model.config import preset
-from core.model.testing import perturb_new_layers
+from core.model.testing import grid_inputs, tiny_transformer
+from core.model.testing import rel_err as rel
 from core.model.transformer import FourDTransformer
 
 B, C, H, W = 2, 3, 16, 16
 
 
 def make(num_layers: int = 3) -> FourDTransformer:
-    cfg = preset("tiny")
-    cfg.backbone["num_layers"] = num_layers
-    torch.manual_seed(0)
-    model = FourDTransformer.from_config(cfg).eval()
-    perturb_new_layers(model)  # sync layers away from their identity start, as after training
-    return model
+    return tiny_transformer(num_layers)  # sync layers away from their identity start, as after training
 
 
 def inputs(V=2, T=3):
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(B, V, T, C, H, W, generator=g)
-    cond = torch.randn(B, V, T, C, H, W, generator=g)
-    known = torch.zeros(B, V, T, dtype=torch.bool)
-    known[:, 0, :] = True
-    known[:, :, 0] = True
-    return x, torch.rand(B, generator=g), torch.randn(B, 5, 16, generator=g), cond, known
-
-
-def rel(a, b) -> float:
-    return ((a - b).norm() / b.norm()).item()
+    return grid_inputs(B, V, T, C, H, W, text_len=5, sigma=None, seed=3)
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft"])

@@ -30,6 +30,43 @@ def perturb_new_layers(transformer, seed: int = 1, scale: float = 0.05) -> None:
         p.add_(torch.randn(p.shape, generator=g).to(p.device, p.dtype) * scale)
 
 
+def tiny_transformer(num_layers: int = 2, fuse: bool = False, seed: int = 0):
+    """A bare ``FourDTransformer`` of the ``tiny`` preset with ``num_layers`` blocks and trained-like
+    new layers (float32, CPU); ``fuse``: Q/K/V fused into one matmul."""
+    from .config import preset
+    from .transformer import FourDTransformer
+
+    cfg = preset("tiny")
+    cfg.backbone["num_layers"] = num_layers
+    torch.manual_seed(seed)
+    model = FourDTransformer.from_config(cfg).eval()
+    perturb_new_layers(model)
+    if fuse:
+        model.fuse_projections()
+    return model
+
+
+def grid_inputs(B: int = 1, V: int = 4, T: int = 4, C: int = 16, h: int = 16, w: int = 16, *,
+                text_len: int = 8, text_dim: int = 16, sigma: float | None = 0.6, seed: int = 1,
+                device="cpu", dtype=torch.float32):
+    """Random inputs of one model step with row 0 + column 0 known: ``(x, sigma [B], text, cond,
+    known)``. Drawn in the order x, cond, sigma (``sigma=None``: uniform per sample), text."""
+    from ..grid import known_mask
+
+    g = torch.Generator("cpu").manual_seed(seed)
+    x = torch.randn(B, V, T, C, h, w, generator=g).to(device, dtype)
+    cond = torch.randn(B, V, T, C, h, w, generator=g).to(device, dtype)
+    sig = torch.rand(B, generator=g) if sigma is None else torch.full((B,), float(sigma))
+    text = torch.randn(B, text_len, text_dim, generator=g).to(device, dtype)
+    known = torch.from_numpy(known_mask(V, T, "row0+col0")).to(device).expand(B, V, T).clone()
+    return x, sig, text, cond, known
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 difference ``|a − b| / |b|`` (in float32)."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 def moving_square(n: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
     """n frames of a white square sliding over a colour gradient: uint8 [n, h, w, 3]."""
     y, x = np.mgrid[0:h, 0:w]

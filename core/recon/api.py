@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .cameras import CameraEstimate, SfMConfig, estimate_cameras
+from .cameras import SfMConfig, estimate_cameras
 from .checks import check_grid_for_recon
 from .fit import FitConfig, build_model, fit, preset_for, render_all
 from .metrics import camera_errors, psnr
@@ -316,7 +316,7 @@ def _export_arrays(model) -> dict:
 def _write_splats(folder: Path, model, exported, renders, frames, held, cell_psnr, cfg) -> dict:
     from safetensors.torch import save_file
 
-    from ..export import mosaic, write_png
+    from ..export import write_png
 
     V, T, H, W = frames.shape[:4]
     base = exported["base"]

@@ -8,6 +8,8 @@ import copy
 import pytest
 import torch
 
+from core.model.testing import grid_inputs, rel_err
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -48,18 +50,7 @@ def small_model(layers: int = 2):
 
 
 def inputs():
-    g = torch.Generator("cpu").manual_seed(1)
-    x = torch.randn(1, V, T, 16, h, w, generator=g).cuda().bfloat16()
-    cond = torch.randn(1, V, T, 16, h, w, generator=g).cuda().bfloat16()
-    known = torch.zeros(1, V, T, dtype=torch.bool, device="cuda")
-    known[0, 0, :] = True
-    known[0, :, 0] = True
-    text = torch.randn(1, 8, 16, generator=g).cuda().bfloat16()
-    return x, torch.tensor([0.6]), text, cond, known
-
-
-def rel_err(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+    return grid_inputs(1, V, T, 16, h, w, device="cuda", dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("backend", ["flash", "cudnn", "efficient"])
