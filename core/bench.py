@@ -92,6 +92,9 @@ class Variant:
     sdpa: str = "auto"  # attention kernel: auto | flash | cudnn | efficient
     ffn_epilogue: bool = False  # bias + tanh-GELU in the FFN matmul's epilogue
     share: bool = False  # Q/K/V once where both streams hold the same tokens
+    rope_halves: bool = False  # q/k RoPE pairs de-interleaved (contiguous halves)
+    ffn_residual: bool = False  # FFN gate folded into the down-projection, residual added in the matmul
+    opaque_sdpa: bool = False  # attention through one opaque op (q/k/v stay token-major under compile)
     backend: str = "auto"  # fused-mode kernel: flex | split (auto: flex on cuda, split on cpu)
     defaults: bool = False  # the engine's inference defaults (only marks the label)
 
@@ -106,6 +109,10 @@ class Variant:
             parts.append("ffn-epilogue")
         if self.share:
             parts.append("shared-qkv")
+        for on, name in ((self.rope_halves, "rope-halves"), (self.ffn_residual, "ffn-residual"),
+                         (self.opaque_sdpa, "opaque-sdpa")):
+            if on:
+                parts.append(name)
         return ", ".join(parts) + (" [defaults]" if self.defaults else "")
 
     @property
@@ -159,14 +166,13 @@ def kernel_kind(name: str) -> str:
 def configure(tr, v: Variant, cuda: bool) -> None:
     """Set ``tr`` (and the process-wide kernel switches) up for variant ``v``; compiled variants
     start from a clean dynamo cache so that no earlier graph is reused."""
-    from .model import attention as A
-    from .model.blocks import set_ffn_epilogue
+    from .model.blocks import set_engine_switches
 
     tr.uncompile_blocks()
     if cuda or v.compile != "eager":
         torch._dynamo.reset()
-    A.set_sdpa_backend(v.sdpa)
-    set_ffn_epilogue(v.ffn_epilogue)
+    set_engine_switches({"sdpa": v.sdpa, "ffn_epilogue": v.ffn_epilogue, "rope_halves": v.rope_halves,
+                         "ffn_residual": v.ffn_residual, "opaque_sdpa": v.opaque_sdpa})
     tr.share_equal_streams = v.share
     kw = {"mode": v.compile_mode} if v.compile_mode else {}
     if v.compile == "blocks":
@@ -535,7 +541,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         tr.fuse_projections()
         add("soft", "eager, + fused Q/K/V matmuls", lambda: ours("soft"), est)
 
-    def profile(mode: str, only: str | None = None) -> None:
+    def profile(mode: str, only: str | None = None, key: str | None = None) -> None:
         """Where the fastest step of ``mode`` (or the row labelled ``only``) spends its GPU time."""
         cands = [(r, variants[(r.mode, r.variant)]) for r in rows
                  if r.mode == mode and r.s_per_step and (r.mode, r.variant) in variants
@@ -549,17 +555,39 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             with torch.no_grad():
                 fn()
                 fn()
-                profiles[mode] = {"variant": best.variant, **kernel_profile(fn)}
-            p = profiles[mode]
+                profiles[key or mode] = {"variant": best.variant, **kernel_profile(fn)}
+            p = profiles[key or mode]
             log(f"  profile {mode} ({best.variant}): wall {p['wall_ms']:.1f} ms, kernels {p['kernel_sum_ms']:.1f} ms "
                 f"in {p['launches']} launches; "
                 + ", ".join(f"{k} {ms:.1f}" for k, ms in p["by_kind_ms"].items()))
             for k in p["top"]:
                 log(f"    {k['ms']:8.2f} ms {k['calls']:5d}x  {k['kernel'][:120]}")
         except Exception as e:  # report and go on
-            profiles[mode] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
+            profiles[key or mode] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
             log(f"  profile {mode} FAILED {type(e).__name__}: {str(e)[:200]}")
         checkpoint()
+
+    def new_option_variants(mode: str) -> list[Variant]:
+        """The soft (or hard) defaults plus the candidate options: all together, then each alone."""
+        d = {**asdict(defaults(mode)), "defaults": False}
+        if not cfg.compile:
+            d["compile"] = "eager"
+        names = ("opaque_sdpa", "rope_halves", "ffn_residual")
+        return [Variant(**{**d, **{n: True for n in names}})] + [Variant(**{**d, n: True}) for n in names]
+
+    def run_new_options(mode: str) -> None:
+        vs = new_option_variants(mode)
+        for i, v in enumerate(vs):
+            if v.compile != "eager" and left() < 40:  # (these compile fast: the defaults' kernels)
+                rows.append(Row(mode, v.label(), note="skipped: time budget"))
+                continue
+            make = (lambda v=v: (use(v), ours(v.mode))[1])
+            add(v.mode, v.label(), make, 0.0 if v.compile != "eager" else est, v=v)
+            if i == 0:
+                if cfg.grid:
+                    run_grid(mode, only=v.label())
+                if cfg.profile and cuda:
+                    profile(mode, only=v.label(), key=f"{mode} +options")
 
     def run_combined(mode: str) -> None:
         v = combined(mode)
@@ -586,6 +614,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 run_grid(mode, only=d.label())
             if cfg.profile and cuda and mode == "soft":
                 profile(mode, only=d.label())
+        if "soft" in cfg.modes:  # this round's candidate options on top of the soft defaults:
+            # all three together (with its grid and profile), then each alone
+            run_new_options("soft")
         if cuda and cfg.compile and "soft" in cfg.modes:  # last, if the budget allows: the whole
             # step as one graph now that the sync no longer breaks it (inductor may then fuse the
             # FFN residual of block l into sync l as well)
@@ -655,20 +686,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     return finish()
 
 
-def _switches() -> tuple:
+def _switches() -> dict:
     """The process-wide kernel switches (to leave them as found)."""
-    from .model import attention as A
-    from .model import blocks
+    from .model.blocks import engine_switches
 
-    return A.get_sdpa_backend(), blocks._ffn_epilogue
+    return engine_switches()
 
 
-def _restore(switches: tuple) -> None:
-    from .model import attention as A
-    from .model.blocks import set_ffn_epilogue
+def _restore(switches: dict) -> None:
+    from .model.blocks import set_engine_switches
 
-    A.set_sdpa_backend(switches[0])
-    set_ffn_epilogue(switches[1])
+    set_engine_switches(switches)
 
 
 def compare_to_baselines(rows: list[Row], base_compile: str, default_fused: str) -> None:
