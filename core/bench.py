@@ -18,8 +18,11 @@ failing row prints its error and the bench goes on; warm-ups (compile) are timed
 ``--quick`` (about 5 minutes on an H100): per mode (soft, hard, fused) an eager row (the
 reference of the Δrel column), the old compiled baseline (no speed options; fused: flex) and the
 engine's defaults (``[defaults]``: FFN epilogue, shared Q/K/V, fused split on cuDNN), then whole
-grids of soft and fused with the defaults and the kernel profile of the soft default step; last,
-budget permitting, the soft defaults compiled as one whole-step graph.
+grids of soft and fused with the defaults and the kernel profile of the soft default step; then
+the soft defaults with this round's candidate options (opaque token-major attention op, FFN
+residual in its matmul, RoPE halves) all together, with its whole grid and kernel profile
+(``profiles["soft +options"]``), and each alone; last, budget permitting, the soft defaults
+compiled as one whole-step graph.
 """
 
 from __future__ import annotations
@@ -572,7 +575,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         d = {**asdict(defaults(mode)), "defaults": False}
         if not cfg.compile:
             d["compile"] = "eager"
-        names = ("opaque_sdpa", "rope_halves", "ffn_residual")
+        names = ("opaque_sdpa", "ffn_residual", "rope_halves")  # (most expected first: the budget may cut)
         return [Variant(**{**d, **{n: True for n in names}})] + [Variant(**{**d, n: True}) for n in names]
 
     def run_new_options(mode: str) -> None:
