@@ -181,12 +181,19 @@ def rope_halves_perm(heads: int, head_dim: int, device=None) -> torch.Tensor:
     return (torch.arange(heads, device=device)[:, None] * head_dim + within).flatten()
 
 
+def plain_inference(t: torch.Tensor) -> bool:
+    """True where the inference-only speed options may act on ``t``: no grad and no autocast
+    (under autocast, e.g. the evaluation inside training, weights stay float32 while activations
+    are half, and the custom ops below do not cast like torch's own ops do)."""
+    return not torch.is_grad_enabled() and not torch.is_autocast_enabled(t.device.type)
+
+
 # -- kernels ---------------------------------------------------------------------------------
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Attention over ``[N, S, H, d]`` tensors (torch SDPA: flash / memory-efficient / math, or
     the backend ``set_sdpa_backend`` chose, when there is no mask)."""
     backend = _explicit_backend(q) if mask is None else None
-    if _opaque_sdpa and mask is None and not torch.is_grad_enabled():
+    if _opaque_sdpa and mask is None and plain_inference(q):
         return sdpa_tokens(q, k, v, backend or "auto")
     if backend is not None:
         return _sdpa_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), backend, False)[0].transpose(1, 2)

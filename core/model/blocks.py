@@ -109,11 +109,18 @@ def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
+def _epilogue_applies(up, h: torch.Tensor) -> bool:
+    """The cuBLASLt GELU epilogue serves ``up`` (diffusers' GELU module) on ``h``: CUDA half
+    precision with weights of the same dtype, no autocast (the custom op does not cast)."""
+    return (_ffn_epilogue and h.is_cuda and h.dtype in (torch.float16, torch.bfloat16)
+            and up.proj.weight.dtype == h.dtype and not torch.is_autocast_enabled("cuda")
+            and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None)
+
+
 def _ffn(ffn, h: torch.Tensor) -> torch.Tensor:
     """diffusers ``FeedForward`` (Linear -> tanh-GELU -> Linear) on ``h [N, M, D]``."""
     up = ffn.net[0]
-    if (_ffn_epilogue and h.is_cuda and h.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
-            and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None):
+    if _epilogue_applies(up, h) and not torch.is_grad_enabled():
         # (the CPU kernel of _addmm_activation uses the erf GELU, hence CUDA only)
         a = linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias)
         return ffn.net[2](a.view(*h.shape[:-1], -1))
@@ -123,14 +130,13 @@ def _ffn(ffn, h: torch.Tensor) -> torch.Tensor:
 def _ffn_hidden(ffn, h: torch.Tensor) -> torch.Tensor:
     """The FFN's hidden activation ``gelu(h @ W1ᵀ + b1)`` for ``h [N, M, D]``: ``[N, M, F]``."""
     up = ffn.net[0]
-    if (_ffn_epilogue and h.is_cuda and h.dtype in (torch.float16, torch.bfloat16)
-            and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None):
+    if _epilogue_applies(up, h):
         return linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias).view(*h.shape[:-1], -1)
     return ffn.net[1](up(h))
 
 
-def _ffn_foldable(ffn) -> bool:
-    return (_ffn_residual_fold and not torch.is_grad_enabled() and len(ffn.net) == 3
+def _ffn_foldable(ffn, x: torch.Tensor) -> bool:
+    return (_ffn_residual_fold and A.plain_inference(x) and len(ffn.net) == 3
             and isinstance(ffn.net[2], torch.nn.Linear) and ffn.net[2].bias is not None)
 
 
@@ -155,7 +161,7 @@ def _deinterleave(t: torch.Tensor, heads: int) -> torch.Tensor:
 def _rope_halves_ok(attn) -> bool:
     """RoPE halves apply where q/k are normalised across all heads by an RMSNorm (Wan's
     ``rms_norm_across_heads``): permuting channels then leaves the norm unchanged."""
-    if not _rope_halves or torch.is_grad_enabled():
+    if not _rope_halves or not A.plain_inference(attn.to_out[0].weight):
         return False
     D = attn.to_out[0].in_features  # heads · head_dim
     return all(isinstance(n, torch.nn.RMSNorm) and tuple(n.normalized_shape) == (D,) and n.weight is not None
@@ -322,7 +328,7 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_
 
     # 3. Feed-forward
     h = torch.addcmul(c_shift, blk.norm3(x.float()), 1 + c_scale).type_as(x)
-    if _ffn_foldable(blk.ffn):
+    if _ffn_foldable(blk.ffn, x):
         # every row of c_gate is the same where there is one sample (streams: tproj repeated)
         return _ffn_residual(blk.ffn, x, h, c_gate, same_gate=lay.B == 1)
     x = torch.addcmul(x.float(), _ffn(blk.ffn, h), c_gate).type_as(x)

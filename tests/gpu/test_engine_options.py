@@ -274,3 +274,27 @@ def test_compiled_code_calls_the_residual_matmul_and_the_opaque_attention():
             torch._dynamo.reset()
     code = "\n".join(codes)
     assert "fourd.addmm_residual_" in code and "fourd.sdpa_tokens" in code
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_speed_options_stand_aside_under_autocast_with_float32_weights(compiled):
+    """The evaluation inside training runs float32 weights under bf16 autocast without grad: every
+    inference option is on, none may act (their custom ops do not cast), and the velocity is
+    autocast's own."""
+    from core.model import blocks
+
+    model = copy.deepcopy(small_model()).float()
+    x, sigma, text, cond, known = inputs()
+    blocks.set_engine_switches({"ffn_epilogue": True, "opaque_sdpa": True, "rope_halves": True,
+                                "ffn_residual": True})
+    if compiled:
+        model.compile_blocks()
+    try:
+        with torch.no_grad():
+            ref = model(x.float(), sigma, text.float(), cond.float(), known, mode="soft")
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(x.float(), sigma, text.float(), cond.float(), known, mode="soft")
+    finally:
+        if compiled:
+            model.uncompile_blocks()
+    assert torch.isfinite(out).all() and rel_err(out, ref) < 3e-2
