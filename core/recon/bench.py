@@ -100,7 +100,7 @@ def compare_backends(n: int = 3000, views: int = 3, height: int = 128, width: in
 
 
 def fit_grid(run: Path, holdout: int, iters: int | None, seed: int = 0, device: str = "cuda",
-             whole_grid: bool = False) -> dict:
+             whole_grid: bool = False, whole_grid_first: bool = False) -> dict:
     """Reconstruct one run folder and return its row of the table (``whole_grid``: cameras from
     every training cell's matches, not column 0's alone)."""
     from .api import reconstruct_run
@@ -108,7 +108,7 @@ def fit_grid(run: Path, holdout: int, iters: int | None, seed: int = 0, device: 
 
     t0 = time.perf_counter()
     out = reconstruct_run(run, iters=iters, holdout=holdout, device=device, seed=seed,
-                          sfm=SfMConfig(whole_grid=whole_grid))
+                          sfm=SfMConfig(whole_grid=whole_grid, whole_grid_first=whole_grid_first))
     row = {
         "grid": str(run), "views": out["views"], "times": out["times"], "size": f"{out['height']}x{out['width']}",
         "psnr_fit": out["psnr_fit_mean"], "psnr_holdout": out["psnr_holdout_mean"],
@@ -177,7 +177,7 @@ def _seed_range(text: str) -> list[int]:
 
 
 def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Path, column0: bool = False,
-                 threads: int = 0, whole_grid: bool = False) -> list[dict]:
+                 threads: int = 0, whole_grid: bool = False, whole_grid_first: bool = False) -> list[dict]:
     """The camera estimate alone (CPU) on synthetic scenes, against their ground-truth cameras
     (read only to measure): per seed the rotation / translation-direction errors (max over view
     pairs), the fov error, pass (rotation <= 2 deg and direction <= 5 deg) and the seconds the
@@ -207,7 +207,7 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
             est = estimate_cameras(grid.frames[:, 0], SfMConfig(threads=threads))
         else:
             est = grid_cameras(grid.frames, np.ones(grid.frames.shape[:2], bool),
-                               SfMConfig(threads=threads, whole_grid=whole_grid))[0]
+                               SfMConfig(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first))[0]
         sec = time.perf_counter() - t0
         e = camera_errors(est.viewmats, gt)
         rows.append({"seed": s, "rot_deg_max": round(e["rot_deg_max"], 3), "tdir_deg_max": round(e["tdir_deg_max"], 3),
@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=None, help="steps (default: the CUDA preset, time-budgeted)")
     p.add_argument("--whole-grid", action="store_true",
                    help="cameras from the whole grid's pooled matches alone (fits and --cameras-only)")
+    p.add_argument("--whole-grid-first", action="store_true",
+                   help="cameras from the whole grid first, column 0 only when it places fewer views")
     p.add_argument("--toy", action="store_true", help="also fit the built-in toy scene (8x8 at 288x512)")
     args = p.parse_args(argv)
     if args.cameras_only:
@@ -260,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             cache = args.cache or Path(tmp)
             cache.mkdir(parents=True, exist_ok=True)
             rows = camera_bench(_seed_range(args.seeds), args.size, args.views, args.times, cache,
-                                column0=args.column0, threads=args.threads, whole_grid=args.whole_grid)
+                                column0=args.column0, threads=args.threads, whole_grid=args.whole_grid,
+                                whole_grid_first=args.whole_grid_first)
         print(_camera_table(rows))
         if args.json:
             args.json.write_text(json.dumps({"cameras": rows, "threads": args.threads or None,
@@ -303,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             report["toy_render_s"] = round(time.perf_counter() - t1, 2)
         for g in grids:
             try:
-                row = fit_grid(Path(g), args.holdout, args.iters, whole_grid=args.whole_grid)
+                row = fit_grid(Path(g), args.holdout, args.iters, whole_grid=args.whole_grid,
+                               whole_grid_first=args.whole_grid_first)
             except Exception as e:  # report and go on with the next grid
                 row = {"grid": str(g), "error": f"{type(e).__name__}: {e}"}
             rows.append(row)
