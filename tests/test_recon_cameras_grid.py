@@ -61,25 +61,49 @@ def test_a_held_out_cell_changes_nothing_it_should_not_see(toy_grid):
     np.testing.assert_allclose(a.viewmats, b.viewmats)
 
 
-def test_cameras_fall_back_to_the_whole_grid_when_column_0_cannot_place_the_views(toy_grid):
-    """A featureless column 0 (a fade from grey, say) places no view; the later column does."""
+def test_whole_grid_first_takes_the_pooled_matches(toy_grid):
+    """With ``whole_grid_first`` a grid of several times is estimated from its pooled matches,
+    not column 0: a featureless column 0 (a fade from grey, say) does not matter then."""
     from core.recon.api import grid_cameras
 
     frames = toy_grid.frames.copy()
     frames[:, 0] = 128
     train = np.ones((6, 2), bool)
-    est, times, used_grid, warnings = grid_cameras(frames, train, SfMConfig(threads=1))
+    est, times, used_grid, warnings = grid_cameras(frames, train, SfMConfig(threads=1, whole_grid_first=True))
+    assert used_grid and times is None and not warnings
+    assert est.source == "features" and est.n_registered == 6
+    err = camera_errors(est.viewmats, toy_grid.viewmats)
+    assert err["rot_deg_max"] < 2.0 and err["tdir_deg_max"] < 5.0, err
+
+
+def test_column_0_first_falls_back_to_the_whole_grid_when_it_cannot_place_the_views(toy_grid):
+    """Column 0 first (the default): a featureless column 0 places no view, and the whole
+    grid takes over; without the fallback the same grid gets no camera from features."""
+    from core.recon.api import grid_cameras
+
+    frames = toy_grid.frames.copy()
+    frames[:, 0] = 128
+    train = np.ones((6, 2), bool)
+    est, times, used_grid, warnings = grid_cameras(frames, train, SfMConfig(threads=1, whole_grid_first=False))
     assert used_grid and times is None and any("whole grid" in w for w in warnings)
     assert est.source == "features" and est.n_registered == 6
     err = camera_errors(est.viewmats, toy_grid.viewmats)
     assert err["rot_deg_max"] < 2.0 and err["tdir_deg_max"] < 5.0, err
-    # without the fallback the same grid gets no camera from features
-    est0, times0, used0, _ = grid_cameras(frames, train, SfMConfig(threads=1, whole_grid_fallback=False))
+    est0, times0, used0, _ = grid_cameras(frames, train, SfMConfig(threads=1, whole_grid_first=False,
+                                                                  whole_grid_fallback=False))
     assert not used0 and est0.n_registered < 6 and times0 == [0] * 6
 
 
-def test_cameras_come_from_column_0_when_it_places_every_view(toy_grid):
+def test_whole_grid_first_falls_back_to_column_0_when_the_pool_places_fewer_views(toy_grid):
+    """When the pooled matches place fewer views than column 0 alone (here: every later cell
+    is held out, so the pool is column 0 less its held-out cells), column 0's estimate wins."""
     from core.recon.api import grid_cameras
 
-    est, times, used_grid, _ = grid_cameras(toy_grid.frames, np.ones((6, 2), bool), SfMConfig(threads=1))
-    assert not used_grid and times == [0] * 6 and est.n_registered == 6
+    train = np.ones((6, 2), bool)
+    train[:, 1] = False  # nothing to pool but column 0
+    train[2, 1] = True
+    train[2, 0] = False  # view 2 only at time 1: the pool cannot place it (alone in its column)
+    est, times, used_grid, warnings = grid_cameras(toy_grid.frames, train, SfMConfig(threads=1, whole_grid_first=True))
+    assert not used_grid and times == [0, 0, 1, 0, 0, 0]
+    assert any("column 0 alone" in w for w in warnings)
+    assert est.n_registered == 6

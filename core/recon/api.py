@@ -109,26 +109,44 @@ def camera_images(frames: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, li
 
 def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
                  log: Callable[[str], None] | None = None):
-    """The grid's cameras from its training cells: from column 0 (one frame per view,
-    ``camera_images``), or from every training cell when ``cfg.whole_grid`` — and, with
-    ``cfg.whole_grid_fallback``, from the whole grid too when column 0 could not place every view
-    (the estimate that places more views wins). Returns (estimate, times used per view or None,
-    whether the whole grid was used, warnings)."""
-    V = frames.shape[0]
+    """The grid's cameras from its training cells. Only the whole grid's pooled matches when
+    ``cfg.whole_grid``; else, with several time columns and ``cfg.whole_grid_first``, the whole
+    grid first and column 0 (one frame per view, ``camera_images``) only when the whole grid
+    could not place every view; else column 0 first and, with ``cfg.whole_grid_fallback``, the
+    whole grid when column 0 could not place every view. Of two estimates the one that places
+    more views wins (a tie: the first). Returns (estimate, times used per view or None, whether
+    the whole grid was used, warnings)."""
+    V, T = frames.shape[:2]
     warnings: list[str] = []
-    if cfg.whole_grid:
+
+    def whole():
         # every time column is a frozen multi-view snapshot with the same cameras: match within
         # each (training cells only) and pool the matches
-        return estimate_cameras(frames, cfg, log=log, usable=train), None, True, warnings
+        return estimate_cameras(frames, replace(cfg, whole_grid=True), log=log, usable=train)
+
+    if cfg.whole_grid:
+        return whole(), None, True, warnings
     images, cam_times = camera_images(frames, train)
-    if any(cam_times):
-        warnings.append("cameras of views " + ", ".join(str(v) for v, t in enumerate(cam_times) if t) +
-                        " were estimated from a later time (their column-0 cell is held out)")
+    col0_note = ("cameras of views " + ", ".join(str(v) for v, t in enumerate(cam_times) if t) +
+                 " were estimated from a later time (their column-0 cell is held out)") if any(cam_times) else None
+    if T > 1 and cfg.whole_grid_first:
+        pooled = whole()
+        if pooled.n_registered == V:
+            return pooled, None, True, warnings
+        if log:
+            log(f"the whole grid placed {pooled.n_registered} of {V} views from features; trying column 0 alone")
+        est = estimate_cameras(images, cfg, log=log)
+        if est.n_registered > pooled.n_registered:
+            warnings.append(f"the whole grid placed only {pooled.n_registered} of {V} views; the cameras come "
+                            "from column 0 alone")
+            return est, cam_times, False, warnings + ([col0_note] if col0_note else [])
+        return pooled, None, True, warnings
+    warnings += [col0_note] if col0_note else []
     est = estimate_cameras(images, cfg, log=log)
-    if cfg.whole_grid_fallback and est.n_registered < V and frames.shape[1] > 1:
+    if cfg.whole_grid_fallback and est.n_registered < V and T > 1:
         if log:
             log(f"column 0 placed {est.n_registered} of {V} views from features; trying the whole grid")
-        pooled = estimate_cameras(frames, replace(cfg, whole_grid=True), log=log, usable=train)
+        pooled = whole()
         if pooled.n_registered > est.n_registered:
             warnings.append(f"column 0 placed only {est.n_registered} of {V} views; the cameras come from "
                             "matches pooled over the whole grid")

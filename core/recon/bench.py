@@ -1,7 +1,7 @@
 """GPU benchmark of the reconstruction: gsplat vs the torch splatter, then fits of run folders.
 
     python -m core.recon.bench --json PATH [--grid DIR ...] [--holdout 8] [--iters N] [--toy]
-    python -m core.recon.bench --cameras-only [--seeds A..B] [--size HxW] [--times T] [--column0] [--json PATH]
+    python -m core.recon.bench --cameras-only [--seeds A..B] [--size HxW] [--times T] [--column0 | --whole-grid] [--json PATH]
 
 (a) renders one small scene with ``gsplat.rasterization`` and with our torch splatter (both on
 the GPU) and reports how far images and gradients differ, and the time of gsplat's first call
@@ -100,7 +100,7 @@ def compare_backends(n: int = 3000, views: int = 3, height: int = 128, width: in
 
 
 def fit_grid(run: Path, holdout: int, iters: int | None, seed: int = 0, device: str = "cuda",
-             whole_grid: bool = False) -> dict:
+             whole_grid: bool = False, whole_grid_first: bool = False) -> dict:
     """Reconstruct one run folder and return its row of the table (``whole_grid``: cameras from
     every training cell's matches, not column 0's alone)."""
     from .api import reconstruct_run
@@ -108,7 +108,7 @@ def fit_grid(run: Path, holdout: int, iters: int | None, seed: int = 0, device: 
 
     t0 = time.perf_counter()
     out = reconstruct_run(run, iters=iters, holdout=holdout, device=device, seed=seed,
-                          sfm=SfMConfig(whole_grid=whole_grid))
+                          sfm=SfMConfig(whole_grid=whole_grid, whole_grid_first=whole_grid_first))
     row = {
         "grid": str(run), "views": out["views"], "times": out["times"], "size": f"{out['height']}x{out['width']}",
         "psnr_fit": out["psnr_fit_mean"], "psnr_holdout": out["psnr_holdout_mean"],
@@ -177,16 +177,18 @@ def _seed_range(text: str) -> list[int]:
 
 
 def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Path, column0: bool = False,
-                 threads: int = 0) -> list[dict]:
+                 threads: int = 0, whole_grid: bool = False, whole_grid_first: bool = False) -> list[dict]:
     """The camera estimate alone (CPU) on synthetic scenes, against their ground-truth cameras
     (read only to measure): per seed the rotation / translation-direction errors (max over view
     pairs), the fov error, pass (rotation <= 2 deg and direction <= 5 deg) and the seconds the
-    estimate took. Grids are rendered once into ``cache`` (``launch.py synth``) and reused."""
+    estimate took. Grids are rendered once into ``cache`` (``launch.py synth``) and reused.
+    The estimate is ``reconstruct``'s default (``grid_cameras``, every cell usable), or from
+    column 0 alone (``column0``), or from the whole grid alone (``whole_grid``)."""
     import numpy as np
 
     from ..commands.synth import synth_run
     from ..grid import Grid, parse_size
-    from .api import load_gt_cameras
+    from .api import grid_cameras, load_gt_cameras
     from .cameras import SfMConfig, estimate_cameras
     from .metrics import camera_errors
 
@@ -200,9 +202,12 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
         gt = load_gt_cameras(run / "cameras.json", grid.V)
         K = np.array(json.loads((run / "cameras.json").read_text())["views"][0]["K"])
         fov_true = math.degrees(2 * math.atan(W / 2 / K[0, 0]))
-        images = grid.frames[:, 0] if column0 else grid.frames
         t0 = time.perf_counter()
-        est = estimate_cameras(images, SfMConfig(threads=threads))
+        if column0:
+            est = estimate_cameras(grid.frames[:, 0], SfMConfig(threads=threads))
+        else:
+            est = grid_cameras(grid.frames, np.ones(grid.frames.shape[:2], bool),
+                               SfMConfig(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first))[0]
         sec = time.perf_counter() - t0
         e = camera_errors(est.viewmats, gt)
         rows.append({"seed": s, "rot_deg_max": round(e["rot_deg_max"], 3), "tdir_deg_max": round(e["tdir_deg_max"], 3),
@@ -238,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="288x512", help="with --cameras-only: frame size HxW")
     p.add_argument("--views", type=int, default=8, help="with --cameras-only: V")
     p.add_argument("--times", type=int, default=8, help="with --cameras-only: T")
-    p.add_argument("--column0", action="store_true", help="with --cameras-only: estimate from column 0 alone")
+    p.add_argument("--column0", action="store_true", help="with --cameras-only: estimate from column 0 alone "
+                   "(default: reconstruct's default, see api.grid_cameras)")
     p.add_argument("--threads", type=int, default=0, help="with --cameras-only: detection threads (0: per core)")
     p.add_argument("--cache", type=Path, default=None,
                    help="with --cameras-only: folder for the rendered grids (default a temporary one)")
@@ -246,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--holdout", type=int, default=8, help="cells held out per grid (default 8)")
     p.add_argument("--iters", type=int, default=None, help="steps (default: the CUDA preset, time-budgeted)")
     p.add_argument("--whole-grid", action="store_true",
-                   help="fits: estimate cameras from every training cell, not column 0 alone")
+                   help="cameras from the whole grid's pooled matches alone (fits and --cameras-only)")
+    p.add_argument("--whole-grid-first", action="store_true",
+                   help="cameras from the whole grid first, column 0 only when it places fewer views")
     p.add_argument("--toy", action="store_true", help="also fit the built-in toy scene (8x8 at 288x512)")
     args = p.parse_args(argv)
     if args.cameras_only:
@@ -254,11 +262,12 @@ def main(argv: list[str] | None = None) -> int:
             cache = args.cache or Path(tmp)
             cache.mkdir(parents=True, exist_ok=True)
             rows = camera_bench(_seed_range(args.seeds), args.size, args.views, args.times, cache,
-                                column0=args.column0, threads=args.threads)
+                                column0=args.column0, threads=args.threads, whole_grid=args.whole_grid,
+                                whole_grid_first=args.whole_grid_first)
         print(_camera_table(rows))
         if args.json:
             args.json.write_text(json.dumps({"cameras": rows, "threads": args.threads or None,
-                                             "column0": args.column0}, indent=2))
+                                             "column0": args.column0, "whole_grid": args.whole_grid}, indent=2))
             print(f"wrote {args.json}")
         return 0
     if args.json is None:
@@ -297,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             report["toy_render_s"] = round(time.perf_counter() - t1, 2)
         for g in grids:
             try:
-                row = fit_grid(Path(g), args.holdout, args.iters, whole_grid=args.whole_grid)
+                row = fit_grid(Path(g), args.holdout, args.iters, whole_grid=args.whole_grid,
+                               whole_grid_first=args.whole_grid_first)
             except Exception as e:  # report and go on with the next grid
                 row = {"grid": str(g), "error": f"{type(e).__name__}: {e}"}
             rows.append(row)
