@@ -18,11 +18,8 @@ failing row prints its error and the bench goes on; warm-ups (compile) are timed
 ``--quick`` (about 5 minutes on an H100): per mode (soft, hard, fused) an eager row (the
 reference of the Δrel column), the old compiled baseline (no speed options; fused: flex) and the
 engine's defaults (``[defaults]``: FFN epilogue, shared Q/K/V, fused split on cuDNN), then whole
-grids of soft and fused with the defaults and the kernel profile of the soft default step; then
-the soft defaults with this round's candidate options (opaque token-major attention op, FFN
-residual in its matmul, RoPE halves) all together, with its whole grid and kernel profile
-(``profiles["soft +options"]``), and each alone; last, budget permitting, the soft defaults
-compiled as one whole-step graph.
+grids of soft and fused with the defaults and the kernel profile of the soft default step; last,
+budget permitting, the soft defaults compiled as one whole-step graph.
 """
 
 from __future__ import annotations
@@ -95,9 +92,6 @@ class Variant:
     sdpa: str = "auto"  # attention kernel: auto | flash | cudnn | efficient
     ffn_epilogue: bool = False  # bias + tanh-GELU in the FFN matmul's epilogue
     share: bool = False  # Q/K/V once where both streams hold the same tokens
-    rope_halves: bool = False  # q/k RoPE pairs de-interleaved (contiguous halves)
-    ffn_residual: bool = False  # FFN gate folded into the down-projection, residual added in the matmul
-    opaque_sdpa: bool = False  # attention through one opaque op (q/k/v stay token-major under compile)
     backend: str = "auto"  # fused-mode kernel: flex | split (auto: flex on cuda, split on cpu)
     defaults: bool = False  # the engine's inference defaults (only marks the label)
 
@@ -112,10 +106,6 @@ class Variant:
             parts.append("ffn-epilogue")
         if self.share:
             parts.append("shared-qkv")
-        for on, name in ((self.rope_halves, "rope-halves"), (self.ffn_residual, "ffn-residual"),
-                         (self.opaque_sdpa, "opaque-sdpa")):
-            if on:
-                parts.append(name)
         return ", ".join(parts) + (" [defaults]" if self.defaults else "")
 
     @property
@@ -174,8 +164,7 @@ def configure(tr, v: Variant, cuda: bool) -> None:
     tr.uncompile_blocks()
     if cuda or v.compile != "eager":
         torch._dynamo.reset()
-    set_engine_switches({"sdpa": v.sdpa, "ffn_epilogue": v.ffn_epilogue, "rope_halves": v.rope_halves,
-                         "ffn_residual": v.ffn_residual, "opaque_sdpa": v.opaque_sdpa})
+    set_engine_switches({"sdpa": v.sdpa, "ffn_epilogue": v.ffn_epilogue})
     tr.share_equal_streams = v.share
     kw = {"mode": v.compile_mode} if v.compile_mode else {}
     if v.compile == "blocks":
@@ -544,7 +533,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         tr.fuse_projections()
         add("soft", "eager, + fused Q/K/V matmuls", lambda: ours("soft"), est)
 
-    def profile(mode: str, only: str | None = None, key: str | None = None) -> None:
+    def profile(mode: str, only: str | None = None) -> None:
         """Where the fastest step of ``mode`` (or the row labelled ``only``) spends its GPU time."""
         cands = [(r, variants[(r.mode, r.variant)]) for r in rows
                  if r.mode == mode and r.s_per_step and (r.mode, r.variant) in variants
@@ -558,39 +547,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             with torch.no_grad():
                 fn()
                 fn()
-                profiles[key or mode] = {"variant": best.variant, **kernel_profile(fn)}
-            p = profiles[key or mode]
+                profiles[mode] = {"variant": best.variant, **kernel_profile(fn)}
+            p = profiles[mode]
             log(f"  profile {mode} ({best.variant}): wall {p['wall_ms']:.1f} ms, kernels {p['kernel_sum_ms']:.1f} ms "
                 f"in {p['launches']} launches; "
                 + ", ".join(f"{k} {ms:.1f}" for k, ms in p["by_kind_ms"].items()))
             for k in p["top"]:
                 log(f"    {k['ms']:8.2f} ms {k['calls']:5d}x  {k['kernel'][:120]}")
         except Exception as e:  # report and go on
-            profiles[key or mode] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
+            profiles[mode] = {"variant": best.variant, "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
             log(f"  profile {mode} FAILED {type(e).__name__}: {str(e)[:200]}")
         checkpoint()
-
-    def new_option_variants(mode: str) -> list[Variant]:
-        """The soft (or hard) defaults plus the candidate options: all together, then each alone."""
-        d = {**asdict(defaults(mode)), "defaults": False}
-        if not cfg.compile:
-            d["compile"] = "eager"
-        names = ("opaque_sdpa", "ffn_residual", "rope_halves")  # (most expected first: the budget may cut)
-        return [Variant(**{**d, **{n: True for n in names}})] + [Variant(**{**d, n: True}) for n in names]
-
-    def run_new_options(mode: str) -> None:
-        vs = new_option_variants(mode)
-        for i, v in enumerate(vs):
-            if v.compile != "eager" and left() < 40:  # (these compile fast: the defaults' kernels)
-                rows.append(Row(mode, v.label(), note="skipped: time budget"))
-                continue
-            make = (lambda v=v: (use(v), ours(v.mode))[1])
-            add(v.mode, v.label(), make, 0.0 if v.compile != "eager" else est, v=v)
-            if i == 0:
-                if cfg.grid:
-                    run_grid(mode, only=v.label())
-                if cfg.profile and cuda:
-                    profile(mode, only=v.label(), key=f"{mode} +options")
 
     def run_combined(mode: str) -> None:
         v = combined(mode)
@@ -617,9 +584,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 run_grid(mode, only=d.label())
             if cfg.profile and cuda and mode == "soft":
                 profile(mode, only=d.label())
-        if "soft" in cfg.modes:  # this round's candidate options on top of the soft defaults:
-            # all three together (with its grid and profile), then each alone
-            run_new_options("soft")
         if cuda and cfg.compile and "soft" in cfg.modes:  # last, if the budget allows: the whole
             # step as one graph now that the sync no longer breaks it (inductor may then fuse the
             # FFN residual of block l into sync l as well)

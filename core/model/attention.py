@@ -46,43 +46,6 @@ def get_sdpa_backend() -> str:
     return _sdpa_backend
 
 
-# Unmasked attention through one opaque op (``fourd::sdpa_tokens``) instead of torch's SDPA: under
-# torch.compile, inductor then hands q/k/v over in the token-major layout they are made in (no
-# copy of V into the attention kernel's preferred layout; q/k RMS-norm + RoPE can stay one
-# pass over token rows). Inference only (the op has no gradient), so it acts without grad alone.
-_opaque_sdpa = False
-
-
-def set_opaque_sdpa(on: bool) -> bool:
-    """Route unmasked attention (no grad) through the opaque ``fourd::sdpa_tokens`` op; returns
-    the previous setting. Compiled code guards on it."""
-    global _opaque_sdpa
-    old, _opaque_sdpa = _opaque_sdpa, bool(on)
-    return old
-
-
-def _exact_strides_tags() -> tuple:
-    tag = getattr(torch.Tag, "needs_exact_strides", None) or getattr(torch.Tag, "needs_fixed_stride_order", None)
-    return (tag,) if tag is not None else ()
-
-
-@torch.library.custom_op("fourd::sdpa_tokens", mutates_args=(), tags=_exact_strides_tags())
-def sdpa_tokens(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
-    """Attention over token-major ``q, k, v [N, S, H, d]`` (any strides with a dense last dim):
-    ``[N, S, H, d]`` contiguous. ``backend``: one of ``SDPA_BACKENDS`` (``auto``: torch's choice)."""
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if backend == "auto":
-        o = F.scaled_dot_product_attention(qt, kt, vt)
-    else:
-        o = _sdpa_op(qt, kt, vt, backend, False)[0]
-    return o.transpose(1, 2).contiguous()  # (a no-op for the GPU kernels: they write token-major)
-
-
-@sdpa_tokens.register_fake
-def _(q, k, v, backend):
-    return q.new_empty(q.shape[:-1] + (v.shape[-1],))
-
-
 @contextlib.contextmanager
 def sdpa_backend(name: str):
     """``with sdpa_backend("cudnn"): ...`` — ``set_sdpa_backend`` for a block of code."""
@@ -145,17 +108,8 @@ def rope_table(rope, frame_pos: torch.Tensor, hp: int, wp: int) -> tuple[torch.T
     return cos[:, 0::2].float().contiguous(), sin[:, 1::2].float().contiguous()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, halves: bool = False) -> torch.Tensor:
-    """Rotate ``x [N, S, H, d]`` by per-token angles ``cos, sin [S, d/2]`` (Wan's pairing).
-
-    halves: the channels of each head come de-interleaved (``rope_halves_perm``): pair i is
-    (x[i], x[d/2 + i]) instead of (x[2i], x[2i+1]); the same rotation, read from two contiguous
-    halves (what a GPU kernel loads fastest)."""
-    if halves:
-        xr = x.float().unflatten(-1, (2, -1))  # [N, S, H, 2, d/2]: (real parts, imaginary parts)
-        sign = (torch.arange(2, device=sin.device, dtype=sin.dtype) * 2 - 1)[:, None]  # (−1, +1)
-        c, s = cos[:, None, None, :], sin[:, None, None, :] * sign
-        return (xr * c + xr.flip(-2) * s).flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [N, S, H, d]`` by per-token angles ``cos, sin [S, d/2]`` (Wan's pairing)."""
     if x.dtype == torch.float32 and not torch.compiler.is_compiling():
         # Eager float32 (the CPU path): one complex multiply instead of six elementwise passes.
         xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
@@ -172,19 +126,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, halves: bo
     return out.type_as(x)
 
 
-def rope_halves_perm(heads: int, head_dim: int, device=None) -> torch.Tensor:
-    """Channel order that de-interleaves every head's RoPE pairs: new channel ``h·d + j`` is old
-    ``h·d + 2j`` for ``j < d/2`` and ``h·d + 2(j − d/2) + 1`` above. Applied to both q and k it
-    leaves every q·k dot product unchanged (the same products, summed in another order)."""
-    j = torch.arange(head_dim, device=device)
-    within = torch.where(j < head_dim // 2, 2 * j, 2 * (j - head_dim // 2) + 1)
-    return (torch.arange(heads, device=device)[:, None] * head_dim + within).flatten()
-
-
 def plain_inference(t: torch.Tensor) -> bool:
     """True where the inference-only speed options may act on ``t``: no grad and no autocast
     (under autocast, e.g. the evaluation inside training, weights stay float32 while activations
-    are half, and the custom ops below do not cast like torch's own ops do)."""
+    are half, and the engine's custom ops do not cast like torch's own ops do)."""
     return not torch.is_grad_enabled() and not torch.is_autocast_enabled(t.device.type)
 
 
@@ -193,8 +138,6 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     """Attention over ``[N, S, H, d]`` tensors (torch SDPA: flash / memory-efficient / math, or
     the backend ``set_sdpa_backend`` chose, when there is no mask)."""
     backend = _explicit_backend(q) if mask is None else None
-    if _opaque_sdpa and mask is None and plain_inference(q):
-        return sdpa_tokens(q, k, v, backend or "auto")
     if backend is not None:
         return _sdpa_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), backend, False)[0].transpose(1, 2)
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)

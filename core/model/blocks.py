@@ -13,13 +13,6 @@ makes the FFN's first matmul apply its bias and tanh-GELU in the cuBLASLt epilog
 [tokens, ffn_dim] activation is written once instead of three times; and
 ``run_block(..., shared_streams=True)`` computes norm1 + modulation + Q/K/V once when both
 streams hold the same tokens (every layer of hard sync, layer 0 of any parallel mode).
-
-Three more, off by default until the H100 bench says they pay (each exact up to rounding, no
-grad only): ``set_rope_halves`` de-interleaves each head's RoPE pairs by permuting the q/k rows
-of the projection (and the q/k norm weights) inside the step, so RoPE reads two contiguous
-halves; ``set_ffn_residual_fold`` folds the FFN's gate into its down-projection weights and adds
-the residual in that matmul (``x += a @ (gate·W)ᵀ`` in place, bias and gate pre-added to x), so
-the gated residual is no separate pass; ``attention.set_opaque_sdpa`` (see there).
 ``engine_switches`` / ``set_engine_switches`` read and set all the process-wide switches at once.
 """
 
@@ -42,59 +35,21 @@ def set_ffn_epilogue(on: bool) -> bool:
     return old
 
 
-_rope_halves = False
-_ffn_residual_fold = False
-
-
-def set_rope_halves(on: bool) -> bool:
-    """De-interleave the RoPE pairs of self-attention's q/k (no grad); returns the previous setting."""
-    global _rope_halves
-    old, _rope_halves = _rope_halves, bool(on)
-    return old
-
-
-def set_ffn_residual_fold(on: bool) -> bool:
-    """Add the FFN's gated residual inside its down-projection matmul (no grad); returns the
-    previous setting."""
-    global _ffn_residual_fold
-    old, _ffn_residual_fold = _ffn_residual_fold, bool(on)
-    return old
-
-
 def engine_switches() -> dict:
     """Every process-wide kernel switch of the engine, by name (to save and restore them)."""
-    return {"sdpa": A.get_sdpa_backend(), "ffn_epilogue": _ffn_epilogue, "rope_halves": _rope_halves,
-            "ffn_residual": _ffn_residual_fold, "opaque_sdpa": A._opaque_sdpa}
+    return {"sdpa": A.get_sdpa_backend(), "ffn_epilogue": _ffn_epilogue}
 
 
 def set_engine_switches(switches: dict) -> dict:
     """Set the switches named in ``switches`` (keys of ``engine_switches``); returns all of them
     as they were before."""
     old = engine_switches()
-    setters = {"sdpa": A.set_sdpa_backend, "ffn_epilogue": set_ffn_epilogue, "rope_halves": set_rope_halves,
-               "ffn_residual": set_ffn_residual_fold, "opaque_sdpa": A.set_opaque_sdpa}
+    setters = {"sdpa": A.set_sdpa_backend, "ffn_epilogue": set_ffn_epilogue}
     for name, value in switches.items():
         if name not in setters:
             raise ValueError(f"unknown engine switch {name!r}; known: {', '.join(setters)}")
         setters[name](value)
     return old
-
-
-@torch.library.custom_op("fourd::addmm_residual_", mutates_args=("c",))
-def addmm_residual_(c: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> None:
-    """``c += a @ wᵀ`` in place for ``c [N, M, D]``, ``a [N, M, F]``: ``w [D, F]`` for every
-    sample (one matmul over all N·M rows), or ``w [N, D, F]`` per sample. One matmul with c as
-    its accumulator, so the residual costs no extra pass; opaque, so inductor keeps it so."""
-    if w.ndim == 2:
-        c.view(-1, c.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), w.t())
-    else:
-        for i in range(c.shape[0]):
-            c[i].addmm_(a[i], w[i].t())
-
-
-@addmm_residual_.register_fake
-def _(c, a, w):
-    return None
 
 
 @torch.library.custom_op("fourd::linear_gelu_tanh", mutates_args=())
@@ -120,52 +75,11 @@ def _epilogue_applies(up, h: torch.Tensor) -> bool:
 def _ffn(ffn, h: torch.Tensor) -> torch.Tensor:
     """diffusers ``FeedForward`` (Linear -> tanh-GELU -> Linear) on ``h [N, M, D]``."""
     up = ffn.net[0]
-    if _epilogue_applies(up, h) and not torch.is_grad_enabled():
+    if _epilogue_applies(up, h) and A.plain_inference(h):
         # (the CPU kernel of _addmm_activation uses the erf GELU, hence CUDA only)
         a = linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias)
         return ffn.net[2](a.view(*h.shape[:-1], -1))
     return ffn(h)
-
-
-def _ffn_hidden(ffn, h: torch.Tensor) -> torch.Tensor:
-    """The FFN's hidden activation ``gelu(h @ W1ᵀ + b1)`` for ``h [N, M, D]``: ``[N, M, F]``."""
-    up = ffn.net[0]
-    if _epilogue_applies(up, h):
-        return linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias).view(*h.shape[:-1], -1)
-    return ffn.net[1](up(h))
-
-
-def _ffn_foldable(ffn, x: torch.Tensor) -> bool:
-    return (_ffn_residual_fold and A.plain_inference(x) and len(ffn.net) == 3
-            and isinstance(ffn.net[2], torch.nn.Linear) and ffn.net[2].bias is not None)
-
-
-def _ffn_residual(ffn, x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor, same_gate: bool) -> torch.Tensor:
-    """``x + gate·ffn(h)`` with the gate folded into the down-projection: ``c = x + gate·b2``
-    (one pass that the norm before it already makes), then ``c += a @ (gate·W2)ᵀ`` in the matmul.
-    ``gate [N, 1, D]`` float32; ``same_gate``: every row of it is the same (one matmul)."""
-    down = ffn.net[2]
-    a = _ffn_hidden(ffn, h)  # [N, M, F]
-    c = (x.float() + gate * down.bias.float()).type_as(x)
-    g = gate[:1, 0] if same_gate else gate[:, 0]  # [1 or N, D]
-    w = (down.weight.float() * g[:, :, None]).to(a.dtype)  # [1 or N, D, F]
-    addmm_residual_(c, a, w[0] if same_gate else w)
-    return c
-
-
-def _deinterleave(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """Rows ``[H·d, ...]`` of q or k -> each head's RoPE pairs de-interleaved (``A.rope_halves_perm``)."""
-    return t.unflatten(0, (heads, -1, 2)).transpose(1, 2).flatten(0, 2)
-
-
-def _rope_halves_ok(attn) -> bool:
-    """RoPE halves apply where q/k are normalised across all heads by an RMSNorm (Wan's
-    ``rms_norm_across_heads``): permuting channels then leaves the norm unchanged."""
-    if not _rope_halves or not A.plain_inference(attn.to_out[0].weight):
-        return False
-    D = attn.to_out[0].in_features  # heads · head_dim
-    return all(isinstance(n, torch.nn.RMSNorm) and tuple(n.normalized_shape) == (D,) and n.weight is not None
-               for n in (attn.norm_q, attn.norm_k))
 
 
 @dataclass(frozen=True)
@@ -185,50 +99,24 @@ class Layout:
     fused_backend: str = "dense"
 
 
-def _qkv(attn, h: torch.Tensor, halves: bool = False):
-    """Self-attention q, k, v ``[N, M, H, d]``; ``halves``: q/k channels de-interleaved per head
-    (``_rope_halves_ok`` must hold), through permuted projection rows and norm weights."""
-    H = attn.heads
-    if halves:
-        def perm_qk(w_q, w_k):
-            return _deinterleave(w_q, H), _deinterleave(w_k, H)
-
-        if getattr(attn, "fused_projections", False):
-            W, b = attn.to_qkv.weight, attn.to_qkv.bias
-            Wq, Wk, Wv = W.chunk(3)
-            W = torch.cat([*perm_qk(Wq, Wk), Wv])
-            if b is not None:
-                bq, bk, bv = b.chunk(3)
-                b = torch.cat([*perm_qk(bq, bk), bv])
-            q, k, v = torch.nn.functional.linear(h, W, b).chunk(3, dim=-1)
-        else:
-            Wq, Wk = perm_qk(attn.to_q.weight, attn.to_k.weight)
-            bq, bk = ((None, None) if attn.to_q.bias is None or attn.to_k.bias is None
-                      else perm_qk(attn.to_q.bias, attn.to_k.bias))
-            q, k = torch.nn.functional.linear(h, Wq, bq), torch.nn.functional.linear(h, Wk, bk)
-            v = attn.to_v(h)
-        nq, nk = attn.norm_q, attn.norm_k
-        wq, wk = perm_qk(nq.weight, nk.weight)
-        q = torch.nn.functional.rms_norm(q, nq.normalized_shape, wq, nq.eps)
-        k = torch.nn.functional.rms_norm(k, nk.normalized_shape, wk, nk.eps)
+def _qkv(attn, h: torch.Tensor):
+    if getattr(attn, "fused_projections", False):
+        q, k, v = attn.to_qkv(h).chunk(3, dim=-1)
     else:
-        if getattr(attn, "fused_projections", False):
-            q, k, v = attn.to_qkv(h).chunk(3, dim=-1)
-        else:
-            q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
-        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
+    q, k = attn.norm_q(q), attn.norm_k(k)
+    H = attn.heads
     return q.unflatten(2, (H, -1)), k.unflatten(2, (H, -1)), v.unflatten(2, (H, -1))
 
 
-def _attend(q, k, v, lay: Layout, ropes: dict, mask, halves: bool = False):
-    """Self-attention of ``q, k, v [N, M, H, d]`` in layout ``lay`` (RoPE applied here;
-    ``halves``: q/k channels de-interleaved, see ``_qkv``)."""
+def _attend(q, k, v, lay: Layout, ropes: dict, mask):
+    """Self-attention of ``q, k, v [N, M, H, d]`` in layout ``lay`` (RoPE applied here)."""
     B, V, T, P = lay.B, lay.V, lay.T, lay.P
     N, M, H, d = q.shape
 
     def seq(x, n, s, rope):  # reshape into n sequences of s tokens, rotate
         x = x.reshape(n, s, H, d)
-        return x if rope is None else A.apply_rope(x, *rope, halves=halves)
+        return x if rope is None else A.apply_rope(x, *rope)
 
     if lay.kind == "streams":
         if V == T:  # both streams have T·B = V·B sequences of the same length and positions
@@ -251,10 +139,10 @@ def _attend(q, k, v, lay: Layout, ropes: dict, mask, halves: bool = False):
         def cols(x):
             return x.view(B, V, T, P, H, d).transpose(1, 2).reshape(N, M, H, d)
 
-        o = _attend(cols(q), cols(k), cols(v), Layout("view", B, V, T, P), ropes, None, halves)
+        o = _attend(cols(q), cols(k), cols(v), Layout("view", B, V, T, P), ropes, None)
         return o.reshape(B, T, V, P, H, d).transpose(1, 2).reshape(N, M, H, d)
     if lay.kind == "fused":
-        q, k = A.apply_rope(q, *ropes["fused"], halves=halves), A.apply_rope(k, *ropes["fused"], halves=halves)
+        q, k = A.apply_rope(q, *ropes["fused"]), A.apply_rope(k, *ropes["fused"])
         if lay.fused_backend == "split":
             return A.fused_split(q, k, v, B, V, T, P)
         if lay.fused_backend == "flex":
@@ -277,14 +165,14 @@ def text_kv(blk, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return k.unflatten(2, (attn.heads, -1)), v.unflatten(2, (attn.heads, -1))
 
 
-def _shared_qkv(blk, x, shift, scale, lay: Layout, halves: bool = False):
+def _shared_qkv(blk, x, shift, scale, lay: Layout):
     """Q/K/V of both streams when they hold the same tokens: computed on the time stream (grid
     order) and re-laid-out for the view stream, ``[2B, M, H, d]`` each."""
     B, V, T, P = lay.B, lay.V, lay.T, lay.P
     xt = x[B:]
     h = torch.addcmul(shift[B:], blk.norm1(xt.float()), 1 + scale[B:]).type_as(x)
     out = []
-    for t in _qkv(blk.attn1, h, halves):  # [B, M, H, d] grid order
+    for t in _qkv(blk.attn1, h):  # [B, M, H, d] grid order
         H, d = t.shape[-2:]
         tv = t.view(B, V, T, P, H, d).transpose(1, 2).reshape(B, V * T * P, H, d)  # view order
         out.append(torch.cat([tv, t]))
@@ -297,8 +185,6 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_
 
     tproj: ``[N, 6, D]`` timestep projection (adaLN shift/scale/gate), kv_k/kv_v: ``[N, L, H, d]``
     text keys/values of this block, ropes: layout name -> (cos, sin), mask: fused-mode mask.
-    With one sample (``lay.B == 1``) every row of ``tproj`` must be the same (streams: the one
-    sample's projection repeated, as ``FourDTransformer`` passes it).
     shared_streams (``streams`` layout): the caller promises that both streams hold the same
     tokens with the same ``tproj`` (view stream = time stream re-laid-out), so Q/K/V are computed
     once.
@@ -308,14 +194,13 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_
     # 1. Self-attention (twice in sequential mode: across views, then across times)
     sub_layouts = ([Layout("view_of_grid", lay.B, lay.V, lay.T, lay.P), Layout("time", lay.B, lay.V, lay.T, lay.P)]
                    if lay.kind == "sequential" else [lay])
-    halves = _rope_halves_ok(blk.attn1)
     for sub in sub_layouts:
         if shared_streams and sub.kind == "streams":
-            q, k, v = _shared_qkv(blk, x, shift, scale, sub, halves)
+            q, k, v = _shared_qkv(blk, x, shift, scale, sub)
         else:
             h = torch.addcmul(shift, blk.norm1(x.float()), 1 + scale).type_as(x)
-            q, k, v = _qkv(blk.attn1, h, halves)
-        o = _attend(q, k, v, sub, ropes, mask, halves).flatten(2).type_as(q)
+            q, k, v = _qkv(blk.attn1, h)
+        o = _attend(q, k, v, sub, ropes, mask).flatten(2).type_as(q)
         o = blk.attn1.to_out[0](o)
         x = torch.addcmul(x.float(), o, gate).type_as(x)
 
@@ -328,8 +213,5 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_
 
     # 3. Feed-forward
     h = torch.addcmul(c_shift, blk.norm3(x.float()), 1 + c_scale).type_as(x)
-    if _ffn_foldable(blk.ffn, x):
-        # every row of c_gate is the same where there is one sample (streams: tproj repeated)
-        return _ffn_residual(blk.ffn, x, h, c_gate, same_gate=lay.B == 1)
     x = torch.addcmul(x.float(), _ffn(blk.ffn, h), c_gate).type_as(x)
     return x
