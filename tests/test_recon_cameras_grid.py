@@ -1,10 +1,13 @@
 """Cameras from a whole grid: the time columns' matches are pooled (what stands still merged into
-one keypoint, what moves adding new ones), unusable cells are left out, and the orbit is found."""
+one keypoint, what moves adding new ones), unusable cells are left out, and the orbit is found;
+and the choice between column 0's cameras and the whole grid's by held-out matches."""
 
 import numpy as np
 import pytest
 
-from core.recon.cameras import SfMConfig, estimate_cameras, pooled_features
+from core.recon.cameras import (CameraEstimate, SfMConfig, estimate_cameras, heldout_error, heldout_matches,
+                                pooled_features, sampson_px)
+from core.recon.geometry import rodrigues
 from core.recon.metrics import camera_errors
 from core.recon.toyscene import render_toy
 
@@ -107,3 +110,75 @@ def test_whole_grid_first_falls_back_to_column_0_when_the_pool_places_fewer_view
     assert not used_grid and times == [0, 0, 1, 0, 0, 0]
     assert any("column 0 alone" in w for w in warnings)
     assert est.n_registered == 6
+
+
+def _cams(viewmats, Ks):
+    return CameraEstimate(viewmats=viewmats, Ks=Ks, points=np.zeros((0, 3)), colors=np.zeros((0, 3)),
+                          source="test", fov_x_deg=55.0, n_registered=len(viewmats))
+
+
+# choosing between column 0's cameras and the whole grid's by held-out matches: views further
+# apart than the matching window, in later time columns, which neither estimate was fitted to
+
+
+def test_sampson_distance_is_zero_for_a_projected_point_and_grows_off_the_epipolar_line(toy_grid):
+    vm, K = toy_grid.viewmats, toy_grid.Ks
+    X = np.array([[0.3, -0.2, 0.1], [-0.5, 0.4, 0.0]])
+    uv = []
+    for v in (0, 3):
+        p = (np.c_[X, np.ones(2)] @ vm[v, :3].T) @ K[v].T
+        uv.append(p[:, :2] / p[:, 2:])
+    d = sampson_px(uv[0], uv[1], vm[0], vm[3], K[0], K[3])
+    assert np.all(d < 1e-6), d
+    assert np.all(sampson_px(uv[0], uv[1] + [0.0, 3.0], vm[0], vm[3], K[0], K[3]) > 0.5)
+
+
+def test_held_out_matches_lie_outside_the_window_and_column_0(toy_grid):
+    cfg = SfMConfig(threads=1, pair_window=1)
+    m = heldout_matches(toy_grid.frames, np.ones((6, 2), bool), cfg)
+    assert m and all(j - i > 1 for i, j, *_ in m)
+    # a grid of one time, or one whose views all lie within the window, has none
+    assert heldout_matches(toy_grid.frames[:, :1], np.ones((6, 1), bool), cfg) == []
+    assert heldout_matches(toy_grid.frames, np.ones((6, 2), bool), SfMConfig(threads=1, pair_window=5)) == []
+
+
+def test_held_out_error_prefers_the_true_cameras_to_a_slightly_wrong_set(toy_grid):
+    m = heldout_matches(toy_grid.frames, np.ones((6, 2), bool), SfMConfig(threads=1, pair_window=1))
+    true = heldout_error(m, _cams(toy_grid.viewmats, toy_grid.Ks))
+    wrong_vm = toy_grid.viewmats.copy()
+    for v in range(6):  # every view turned by 1 degree about its own axis
+        axis = np.array([np.cos(v), np.sin(v), 0.5]) / np.linalg.norm([np.cos(v), np.sin(v), 0.5])
+        wrong_vm[v, :3, :3] = rodrigues(np.radians(1.0) * axis) @ wrong_vm[v, :3, :3]
+    wrong = heldout_error(m, _cams(wrong_vm, toy_grid.Ks))
+    assert true < 0.5, true
+    assert wrong > 2 * true, (wrong, true)
+
+
+def test_choose_heldout_keeps_the_estimate_that_fits_held_out_matches(toy_grid):
+    """With held-out pairs, both estimates are made and the lower held-out error wins; the
+    choice matches what the two estimates score when made apart."""
+    from dataclasses import replace
+
+    from core.recon.api import grid_cameras
+
+    cfg = SfMConfig(threads=1, pair_window=1, choose_heldout=True)
+    train = np.ones((6, 2), bool)
+    logs = []
+    est, times, used_grid, _ = grid_cameras(toy_grid.frames, train, cfg, log=logs.append)
+    assert any("held-out matches" in line for line in logs)
+    m = heldout_matches(toy_grid.frames, train, cfg)
+    e0 = heldout_error(m, estimate_cameras(toy_grid.frames[:, 0], cfg))
+    ep = heldout_error(m, estimate_cameras(toy_grid.frames, replace(cfg, whole_grid=True), usable=train))
+    assert used_grid == (ep < e0)
+    assert heldout_error(m, est) == pytest.approx(min(e0, ep))
+    assert times == (None if used_grid else [0] * 6)
+
+
+def test_choose_heldout_without_held_out_pairs_keeps_column_0_and_skips_the_pool(toy_grid):
+    from core.recon.api import grid_cameras
+
+    logs = []
+    cfg = SfMConfig(threads=1, pair_window=5, choose_heldout=True)
+    est, times, used_grid, _ = grid_cameras(toy_grid.frames, np.ones((6, 2), bool), cfg, log=logs.append)
+    assert not used_grid and times == [0] * 6 and est.n_registered == 6
+    assert not any("held-out" in line for line in logs)

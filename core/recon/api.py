@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .cameras import SfMConfig, estimate_cameras
+from .cameras import CameraEstimate, SfMConfig, estimate_cameras, heldout_error, heldout_matches
 from .checks import check_grid_for_recon
 from .fit import FitConfig, build_model, fit, preset_for, render_all
 from .metrics import camera_errors, psnr
@@ -112,8 +112,10 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
     """The grid's cameras from its training cells. Only the whole grid's pooled matches when
     ``cfg.whole_grid``; else, with several time columns and ``cfg.whole_grid_first``, the whole
     grid first and column 0 (one frame per view, ``camera_images``) only when the whole grid
-    could not place every view; else column 0 first and, with ``cfg.whole_grid_fallback``, the
-    whole grid when column 0 could not place every view. Of two estimates the one that places
+    could not place every view; else column 0 first and, with ``cfg.choose_heldout`` and every
+    view placed, the whole grid too and the better of the two on held-out matches
+    (``choose_by_heldout``), and with ``cfg.whole_grid_fallback`` the whole grid when column 0
+    could not place every view. Of two estimates the one that places
     more views wins (a tie: the first). Returns (estimate, times used per view or None, whether
     the whole grid was used, warnings)."""
     V, T = frames.shape[:2]
@@ -143,6 +145,12 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
         return pooled, None, True, warnings
     warnings += [col0_note] if col0_note else []
     est = estimate_cameras(images, cfg, log=log)
+    if cfg.choose_heldout and est.n_registered == V and T > 1:
+        chosen = choose_by_heldout(frames, train, est, whole, cfg, log=log)
+        if chosen is not None and chosen is not est:
+            return chosen, None, True, []  # the column-0 note is moot: no later time was used for it
+        if chosen is est:
+            return est, cam_times, False, warnings
     if cfg.whole_grid_fallback and est.n_registered < V and T > 1:
         if log:
             log(f"column 0 placed {est.n_registered} of {V} views from features; trying the whole grid")
@@ -152,6 +160,29 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
                             "matches pooled over the whole grid")
             return pooled, None, True, warnings
     return est, cam_times, False, warnings
+
+
+def choose_by_heldout(frames: np.ndarray, train: np.ndarray, col0: CameraEstimate,
+                      whole: Callable[[], CameraEstimate], cfg: SfMConfig,
+                      log: Callable[[str], None] | None = None) -> CameraEstimate | None:
+    """Of column 0's estimate ``col0`` (every view placed) and the whole grid's (``whole()``,
+    computed here only when there is held-out evidence), the one whose cameras fit held-out
+    matches better (lower ``heldout_error``: matches between views further apart than
+    ``cfg.pair_window`` in columns 1.., which neither estimate was fitted to). None when there
+    are no such matches or the whole grid does not place every view (the caller keeps its rule)."""
+    V = frames.shape[0]
+    matches = heldout_matches(frames, train, cfg)
+    if not matches:
+        return None
+    pooled = whole()
+    if pooled.n_registered < V:
+        return None
+    e0, ep = heldout_error(matches, col0), heldout_error(matches, pooled)
+    if log:
+        log(f"held-out matches ({len(matches)} view pairs): column 0 {e0:.3f} px, whole grid {ep:.3f} px")
+    if not np.isfinite(e0) or not np.isfinite(ep):
+        return None
+    return pooled if ep < e0 else col0
 
 
 def load_gt_cameras(path: str | Path, V: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """GPU benchmark of the reconstruction: gsplat vs the torch splatter, then fits of run folders.
 
     python -m core.recon.bench --json PATH [--grid DIR ...] [--holdout 8] [--iters N] [--toy]
-    python -m core.recon.bench --cameras-only [--seeds A..B] [--size HxW] [--times T] [--column0 | --whole-grid] [--json PATH]
+    python -m core.recon.bench --cameras-only [--seeds A..B] [--size HxW] [--times T] [--column0 | --whole-grid | --choose-heldout] [--json PATH]
 
 (a) renders one small scene with ``gsplat.rasterization`` and with our torch splatter (both on
 the GPU) and reports how far images and gradients differ, and the time of gsplat's first call
@@ -100,15 +100,15 @@ def compare_backends(n: int = 3000, views: int = 3, height: int = 128, width: in
 
 
 def fit_grid(run: Path, holdout: int, iters: int | None, seed: int = 0, device: str = "cuda",
-             whole_grid: bool = False, whole_grid_first: bool = False) -> dict:
+             whole_grid: bool = False, whole_grid_first: bool = False, choose_heldout: bool | None = None) -> dict:
     """Reconstruct one run folder and return its row of the table (``whole_grid``: cameras from
     every training cell's matches, not column 0's alone)."""
     from .api import reconstruct_run
-    from .cameras import SfMConfig
 
     t0 = time.perf_counter()
     out = reconstruct_run(run, iters=iters, holdout=holdout, device=device, seed=seed,
-                          sfm=SfMConfig(whole_grid=whole_grid, whole_grid_first=whole_grid_first))
+                          sfm=_sfm(whole_grid=whole_grid, whole_grid_first=whole_grid_first,
+                                   choose_heldout=choose_heldout))
     row = {
         "grid": str(run), "views": out["views"], "times": out["times"], "size": f"{out['height']}x{out['width']}",
         "psnr_fit": out["psnr_fit_mean"], "psnr_holdout": out["psnr_holdout_mean"],
@@ -149,6 +149,13 @@ def error_by_region(run: Path, out: dict) -> dict | None:
             "held": region_report(frames, renders, regions, held) if held.any() else None}
 
 
+def _sfm(choose_heldout: bool | None = None, **kw):
+    """An SfMConfig with ``kw``; ``choose_heldout`` None keeps its default."""
+    from .cameras import SfMConfig
+
+    return SfMConfig(**kw) if choose_heldout is None else SfMConfig(choose_heldout=choose_heldout, **kw)
+
+
 def _table(rows: list[dict]) -> str:
     head = (f"{'grid':<12} {'VxT HxW':<14} {'fit dB':>7} {'held dB':>8} {'rot max':>8} {'tdir max':>9} {'rot0':>6} "
             f"{'tdir0':>6} {'fit s':>6} {'cams':>5} {'seed':>5} {'loop':>5} {'steps':>6} {'gauss':>8}")
@@ -177,7 +184,8 @@ def _seed_range(text: str) -> list[int]:
 
 
 def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Path, column0: bool = False,
-                 threads: int = 0, whole_grid: bool = False, whole_grid_first: bool = False) -> list[dict]:
+                 threads: int = 0, whole_grid: bool = False, whole_grid_first: bool = False,
+                 choose_heldout: bool | None = None) -> list[dict]:
     """The camera estimate alone (CPU) on synthetic scenes, against their ground-truth cameras
     (read only to measure): per seed the rotation / translation-direction errors (max over view
     pairs), the fov error, pass (rotation <= 2 deg and direction <= 5 deg) and the seconds the
@@ -207,7 +215,9 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
             est = estimate_cameras(grid.frames[:, 0], SfMConfig(threads=threads))
         else:
             est = grid_cameras(grid.frames, np.ones(grid.frames.shape[:2], bool),
-                               SfMConfig(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first))[0]
+                               _sfm(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first,
+                                    choose_heldout=choose_heldout),
+                               log=lambda m: print("  ", m, flush=True) if m.startswith("held-out") else None)[0]
         sec = time.perf_counter() - t0
         e = camera_errors(est.viewmats, gt)
         rows.append({"seed": s, "rot_deg_max": round(e["rot_deg_max"], 3), "tdir_deg_max": round(e["tdir_deg_max"], 3),
@@ -255,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="cameras from the whole grid's pooled matches alone (fits and --cameras-only)")
     p.add_argument("--whole-grid-first", action="store_true",
                    help="cameras from the whole grid first, column 0 only when it places fewer views")
+    p.add_argument("--choose-heldout", action=argparse.BooleanOptionalAction, default=None,
+                   help="column 0 and the whole grid both, the better on held-out matches (default: SfMConfig's)")
     p.add_argument("--toy", action="store_true", help="also fit the built-in toy scene (8x8 at 288x512)")
     args = p.parse_args(argv)
     if args.cameras_only:
@@ -263,11 +275,12 @@ def main(argv: list[str] | None = None) -> int:
             cache.mkdir(parents=True, exist_ok=True)
             rows = camera_bench(_seed_range(args.seeds), args.size, args.views, args.times, cache,
                                 column0=args.column0, threads=args.threads, whole_grid=args.whole_grid,
-                                whole_grid_first=args.whole_grid_first)
+                                whole_grid_first=args.whole_grid_first, choose_heldout=args.choose_heldout)
         print(_camera_table(rows))
         if args.json:
             args.json.write_text(json.dumps({"cameras": rows, "threads": args.threads or None,
-                                             "column0": args.column0, "whole_grid": args.whole_grid}, indent=2))
+                                             "column0": args.column0, "whole_grid": args.whole_grid,
+                                             "choose_heldout": args.choose_heldout}, indent=2))
             print(f"wrote {args.json}")
         return 0
     if args.json is None:
@@ -307,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         for g in grids:
             try:
                 row = fit_grid(Path(g), args.holdout, args.iters, whole_grid=args.whole_grid,
-                               whole_grid_first=args.whole_grid_first)
+                               whole_grid_first=args.whole_grid_first, choose_heldout=args.choose_heldout)
             except Exception as e:  # report and go on with the next grid
                 row = {"grid": str(g), "error": f"{type(e).__name__}: {e}"}
             rows.append(row)
