@@ -141,3 +141,11 @@ def test_cli_exits_2_with_one_line_for_a_missing_or_non_run_folder(tmp_path, cap
     (tmp_path / "empty").mkdir()
     assert main(["reconstruct", str(tmp_path / "empty")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_a_slow_camera_estimate_comes_out_of_the_loop_budget_not_on_top():
+    from core.recon.api import SETUP_ALLOWANCE_S, loop_budget
+
+    assert loop_budget(42.0, 5.0) == 42.0  # within the allowance: the preset's budget
+    assert loop_budget(42.0, SETUP_ALLOWANCE_S + 6.0) == 36.0  # 6 s over: 6 s less loop
+    assert loop_budget(42.0, 500.0) == 21.0  # never below half the budget
