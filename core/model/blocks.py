@@ -66,16 +66,16 @@ def _(x, weight, bias):
 
 def _epilogue_applies(up, h: torch.Tensor) -> bool:
     """The cuBLASLt GELU epilogue serves ``up`` (diffusers' GELU module) on ``h``: CUDA half
-    precision with weights of the same dtype, no autocast (the custom op does not cast)."""
+    precision with weights of the same dtype, no grad, no autocast (the custom op does not cast)."""
     return (_ffn_epilogue and h.is_cuda and h.dtype in (torch.float16, torch.bfloat16)
-            and up.proj.weight.dtype == h.dtype and not torch.is_autocast_enabled("cuda")
+            and up.proj.weight.dtype == h.dtype and A.plain_inference(h)
             and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None)
 
 
 def _ffn(ffn, h: torch.Tensor) -> torch.Tensor:
     """diffusers ``FeedForward`` (Linear -> tanh-GELU -> Linear) on ``h [N, M, D]``."""
     up = ffn.net[0]
-    if _epilogue_applies(up, h) and A.plain_inference(h):
+    if _epilogue_applies(up, h):
         # (the CPU kernel of _addmm_activation uses the erf GELU, hence CUDA only)
         a = linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias)
         return ffn.net[2](a.view(*h.shape[:-1], -1))

@@ -149,8 +149,6 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
         chosen = choose_by_heldout(frames, train, est, whole, cfg, log=log)
         if chosen is not None and chosen is not est:
             return chosen, None, True, []  # the column-0 note is moot: no later time was used for it
-        if chosen is est:
-            return est, cam_times, False, warnings
     if cfg.whole_grid_fallback and est.n_registered < V and T > 1:
         if log:
             log(f"column 0 placed {est.n_registered} of {V} views from features; trying the whole grid")
