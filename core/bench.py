@@ -3,8 +3,11 @@ optimisation buys, time to a whole grid, peak memory, and the ratio to DESIGN.md
 
 On the GPU it builds a Wan2.1-1.3B-shaped backbone with random weights (speed does not depend on
 the weights) and times an 8 x 8 latent grid of 288 x 512 frames (36 x 64 latents, 576 tokens a
-frame, 36,864 a grid; the VAE and the text encoder are not part of the step). On the CPU it does
-the same for the embedded default model's shape. Rows run in order of importance and stop when
+frame, 36,864 a grid; the VAE and the text encoder are not part of the step). The text states
+are a prompt of ``prompt_tokens`` (default 24) random rows, zero after it up to the model's text
+length (512 for Wan), as Wan's pipeline pads its umT5 output; quick runs also time the soft
+defaults with random rows filling the whole text (no padding, so no folded cross-attention). On
+the CPU it does the same for the embedded default model's shape. Rows run in order of importance and stop when
 the time budget is spent, so one call always ends with a table.
 
 Speed options (``--options quick|all``, default ``all`` on CUDA): each row changes one thing
@@ -17,7 +20,8 @@ failing row prints its error and the bench goes on; warm-ups (compile) are timed
 
 ``--quick`` (about 5 minutes on an H100): per mode (soft, hard, fused) an eager row (the
 reference of the Δrel column), the old compiled baseline (no speed options; fused: flex) and the
-engine's defaults (``[defaults]``: FFN epilogue, shared Q/K/V, fused split on cuDNN), then whole
+engine's defaults (``[defaults]``: FFN epilogue, shared Q/K/V, folded cross-attention of the
+padded prompt, fused split on cuDNN), then whole
 grids of soft and fused with the defaults and the kernel profile of the soft default step; last,
 budget permitting, the soft defaults compiled as one whole-step graph.
 """
@@ -62,6 +66,7 @@ class BenchConfig:
     options: str | None = None  # speed-option rows: none | quick | all (default: all on cuda, none on cpu)
     quick: bool = False  # eager reference, old baseline and defaults per mode, two grids, soft profile
     profile: bool | None = None  # kernel-time table of the fastest soft variant (default: on for cuda)
+    prompt_tokens: int = 24  # rows of the text states before the zero padding (clipped to the text length)
 
     def resolve(self) -> "BenchConfig":
         c = BenchConfig(**asdict(self))
@@ -92,6 +97,7 @@ class Variant:
     sdpa: str = "auto"  # attention kernel: auto | flash | cudnn | efficient
     ffn_epilogue: bool = False  # bias + tanh-GELU in the FFN matmul's epilogue
     share: bool = False  # Q/K/V once where both streams hold the same tokens
+    text_fold: bool = False  # the padded prompt's cross-attention folded (blocks.fold_text_kv)
     backend: str = "auto"  # fused-mode kernel: flex | split (auto: flex on cuda, split on cpu)
     defaults: bool = False  # the engine's inference defaults (only marks the label)
 
@@ -106,6 +112,8 @@ class Variant:
             parts.append("ffn-epilogue")
         if self.share:
             parts.append("shared-qkv")
+        if self.text_fold:
+            parts.append("text-fold")
         return ", ".join(parts) + (" [defaults]" if self.defaults else "")
 
     @property
@@ -164,7 +172,7 @@ def configure(tr, v: Variant, cuda: bool) -> None:
     tr.uncompile_blocks()
     if cuda or v.compile != "eager":
         torch._dynamo.reset()
-    set_engine_switches({"sdpa": v.sdpa, "ffn_epilogue": v.ffn_epilogue})
+    set_engine_switches({"sdpa": v.sdpa, "ffn_epilogue": v.ffn_epilogue, "text_fold": v.text_fold})
     tr.share_equal_streams = v.share
     kw = {"mode": v.compile_mode} if v.compile_mode else {}
     if v.compile == "blocks":
@@ -243,7 +251,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     known = torch.zeros(1, V, T, dtype=torch.bool, device=dev)
     known[0, 0, :] = True
     known[0, :, 0] = True
-    text = torch.randn(1, L, bc.text_dim, generator=g).to(dev, dtype)
+    full_text = torch.randn(1, L, bc.text_dim, generator=g).to(dev, dtype)
+    n_prompt = max(1, min(cfg.prompt_tokens, L))
+    text = full_text.clone()
+    text[:, n_prompt:] = 0  # [1, L, D_text] a prompt, then Wan's zero padding
     sigma = torch.tensor([0.6])
     setup = {"device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
              "torch": torch.__version__, "preset": cfg.preset, "dtype": str(dtype).replace("torch.", ""),
@@ -251,7 +262,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
              "tokens": V * T * P, "blocks": bc.num_layers, "width": D,
              "params_backbone_M": round(sum(p.numel() for p in tr.backbone.parameters()) / 1e6, 1),
              "params_new_M": round(sum(p.numel() for p in tr.layers.parameters()) / 1e6, 1),
-             "compile": cfg.compile, "timed_steps": cfg.steps, "options": cfg.options}
+             "compile": cfg.compile, "timed_steps": cfg.steps, "options": cfg.options,
+             "text": f"{n_prompt} prompt tokens of {L}"}
     log("bench: " + ", ".join(f"{k}={v}" for k, v in setup.items()))
     rows: list[Row] = []
     grids: list[dict] = []
@@ -363,8 +375,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             + (f"  peak {peak:5.1f} GB" if peak is not None else f"  (cpu time / {threads} threads {cpu_est[0]:.3f} s)"))
         return row
 
-    def ours(mode: str, backend: str = "auto", cache: bool = True):
-        plan = tr.prepare(text, (V, T, h, w), cond=cond, known=known, mode=mode, fused_backend=backend, cache=cache)
+    def ours(mode: str, backend: str = "auto", cache: bool = True, states=None):
+        states = text if states is None else states
+        plan = tr.prepare(states, (V, T, h, w), cond=cond, known=known, mode=mode, fused_backend=backend, cache=cache)
         return lambda: tr.step(plan, x, sigma)
 
     est = 4.0 if cuda else 30.0  # rough seconds for an eager row
@@ -430,9 +443,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
     def defaults(mode: str) -> Variant:
         """How the engine runs ``mode`` now (inference, half precision on CUDA): FFN epilogue on,
-        Q/K/V shared where the streams are equal, fused mode on the split kernel (cuDNN)."""
+        Q/K/V shared where the streams are equal, the padded prompt's cross-attention folded,
+        fused mode on the split kernel (cuDNN)."""
         return Variant(mode, compile=base_compile, ffn_epilogue=cuda, share=mode in ("soft", "hard") and cuda,
-                       backend="split" if mode == "fused" else "auto", defaults=True)
+                       text_fold=True, backend="split" if mode == "fused" else "auto", defaults=True)
 
     def eager_ref(mode: str) -> Variant:
         """The reference of the Δrel column in quick runs: eager, plain (fused: split)."""
@@ -584,6 +598,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 run_grid(mode, only=d.label())
             if cfg.profile and cuda and mode == "soft":
                 profile(mode, only=d.label())
+            if mode == "soft" and n_prompt < L:  # the same defaults on a prompt that fills the text
+                add("soft", d.label().replace(" [defaults]", "") + f", {L}-token prompt",
+                    lambda: (use(d), ours("soft", states=full_text))[1], need_of(d))
         if cuda and cfg.compile and "soft" in cfg.modes:  # last, if the budget allows: the whole
             # step as one graph now that the sync no longer breaks it (inductor may then fuse the
             # FFN residual of block l into sync l as well)

@@ -22,7 +22,7 @@ export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_engine
   python3 -c 'import torch, diffusers; print("torch", torch.__version__, "cuda", torch.version.cuda, "diffusers", diffusers.__version__)'
   if [[ $what == all || $what == bench ]]; then
     echo "=== quick engine bench"
-    time python3 launch.py bench --device cuda --quick --budget-s 230 --json "$OUT/bench_engine_quick.json"
+    time python3 launch.py bench --device cuda --quick --budget-s 260 --json "$OUT/bench_engine_quick.json"
     # the generated code of the bench's compiled graphs, newest first (for the next round)
     find "$TORCHINDUCTOR_CACHE_DIR" -name '*.py' -size +2k -print0 2>/dev/null | xargs -0 -r ls -t \
       | head -60 | tar -czf "$OUT/inductor_code.tgz" -T - 2>/dev/null

@@ -158,31 +158,35 @@ def test_profile_sorts_kernels_by_kind():
 def test_bench_quick_has_reference_baseline_and_defaults_rows(tmp_path, capsys):
     out = tmp_path / "quick.json"
     rc = launch.main(["bench", "--device", "cpu", "--preset", "tiny", "--views", "2", "--times", "3",
-                      "--quick", "--grid-steps", "1", "--json", str(out)])
+                      "--quick", "--grid-steps", "1", "--prompt-tokens", "3", "--json", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
+    assert result["setup"]["text"] == "3 prompt tokens of 8"
     rows = {(r["mode"], r["variant"]): r for r in result["rows"]}
-    # (on the cpu without --compile every row is eager; the defaults change nothing there)
+    # (on the cpu without --compile every row is eager; of the defaults only the folded
+    # cross-attention of the padded prompt acts there, exact up to float32 rounding)
     for mode, ref in [("soft", "eager"), ("hard", "eager"), ("fused", "eager, split")]:
-        d = rows[(mode, ref + " [defaults]")]
-        assert d["s_per_step"] > 0 and d["extra"]["rel_err_vs_base"] == 0.0
+        d = rows[(mode, ref + ", text-fold [defaults]")]
+        assert d["s_per_step"] > 0 and 0.0 < d["extra"]["rel_err_vs_base"] < 1e-5
         assert rows[(mode, ref)]["extra"]["vs_base"] == 1.0
+    assert rows[("soft", "eager, text-fold, 8-token prompt")]["s_per_step"] > 0
     assert [g["mode"] for g in result["grids"]] == ["soft", "fused"]
     assert all("[defaults]" in g["kernels"] and g["seconds"] > 0 for g in result["grids"])
     assert not result["partial"] and "[defaults]" in capsys.readouterr().out
     # the bench leaves the process-wide switches as found
-    assert blocks.engine_switches() == {"sdpa": "auto", "ffn_epilogue": True}
+    assert blocks.engine_switches() == {"sdpa": "auto", "ffn_epilogue": True, "text_fold": True}
 
 
 def test_engine_switches_round_trip_and_refuse_unknown_names():
     with pytest.raises(ValueError, match="unknown engine switch"):
         blocks.set_engine_switches({"fastest": True})
-    old = blocks.set_engine_switches({"sdpa": "efficient", "ffn_epilogue": False})
+    old = blocks.set_engine_switches({"sdpa": "efficient", "ffn_epilogue": False, "text_fold": False})
     try:
-        assert blocks.engine_switches() == {"sdpa": "efficient", "ffn_epilogue": False}
+        assert blocks.engine_switches() == {"sdpa": "efficient", "ffn_epilogue": False, "text_fold": False}
     finally:
         back = blocks.set_engine_switches(old)
-    assert back == {"sdpa": "efficient", "ffn_epilogue": False} and blocks.engine_switches() == old
+    assert back == {"sdpa": "efficient", "ffn_epilogue": False, "text_fold": False}
+    assert blocks.engine_switches() == old
 
 
 def test_plain_inference_means_no_grad_and_no_autocast():

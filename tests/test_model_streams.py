@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.model.blocks import Layout, run_block, text_kv
+from core.model import blocks
+from core.model.blocks import Layout, fold_pays, fold_text_kv, padding_rows, run_block, text_kv
 from core.model.config import preset
 from core.model.sync import SyncLayer, soft_sync_weight
 from core.model.testing import perturb_new_layers
@@ -71,7 +72,7 @@ def test_run_block_equals_diffusers_block():
 
         ropes = {"time": rope_table(bb.rope, torch.arange(3), H // 4, W // 4)}
         k, v = text_kv(blk, text)
-        ours = run_block(blk, x, tproj, k, v, Layout("time", 2, 1, 3, (H // 4) * (W // 4)), ropes)
+        ours = run_block(blk, x, tproj, (k, v), Layout("time", 2, 1, 3, (H // 4) * (W // 4)), ropes)
     assert (ours - ref).abs().max() < 1e-5
 
 
@@ -218,3 +219,64 @@ def test_modes_share_one_backbone_and_differ():
     assert (outs["soft"] - outs["fused"]).abs().max() > 1e-4
     with pytest.raises(ValueError, match="mode must be one of"):
         model(x, sigma, text, mode="diagonal")
+
+
+def padded_text(lengths, L=8, dim=16, seed=5):
+    """Text-encoder states as Wan's pipeline hands them over: zeros after each prompt."""
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(len(lengths), L, dim, generator=g)
+    for b, n in enumerate(lengths):
+        text[b, n:] = 0
+    return text
+
+
+def test_padding_rows_find_the_padding_after_the_longest_prompt():
+    text = padded_text([2, 3])
+    assert padding_rows(text) == (4, 5)  # rows 3..7 are zero in both samples: keep 0..3, count 5
+    assert padding_rows(padded_text([8, 3])) == (8, 1)  # one prompt fills the text: no padding
+    assert padding_rows(torch.zeros(1, 8, 4)) == (1, 8)  # an empty prompt: one row, counted 8 times
+
+
+def test_folded_cross_attention_equals_attention_over_all_rows():
+    model = make(num_layers=1)
+    blk, bb = model.backbone.blocks[0], model.backbone
+    V, T = 2, 3
+    P = (H // 4) * (W // 4)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(B, V * T * P, model.dim, generator=g)
+    tproj = torch.randn(B, 6, model.dim, generator=g) * 0.1
+    text = bb.condition_embedder.text_embedder(padded_text([2, 3]))
+    from core.model.attention import rope_table
+
+    ropes = {"time": rope_table(bb.rope, torch.arange(T), H // 4, W // 4)}
+    lay = Layout("time", B, V, T, P)
+    with torch.no_grad():
+        plain = run_block(blk, x, tproj, text_kv(blk, text), lay, ropes)
+        J, count = padding_rows(text)
+        assert (J, count) == (4, 5) and fold_pays(blk.attn2.heads, model.dim, text.shape[1], J)
+        folded = run_block(blk, x, tproj, fold_text_kv(blk, text, J, count), lay, ropes)
+    assert (folded - plain).abs().max() < 1e-5
+    assert (plain - x).abs().max() > 1e-2  # the block does change the tokens
+
+
+def test_samplers_fold_padded_prompts_and_results_do_not_change():
+    model = make(num_layers=2)
+    V, T = 2, 3
+    x, sigma, _ = inputs(V, T)
+    text = padded_text([2, 3])
+    with torch.no_grad():
+        plan = model.prepare(text, (V, T, H, W), mode="soft")
+        assert all(len(kv) == 3 for kv in plan.kv)  # folded
+        folded = model.step(plan, x, sigma)
+        old = blocks.set_text_fold(False)
+        try:
+            plan_off = model.prepare(text, (V, T, H, W), mode="soft")
+            assert all(len(kv) == 2 for kv in plan_off.kv)
+            plain = model.step(plan_off, x, sigma)
+        finally:
+            blocks.set_text_fold(old)
+        # a prompt that fills the text (no padding) is never folded
+        assert all(len(kv) == 2 for kv in model.prepare(padded_text([8, 8]), (V, T, H, W), mode="soft").kv)
+    assert (folded - plain).abs().max() < 1e-5
+    # training (with grad) always takes the plain path
+    assert all(len(kv) == 2 for kv in model.text_kv(model._embed_text(text), 2))

@@ -35,6 +35,8 @@ def add_arguments(p) -> None:
                         "the engine's defaults, whole grids (soft, fused), the soft kernel profile")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="print the top CUDA kernels of the fastest soft step (default: on with cuda)")
+    p.add_argument("--prompt-tokens", type=int, default=24,
+                   help="rows of the text states before Wan's zero padding (default 24; the text length fills it)")
     p.add_argument("--json", default=None, help="write the results here")
 
 
@@ -49,10 +51,12 @@ def run(args) -> int:
         h, w = parse_size(args.size)
     if args.views < 1 or args.times < 1:
         raise InputError("views and times must be at least 1")
+    if args.prompt_tokens < 1:
+        raise InputError(f"--prompt-tokens must be at least 1, got {args.prompt_tokens}")
     cfg = BenchConfig(device=resolve_device(args.device), preset=args.preset, views=args.views, times=args.times,
                       height=h, width=w, modes=tuple(args.modes), compile=args.compile, steps=args.steps,
                       grid_steps=args.grid_steps, grid=not args.no_grid, ablations=not args.no_ablations,
                       budget_s=args.budget_s, json_path=args.json, options=args.options, quick=args.quick,
-                      profile=args.profile)
+                      profile=args.profile, prompt_tokens=args.prompt_tokens)
     run_bench(cfg, log=lambda s: print(s, flush=True))
     return 0

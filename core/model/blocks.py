@@ -7,17 +7,23 @@ denoising steps), and sequential mode runs the self-attention sub-layer twice wi
 pretrained weights, across views then across times (4Real-Video Eq. 5, the "sequential"
 baseline of its supplement Sec. 1.2). A test holds it to the diffusers block to 1e-5.
 
-Two inference-only speed options, both exact up to rounding: ``set_ffn_epilogue`` (on by
+Inference-only speed options, all exact up to rounding: ``set_ffn_epilogue`` (on by
 default; it only ever acts on CUDA, bf16/fp16, without grad, so the CPU and training never see it)
 makes the FFN's first matmul apply its bias and tanh-GELU in the cuBLASLt epilogue, so the
 [tokens, ffn_dim] activation is written once instead of three times; and
 ``run_block(..., shared_streams=True)`` computes norm1 + modulation + Q/K/V once when both
-streams hold the same tokens (every layer of hard sync, layer 0 of any parallel mode).
+streams hold the same tokens (every layer of hard sync, layer 0 of any parallel mode); and
+``set_text_fold`` (on by default) lets a sampler hand ``run_block`` the cross-attention folded
+(``fold_text_kv``): a prompt padded to the text length (Wan's umT5 states are zero after the
+prompt, so every padding row gives the same key and value) attends to its distinct rows plus one
+row weighted by its count, and the output projection is folded into the values, so the
+cross-attention costs two thin matmuls instead of attention over all rows plus a D x D matmul.
 ``engine_switches`` / ``set_engine_switches`` read and set all the process-wide switches at once.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +31,7 @@ import torch
 from . import attention as A
 
 _ffn_epilogue = True  # H100, Wan-1.3B shape: -19 ms a soft step (bench)
+_text_fold = True
 
 
 def set_ffn_epilogue(on: bool) -> bool:
@@ -35,16 +42,28 @@ def set_ffn_epilogue(on: bool) -> bool:
     return old
 
 
+def set_text_fold(on: bool) -> bool:
+    """Let samplers fold the cross-attention of padded prompts (``fold_text_kv``); returns the
+    previous setting. Read when a plan is prepared."""
+    global _text_fold
+    old, _text_fold = _text_fold, bool(on)
+    return old
+
+
+def text_fold_enabled() -> bool:
+    return _text_fold
+
+
 def engine_switches() -> dict:
     """Every process-wide kernel switch of the engine, by name (to save and restore them)."""
-    return {"sdpa": A.get_sdpa_backend(), "ffn_epilogue": _ffn_epilogue}
+    return {"sdpa": A.get_sdpa_backend(), "ffn_epilogue": _ffn_epilogue, "text_fold": _text_fold}
 
 
 def set_engine_switches(switches: dict) -> dict:
     """Set the switches named in ``switches`` (keys of ``engine_switches``); returns all of them
     as they were before."""
     old = engine_switches()
-    setters = {"sdpa": A.set_sdpa_backend, "ffn_epilogue": set_ffn_epilogue}
+    setters = {"sdpa": A.set_sdpa_backend, "ffn_epilogue": set_ffn_epilogue, "text_fold": set_text_fold}
     for name, value in switches.items():
         if name not in setters:
             raise ValueError(f"unknown engine switch {name!r}; known: {', '.join(setters)}")
@@ -165,6 +184,59 @@ def text_kv(blk, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return k.unflatten(2, (attn.heads, -1)), v.unflatten(2, (attn.heads, -1))
 
 
+def padding_rows(text: torch.Tensor) -> tuple[int, int]:
+    """``text [B, L, D]`` -> ``(J, count)``: in every sample rows ``J−1 … L−1`` are equal (the
+    padding after the longest prompt, with its first row), so the first J rows, the last of them
+    counted ``count = L − J + 1`` times, stand for all L in attention. ``count`` 1: no padding."""
+    B, L, _ = text.shape
+    same = (text == text[:, -1:]).all(dim=-1)  # [B, L] rows equal to the last one
+    run = same.flip(1).to(torch.int64).cumprod(dim=1).sum(dim=1)  # [B] trailing run lengths (>= 1)
+    start = int((L - run).max())
+    return start + 1, L - start
+
+
+def fold_pays(heads: int, dim: int, rows: int, J: int) -> bool:
+    """Whether the folded cross-attention (``2·D·H·J`` multiply-adds a token) costs less than
+    attention over ``rows`` keys plus the output projection (``2·rows·D + D²``), with a margin
+    (two thin matmuls run below the big ones' rate): fold when ``2·H·J <= D``."""
+    return 2 * heads * J <= dim and J < rows
+
+
+def fold_text_kv(blk, text: torch.Tensor, J: int, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cross-attention of block ``blk`` for projected text ``[B, L, D]`` folded into
+    ``(kbd [B, D, H·J], u [B, H·J, D], bias [B, 1, H·J] fp32)`` (``padding_rows`` gives J, count).
+
+    With q the normed query, k_j, v_j the keys/values of the J kept rows and w_j = log(count)
+    for the last row (0 for the others), attention is
+    ``o_h = Σ_j softmax_j(q_h·k_hj/√d + w_j) v_hj`` — exactly the attention over all L rows, since
+    the padding rows are equal — and the output projection ``W_o·concat_h(o_h) + b_o`` equals
+    ``Σ_h Σ_j p_hj (W_o,h v_hj) + b_o``. So ``scores = q @ kbd`` (kbd block-diagonal over heads,
+    1/√d folded in), softmax per head over its J columns, ``out = p @ u + b_o`` with
+    ``u_hj = W_o,h v_hj``."""
+    k, v = text_kv(blk, text[:, :J])  # [B, J, H, d]
+    B, _, H, d = k.shape
+    eye = torch.eye(H, device=k.device, dtype=torch.float32)
+    kbd = torch.einsum("bjhe,hg->bhegj", k.float() / math.sqrt(d), eye).reshape(B, H * d, H * J)
+    w_o = blk.attn2.to_out[0].weight.float()  # [D_out, H·d]
+    u = torch.einsum("bjhe,fhe->bhjf", v.float(), w_o.view(w_o.shape[0], H, d)).reshape(B, H * J, -1)
+    bias = torch.zeros(J, device=k.device, dtype=torch.float32)
+    bias[-1] = math.log(count)
+    return kbd.to(text.dtype), u.to(text.dtype), bias.repeat(H).view(1, 1, H * J).expand(B, 1, H * J).contiguous()
+
+
+def _folded_cross(attn, q: torch.Tensor, kv) -> torch.Tensor:
+    """Cross-attention output (after ``to_out``) of normed queries ``q [N, M, D]`` through a
+    folded ``kv = (kbd, u, bias)`` (``fold_text_kv``)."""
+    kbd, u, bias = kv
+    H = attn.heads
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        s = torch.bmm(q, kbd, out_dtype=torch.float32)  # logits kept in fp32, as attention kernels do
+    else:
+        s = torch.bmm(q, kbd).float()
+    p = torch.softmax((s + bias).unflatten(-1, (H, -1)), dim=-1).flatten(2).type_as(q)  # [N, M, H·J]
+    return torch.bmm(p, u) + attn.to_out[0].bias
+
+
 def _shared_qkv(blk, x, shift, scale, lay: Layout):
     """Q/K/V of both streams when they hold the same tokens: computed on the time stream (grid
     order) and re-laid-out for the view stream, ``[2B, M, H, d]`` each."""
@@ -179,12 +251,13 @@ def _shared_qkv(blk, x, shift, scale, lay: Layout):
     return out
 
 
-def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_v: torch.Tensor,
-              lay: Layout, ropes: dict, mask=None, shared_streams: bool = False) -> torch.Tensor:
+def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv: tuple, lay: Layout, ropes: dict,
+              mask=None, shared_streams: bool = False) -> torch.Tensor:
     """``x [N, M, D]`` -> ``[N, M, D]`` through Wan block ``blk``.
 
-    tproj: ``[N, 6, D]`` timestep projection (adaLN shift/scale/gate), kv_k/kv_v: ``[N, L, H, d]``
-    text keys/values of this block, ropes: layout name -> (cos, sin), mask: fused-mode mask.
+    tproj: ``[N, 6, D]`` timestep projection (adaLN shift/scale/gate), kv: this block's text keys
+    and values ``(k, v)``, ``[N, L, H, d]`` each (``text_kv``), or its folded cross-attention
+    ``(kbd, u, bias)`` (``fold_text_kv``), ropes: layout name -> (cos, sin), mask: fused-mode mask.
     shared_streams (``streams`` layout): the caller promises that both streams hold the same
     tokens with the same ``tproj`` (view stream = time stream re-laid-out), so Q/K/V are computed
     once.
@@ -207,9 +280,12 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv_k: torch.Tensor, kv_
     # 2. Cross-attention to the text
     h = blk.norm2(x.float()).type_as(x)
     attn = blk.attn2
-    q = attn.norm_q(attn.to_q(h)).unflatten(2, (attn.heads, -1))
-    o = A.sdpa(q, kv_k, kv_v).flatten(2).type_as(q)
-    x = x + attn.to_out[0](o)
+    q = attn.norm_q(attn.to_q(h))
+    if len(kv) == 3:
+        x = x + _folded_cross(attn, q, kv)
+    else:
+        o = A.sdpa(q.unflatten(2, (attn.heads, -1)), *kv).flatten(2).type_as(q)
+        x = x + attn.to_out[0](o)
 
     # 3. Feed-forward
     h = torch.addcmul(c_shift, blk.norm3(x.float()), 1 + c_scale).type_as(x)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from . import attention as A
-from .blocks import Layout, run_block, text_kv
+from .blocks import Layout, fold_pays, fold_text_kv, padding_rows, run_block, text_fold_enabled, text_kv
 from .config import MODES, NUM_CONTEXTS, FourDConfig
 from .sync import SyncLayer
 
@@ -352,10 +352,7 @@ class FourDTransformer(nn.Module):
             layout = Layout("fused", B, V, T, P, backend)
 
         text = self._embed_text(text_states)
-        G = 2 if layout.kind == "streams" else 1
-        kv = None
-        if cache and self.cache_text_kv:
-            kv = [tuple(t.repeat(G, 1, 1, 1) for t in text_kv(blk, text)) for blk in self.backbone.blocks]
+        kv = self.text_kv(text, 2 if layout.kind == "streams" else 1) if cache and self.cache_text_kv else None
 
         if context is None:
             context = torch.zeros(B, dtype=torch.long, device=dev)
@@ -386,6 +383,18 @@ class FourDTransformer(nn.Module):
         any_known = bool(known_cells.any())
         return Plan(mode, sync, B, V, T, hp, wp, layout, ropes, mask, text, kv, cond_tokens,
                     cond if any_known else None, known_cells if any_known else None, context.to(dev), ref)
+
+    def text_kv(self, text: torch.Tensor, G: int) -> list[tuple]:
+        """Every block's text keys/values for projected text ``[B, L, D]``, repeated for ``G``
+        streams: ``(k, v)``, or without grad, when the text ends in padding and ``fold_pays``,
+        the folded cross-attention ``(kbd, u, bias)`` (``blocks.fold_text_kv``; exact)."""
+        blocks = self.backbone.blocks
+        if text_fold_enabled() and not torch.is_grad_enabled() and len(blocks):
+            J, count = padding_rows(text)
+            attn = blocks[0].attn2
+            if count > 1 and fold_pays(attn.heads, text.shape[-1], text.shape[1], J):
+                return [tuple(t.repeat(G, 1, 1) for t in fold_text_kv(blk, text, J, count)) for blk in blocks]
+        return [tuple(t.repeat(G, 1, 1, 1) for t in text_kv(blk, text)) for blk in blocks]
 
     @staticmethod
     def _fused_backend(choice: str, device, M: int) -> str:
@@ -451,8 +460,7 @@ class FourDTransformer(nn.Module):
         M, D = V * T * plan.P, tokens.shape[-1]
         kv = plan.kv
         if kv is None:
-            G = 2 if plan.layout.kind == "streams" else 1
-            kv = [tuple(t.repeat(G, 1, 1, 1) for t in text_kv(blk, plan.text)) for blk in self.backbone.blocks]
+            kv = self.text_kv(plan.text, 2 if plan.layout.kind == "streams" else 1)
 
         if self._mark_cudagraph_steps:
             torch.compiler.cudagraph_mark_step_begin()
@@ -487,20 +495,20 @@ class FourDTransformer(nn.Module):
         for l, blk in enumerate(self.backbone.blocks):
             # Both streams hold the same tokens at layer 0, and after every hard sync.
             shared = share and (l == 0 or (mode == "hard" and sync))
-            x = self._layer_fn(blk, prev, x, tproj2, kv[l][0], kv[l][1], prev_mod, layout, ropes, shared)
+            x = self._layer_fn(blk, prev, x, tproj2, kv[l], prev_mod, layout, ropes, shared)
             prev, prev_mod = (sync_layers[l], syncs[l]) if sync else (None, None)
         if prev is not None:
-            x = self._layer_fn(None, prev, x, tproj2, None, None, prev_mod, layout, ropes)
+            x = self._layer_fn(None, prev, x, tproj2, None, prev_mod, layout, ropes)
         yv = x[:B].view(B, T, V, P, D).transpose(1, 2).reshape(B, M, D)
         return yv, x[B:]
 
     def _run_single(self, x, tproj, kv, layout: Layout, ropes, mask):
         """Grid-ordered tokens ``[B, M, D]`` through every block (sequential and fused modes)."""
         for l, blk in enumerate(self.backbone.blocks):
-            x = self._block_fn(blk, x, tproj, kv[l][0], kv[l][1], layout, ropes, mask)
+            x = self._block_fn(blk, x, tproj, kv[l], layout, ropes, mask)
         return x
 
-    def _parallel_layer(self, blk, prev_sync, x, tproj2, kv_k, kv_v, prev_mod, layout: Layout, ropes,
+    def _parallel_layer(self, blk, prev_sync, x, tproj2, kv, prev_mod, layout: Layout, ropes,
                         shared: bool = False):
         """Sync layer l−1 (``prev_sync`` with its modulation ``prev_mod``; None before layer 0),
         then block l on both streams (``blk``; None after the last layer) — Fig. 2, one step
@@ -511,10 +519,10 @@ class FourDTransformer(nn.Module):
         if blk is None:
             return x
         if self.batch_streams:
-            return run_block(blk, x, tproj2, kv_k, kv_v, layout, ropes, shared_streams=shared)
+            return run_block(blk, x, tproj2, kv, layout, ropes, shared_streams=shared)
         # the same math, one stream at a time (for the benchmark)
-        xv = run_block(blk, x[:B], tproj2[:B], kv_k[:B], kv_v[:B], Layout("view", B, V, T, P), ropes)
-        xt = run_block(blk, x[B:], tproj2[B:], kv_k[B:], kv_v[B:], Layout("time", B, V, T, P), ropes)
+        xv = run_block(blk, x[:B], tproj2[:B], tuple(t[:B] for t in kv), Layout("view", B, V, T, P), ropes)
+        xt = run_block(blk, x[B:], tproj2[B:], tuple(t[B:] for t in kv), Layout("time", B, V, T, P), ropes)
         return torch.cat([xv, xt])
 
 

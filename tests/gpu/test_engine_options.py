@@ -173,7 +173,7 @@ def test_engine_defaults_are_on_for_cuda_half_inference():
     model = small_model()
     x, sigma, text, cond, known = inputs()
     assert blocks._ffn_epilogue and model.share_equal_streams is None
-    assert blocks.engine_switches() == {"sdpa": "auto", "ffn_epilogue": True}
+    assert blocks.engine_switches() == {"sdpa": "auto", "ffn_epilogue": True, "text_fold": True}
     calls = []
     real = blocks._shared_qkv
 
@@ -197,9 +197,38 @@ def test_engine_defaults_are_on_for_cuda_half_inference():
     assert plan.layout.fused_backend == "flex"
 
 
-def test_compiled_soft_step_has_no_graph_break_on_cuda():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_folded_cross_attention_gives_the_plain_velocity(compiled):
+    from core.bench import Variant, configure
+    from core.model import blocks
+
+    model = small_model()
+    ref_model = copy.deepcopy(model).float()
+    x, sigma, text, cond, known = inputs()
+    text = text.clone()
+    text[:, 3:] = 0  # a 3-token prompt, then Wan's zero padding
+    how = "blocks" if compiled else "eager"
+    with torch.no_grad():
+        blocks.set_text_fold(False)
+        ref = ref_model(x.float(), sigma, text.float(), cond.float(), known, mode="soft")
+        out = {}
+        for fold in (False, True):
+            configure(model, Variant("soft", how, ffn_epilogue=True, share=True, text_fold=fold), cuda=True)
+            plan = model.prepare(text, (V, T, h, w), cond=cond, known=known, mode="soft")
+            assert all(len(kv) == (3 if fold else 2) for kv in plan.kv)
+            out[fold] = model.step(plan, x, sigma).clone()
+        configure(model, Variant("soft", "eager"), cuda=True)
+    tol = max(2 * rel_err(out[False], ref), 1e-2)
+    assert rel_err(out[True], ref) < tol
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_compiled_soft_step_has_no_graph_break_on_cuda(padded):
     model = small_model(layers=3)
     x, sigma, text, cond, known = inputs()
+    if padded:  # the folded cross-attention
+        text = text.clone()
+        text[:, 3:] = 0
     torch._dynamo.reset()
     with torch.no_grad():
         plan = model.prepare(text, (V, T, h, w), cond=cond, known=known, mode="soft")
@@ -207,7 +236,8 @@ def test_compiled_soft_step_has_no_graph_break_on_cuda():
         temb, tproj, syncs = model._time(plan, sigma)
         x2, tp2 = torch.cat([tokens, tokens]), tproj.repeat(2, 1, 1)
         blk, sl = model.backbone.blocks[1], model.layers.soft_sync[0]
-        ex = torch._dynamo.explain(model._parallel_layer)(blk, sl, x2, tp2, plan.kv[1][0], plan.kv[1][1], syncs[0],
+        assert len(plan.kv[1]) == (3 if padded else 2)
+        ex = torch._dynamo.explain(model._parallel_layer)(blk, sl, x2, tp2, plan.kv[1], syncs[0],
                                                           plan.layout, plan.ropes, False)
     torch._dynamo.reset()
     assert ex.graph_break_count == 0 and ex.graph_count == 1
