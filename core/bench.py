@@ -331,9 +331,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         return final
 
     def add(mode: str, variant: str, make: Callable[[], Callable[[], object]], need_s: float,
-            n: int | None = None, v: Variant | None = None):
+            n: int | None = None, v: Variant | None = None, compare: bool = True):
         """Time one row: ``make()`` sets up (and may fail), the first call of what it returns is
-        the warm-up. Returns the row, or None when skipped or failed."""
+        the warm-up; ``compare``: its velocity is held to the mode's first row (False for rows of
+        other inputs). Returns the row, or None when skipped or failed."""
         if any(r.mode == mode and r.variant == variant for r in rows):
             return next(r for r in rows if r.mode == mode and r.variant == variant)
         if left() < need_s:
@@ -359,7 +360,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         if not cuda:
             row.extra["cpu_time_per_step_over_threads_s"] = round(cpu_est[0], 3)
         out = first_out.pop(0, None)
-        if out is not None:  # same velocity as the mode's first (baseline) row, up to rounding?
+        if out is not None and compare:  # same velocity as the mode's first (baseline) row, up to rounding?
             if mode not in ref_out:
                 ref_out[mode] = out
             else:
@@ -600,7 +601,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 profile(mode, only=d.label())
             if mode == "soft" and n_prompt < L:  # the same defaults on a prompt that fills the text
                 add("soft", d.label().replace(" [defaults]", "") + f", {L}-token prompt",
-                    lambda: (use(d), ours("soft", states=full_text))[1], need_of(d))
+                    lambda: (use(d), ours("soft", states=full_text))[1], need_of(d), compare=False)
         if cuda and cfg.compile and "soft" in cfg.modes:  # last, if the budget allows: the whole
             # step as one graph now that the sync no longer breaks it (inductor may then fuse the
             # FFN residual of block l into sync l as well)

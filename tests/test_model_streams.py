@@ -279,4 +279,4 @@ def test_samplers_fold_padded_prompts_and_results_do_not_change():
         assert all(len(kv) == 2 for kv in model.prepare(padded_text([8, 8]), (V, T, H, W), mode="soft").kv)
     assert (folded - plain).abs().max() < 1e-5
     # training (with grad) always takes the plain path
-    assert all(len(kv) == 2 for kv in model.text_kv(model._embed_text(text), 2))
+    assert all(len(kv) == 2 for kv in model.text_kv(model._embed_text(text), 2, padding_rows(text)))

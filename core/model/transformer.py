@@ -98,13 +98,14 @@ class Plan:
     ropes: dict  # layout name -> (cos, sin)  [S, d/2]
     mask: object  # fused mode: dense bool [M, M] or a FlexAttention BlockMask; else None
     text: torch.Tensor  # [B, L, D] projected text states
-    kv: list | None  # per block (k, v) [G·B, L, H, d], G streams; None = compute every step
+    kv: list | None  # per block (k, v) [G·B, L, H, d] or folded (blocks.fold_text_kv), G streams; None = every step
     cond_tokens: torch.Tensor  # [B, V, T, P, D] zero-initialised condition embedding
     cond: torch.Tensor | None  # [B, V, T, C, h, w] clean latents of known cells
     known_cells: torch.Tensor | None  # [B, V, T] bool: all mask channels known
     context: torch.Tensor  # [B] long
     ref: torch.Tensor | None = None  # [B, V, T, C, h, w] residual flow reference; None = plain flow
     time_cache: dict = field(default_factory=dict)
+    text_rows: tuple = (0, 1)  # (J, count) of the text states' padding (``blocks.padding_rows``)
 
     @property
     def P(self) -> int:
@@ -352,7 +353,11 @@ class FourDTransformer(nn.Module):
             layout = Layout("fused", B, V, T, P, backend)
 
         text = self._embed_text(text_states)
-        kv = self.text_kv(text, 2 if layout.kind == "streams" else 1) if cache and self.cache_text_kv else None
+        # padding found on the encoder states, where it is exactly zero (a half-precision GEMM
+        # need not give equal rows bit for bit; the projection of equal rows is equal)
+        rows = padding_rows(text_states)
+        G = 2 if layout.kind == "streams" else 1
+        kv = self.text_kv(text, G, rows) if cache and self.cache_text_kv else None
 
         if context is None:
             context = torch.zeros(B, dtype=torch.long, device=dev)
@@ -382,15 +387,17 @@ class FourDTransformer(nn.Module):
         ref = self.flow_reference(cond, known_cells)
         any_known = bool(known_cells.any())
         return Plan(mode, sync, B, V, T, hp, wp, layout, ropes, mask, text, kv, cond_tokens,
-                    cond if any_known else None, known_cells if any_known else None, context.to(dev), ref)
+                    cond if any_known else None, known_cells if any_known else None, context.to(dev), ref,
+                    text_rows=rows)
 
-    def text_kv(self, text: torch.Tensor, G: int) -> list[tuple]:
+    def text_kv(self, text: torch.Tensor, G: int, rows: tuple = (0, 1)) -> list[tuple]:
         """Every block's text keys/values for projected text ``[B, L, D]``, repeated for ``G``
-        streams: ``(k, v)``, or without grad, when the text ends in padding and ``fold_pays``,
-        the folded cross-attention ``(kbd, u, bias)`` (``blocks.fold_text_kv``; exact)."""
+        streams: ``(k, v)``, or without grad, when the text ends in padding (``rows = (J, count)``
+        of ``blocks.padding_rows`` on the encoder states) and ``fold_pays``, the folded
+        cross-attention ``(kbd, u, bias)`` (``blocks.fold_text_kv``; exact)."""
         blocks = self.backbone.blocks
+        J, count = rows
         if text_fold_enabled() and not torch.is_grad_enabled() and len(blocks):
-            J, count = padding_rows(text)
             attn = blocks[0].attn2
             if count > 1 and fold_pays(attn.heads, text.shape[-1], text.shape[1], J):
                 return [tuple(t.repeat(G, 1, 1) for t in fold_text_kv(blk, text, J, count)) for blk in blocks]
@@ -460,7 +467,7 @@ class FourDTransformer(nn.Module):
         M, D = V * T * plan.P, tokens.shape[-1]
         kv = plan.kv
         if kv is None:
-            kv = self.text_kv(plan.text, 2 if plan.layout.kind == "streams" else 1)
+            kv = self.text_kv(plan.text, 2 if plan.layout.kind == "streams" else 1, plan.text_rows)
 
         if self._mark_cudagraph_steps:
             torch.compiler.cudagraph_mark_step_begin()
