@@ -558,8 +558,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         best, v = min(cands, key=lambda c: c[0].s_per_step)
         try:
             use(v)
-            fn = ours(mode, v.backend if mode == "fused" else "auto")
-            with torch.no_grad():
+            with torch.no_grad():  # (the plan too: prepared with grad it would not fold the text)
+                fn = ours(mode, v.backend if mode == "fused" else "auto")
                 fn()
                 fn()
                 profiles[mode] = {"variant": best.variant, **kernel_profile(fn)}
