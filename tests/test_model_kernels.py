@@ -55,7 +55,7 @@ def test_reference_equals_rmsnorm_and_rope_composed_as_blocks_does():
 
 def test_reference_leaves_v_as_the_strided_slice_when_asked():
     qkv, wq, wk, cos, sin = tiny_case()
-    R, D = qkv.shape[0], qkv.shape[1] // 3
+    D = qkv.shape[1] // 3
     copied = K.qkv_norm_rope_reference(qkv, wq, wk, 1e-6, cos, sin, 24)
     strided = K.qkv_norm_rope_reference(qkv, wq, wk, 1e-6, cos, sin, 24, copy_v=False)
     assert copied[2].data_ptr() != qkv.data_ptr() + 2 * D * qkv.element_size()
@@ -121,9 +121,10 @@ def interpreter():
     assert K.available("cpu")
 
 
-@pytest.mark.parametrize("shape", [(48, 64, 4, 24), (18, 96, 3, 6)])  # (R, D, H, s); 3 heads pad to 4
+@pytest.mark.parametrize("shape", [(48, 64, 4, 24), (18, 96, 3, 6), (16, 1536, 12, 8)])  # (R, D, H, s)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_interpreted_kernel_matches_the_reference(interpreter, shape, dtype):
+    # (18, 96, 3, 6): 3 heads padded to 4 and a last block of rows cut short; (.., 1536, 12, ..): Wan's D
     R, D, H, s = shape
     qkv, wq, wk, cos, sin = tiny_case(R, D, H, s, dtype)
     q, k, v = K.qkv_norm_rope(qkv, wq, wk, 1e-6, cos, sin, s, heads=H)
@@ -145,3 +146,20 @@ def test_interpreted_op_passes_torch_opcheck(interpreter):
     for op in (torch.ops.fourd.qkv_norm_rope.default, torch.ops.fourd.qk_norm_rope.default):
         torch.library.opcheck(op, (qkv, wq, wk, cos, sin, 1e-6, 24),
                               test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("copy_v", [True, False])
+def test_interpreted_op_is_one_call_without_graph_breaks_under_dynamo(interpreter, copy_v):
+    qkv, wq, wk, cos, sin = tiny_case(dtype=torch.bfloat16)
+
+    def layer(qkv):  # the op between ordinary torch ops, as a block uses it
+        q, k, v = K.qkv_norm_rope(qkv * 1.5, wq, wk, 1e-6, cos, sin, 24, heads=4, copy_v=copy_v)
+        return (q.view(2, 24, 4, 16).transpose(1, 2) + k.view(2, 24, 4, 16).transpose(1, 2)).sum() + v.sum()
+
+    explain = torch._dynamo.explain(layer)(qkv)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1
+    targets = [str(n.target) for gm in explain.graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert sum("norm_rope" in t for t in targets) == 1, targets
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(qkv), layer(qkv), rtol=0, atol=0)

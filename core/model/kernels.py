@@ -17,6 +17,7 @@ Triton is imported lazily, on the first launch: importing this module never need
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -27,9 +28,11 @@ import torch.nn.functional as F
 
 from . import attention as A
 
-# Launch shape of the kernel: rows per program and warps. Picked from the --bench sweep (H100).
-BLOCK_ROWS = 4
-NUM_WARPS = 8
+# Launch shape of the kernel: rows per program, warps. A first guess from an offline sm_90
+# compile (72 registers, no spills, 16-byte loads and stores); the --bench sweep prints the
+# fastest on the GPU at hand.
+BLOCK_ROWS = 2
+NUM_WARPS = 4
 _MAX_D = 8192  # the whole (padded) row of q and of k sits in registers
 
 _kernel_fn = None  # the @triton.jit kernel, built on first use
@@ -89,28 +92,27 @@ def _build_kernel():
         cols = tl.arange(0, BLOCK_D)  # D padded to a power of two
         cmask = cols < D
         m = rmask[:, None] & cmask[None, :]
+        base = qkv_ptr + rows.to(tl.int64)[:, None] * stride_row  # [BR, 1]: start of each row
+        dst = rows.to(tl.int64)[:, None] * D + cols[None, :]
         # cos/sin at each row's position, [BR, 1, HALF]: the angle depends on the pair, not the head
-        pairs = tl.arange(0, HALF)
-        tab = ((rows % seq_len) * HALF)[:, None] + pairs[None, :]
+        tab = ((rows % seq_len) * HALF)[:, None] + tl.arange(0, HALF)[None, :]
         c = tl.load(cos_ptr + tab, mask=rmask[:, None], other=0.0)[:, None, :]
         s = tl.load(sin_ptr + tab, mask=rmask[:, None], other=0.0)[:, None, :]
-        src = qkv_ptr + rows.to(tl.int64)[:, None] * stride_row + cols[None, :]  # q part of each row
-        dst = rows.to(tl.int64)[:, None] * D + cols[None, :]
         for part in tl.static_range(2):  # q, then k: RMS-norm over D, weight, rotate pairs, cast
             if part == 0:
                 w_ptr, out_ptr = wq_ptr, q_ptr
             else:
                 w_ptr, out_ptr = wk_ptr, k_ptr
-            x = tl.load(src + part * D, mask=m, other=0.0).to(tl.float32)  # [BR, BD]
+            x = tl.load(base + part * D + cols[None, :], mask=m, other=0.0).to(tl.float32)  # [BR, BD]
             rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / D + eps)  # [BR]
             w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)  # [BD]
             y = x * rstd[:, None] * w[None, :]
-            # (heads padded to a power of two) x pairs x (x[2i], x[2i+1])
+            # (heads padded to a power of two) x pairs x (x[2i], x[2i+1]), all in registers
             a, b = tl.split(tl.reshape(y, (BLOCK_R, BLOCK_D // (2 * HALF), HALF, 2)))  # [BR, HB, HALF]
             out = tl.reshape(tl.join(a * c - b * s, b * c + a * s), (BLOCK_R, BLOCK_D))
             tl.store(out_ptr + dst, out.to(out_ptr.dtype.element_ty), mask=m)
         if COPY_V:
-            tl.store(v_ptr + dst, tl.load(src + 2 * D, mask=m), mask=m)
+            tl.store(v_ptr + dst, tl.load(base + 2 * D + cols[None, :], mask=m), mask=m)
 
     return qkv_norm_rope_kernel
 
@@ -149,7 +151,7 @@ def supports(D: int, heads: int) -> bool:
 
 def _launch(qkv, weight_q, weight_k, eps, cos, sin, seq_len, copy_v, block_rows=None, num_warps=None):
     """Run the kernel: returns (q, k, v or None). ``block_rows`` / ``num_warps`` override the
-    launch shape (the bench's sweep)."""
+    module's launch shape (the bench's sweep)."""
     import triton
 
     R, D = qkv.shape[0], qkv.shape[1] // 3
@@ -160,11 +162,12 @@ def _launch(qkv, weight_q, weight_k, eps, cos, sin, seq_len, copy_v, block_rows=
     q, k = torch.empty(R, D, dtype=qkv.dtype, device=qkv.device), torch.empty(R, D, dtype=qkv.dtype, device=qkv.device)
     v = torch.empty(R, D, dtype=qkv.dtype, device=qkv.device) if copy_v else q  # (v_ptr unused without copy)
     br = block_rows or BLOCK_ROWS
-    grid = (triton.cdiv(R, br),)
-    _kernel()[grid](qkv, weight_q.contiguous(), weight_k.contiguous(), cos, sin, q, k, v,
-                    R, qkv.stride(0), seq_len, eps,
-                    D=D, HALF=half, BLOCK_R=br, BLOCK_D=triton.next_power_of_2(D), COPY_V=copy_v,
-                    num_warps=num_warps or NUM_WARPS)
+    if R > 0:
+        with torch.cuda.device(qkv.device) if qkv.is_cuda else contextlib.nullcontext():  # triton launches on the current device
+            _kernel()[(triton.cdiv(R, br),)](
+                qkv, weight_q.contiguous(), weight_k.contiguous(), cos, sin, q, k, v, R, qkv.stride(0), seq_len, eps,
+                D=D, HALF=half, BLOCK_R=br, BLOCK_D=triton.next_power_of_2(D), COPY_V=copy_v,
+                num_warps=num_warps or NUM_WARPS)
     return q, k, (v if copy_v else None)
 
 
@@ -290,14 +293,15 @@ def bench(R: int = 73_728, D: int = 1536, H: int = 12, s: int = 4608, dtype=torc
 
     if sweep:  # launch shapes of the kernel
         res["sweep"] = []
-        for br in (1, 2, 4, 8, 16):
+        for br in (1, 2, 4, 8):
             for nw in (2, 4, 8, 16):
+                row = {"block_rows": br, "num_warps": nw}
                 try:
                     ms = _time_ms(lambda: _launch(qkv, wq, wk, eps, cos, sin, s, True, br, nw), 2, 10)
                 except Exception as e:  # noqa: BLE001 (a launch shape may not compile: record why)
-                    res["sweep"].append({"block_rows": br, "num_warps": nw, "error": str(e)[:200]})
+                    res["sweep"].append({**row, "error": str(e)[:200]})
                     continue
-                res["sweep"].append({"block_rows": br, "num_warps": nw, "ms": ms, "GB_per_s": full_bytes / ms / 1e6})
+                res["sweep"].append({**row, "ms": ms, "GB_per_s": full_bytes / ms / 1e6})
 
     # does cuDNN attention take v strided (row stride 3D) as fast as a contiguous v?
     q, k, v = qkv_norm_rope(qkv, wq, wk, eps, cos, sin, s, H)
@@ -331,10 +335,10 @@ def _print_table(res: dict) -> None:
     if res.get("sweep"):
         ok = [r for r in res["sweep"] if "ms" in r]
         best = min(ok, key=lambda r: r["ms"])
-        print(f"sweep: best block_rows={best['block_rows']} num_warps={best['num_warps']} "
-              f"{best['ms']:.3f} ms ({best['GB_per_s']:.0f} GB/s); default {BLOCK_ROWS}/{NUM_WARPS}")
-        print("  " + "  ".join(f"{r['block_rows']}/{r['num_warps']}:{r['ms']:.3f}" if "ms" in r
-                               else f"{r['block_rows']}/{r['num_warps']}:err" for r in res["sweep"]))
+        print(f"sweep: best block_rows={best['block_rows']} num_warps={best['num_warps']}: {best['ms']:.3f} ms "
+              f"({best['GB_per_s']:.0f} GB/s); default {BLOCK_ROWS}/{NUM_WARPS}")
+        print("  rows/warps:ms  " + "  ".join(f"{r['block_rows']}/{r['num_warps']}:"
+                                             + (f"{r['ms']:.3f}" if "ms" in r else "err") for r in res["sweep"]))
     e = res["errors_vs_fp32"]
     for who in ("kernel", "torch_bf16"):
         print(f"vs fp32 reference, {who:<10}: " + "  ".join(
