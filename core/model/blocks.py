@@ -32,6 +32,8 @@ from . import attention as A
 
 _ffn_epilogue = True  # H100, Wan-1.3B shape: -19 ms a soft step (bench)
 _text_fold = True
+_qk_kernel = True
+_QK_KERNEL_DEVICES: dict = {}  # CUDA device index -> the Triton Q/K kernel can run there
 
 
 def set_ffn_epilogue(on: bool) -> bool:
@@ -54,16 +56,39 @@ def text_fold_enabled() -> bool:
     return _text_fold
 
 
+def set_qk_kernel(on: bool) -> bool:
+    """Run the self-attention's Q/K RMS-norm + RoPE + layout pass as one Triton kernel
+    (``kernels.qkv_norm_rope``) where it applies (CUDA, half precision, no grad, fused Q/K/V
+    projection); returns the previous setting. Compiled code guards on it."""
+    global _qk_kernel
+    old, _qk_kernel = _qk_kernel, bool(on)
+    return old
+
+
+def note_qk_kernel_device(device: torch.device | str) -> None:
+    """Record, outside compiled code, whether the Triton Q/K kernel can run on ``device``."""
+    from . import kernels
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _QK_KERNEL_DEVICES:
+        _QK_KERNEL_DEVICES[index] = kernels.available(device)
+
+
 def engine_switches() -> dict:
     """Every process-wide kernel switch of the engine, by name (to save and restore them)."""
-    return {"sdpa": A.get_sdpa_backend(), "ffn_epilogue": _ffn_epilogue, "text_fold": _text_fold}
+    return {"sdpa": A.get_sdpa_backend(), "ffn_epilogue": _ffn_epilogue, "text_fold": _text_fold,
+            "qk_kernel": _qk_kernel}
 
 
 def set_engine_switches(switches: dict) -> dict:
     """Set the switches named in ``switches`` (keys of ``engine_switches``); returns all of them
     as they were before."""
     old = engine_switches()
-    setters = {"sdpa": A.set_sdpa_backend, "ffn_epilogue": set_ffn_epilogue, "text_fold": set_text_fold}
+    setters = {"sdpa": A.set_sdpa_backend, "ffn_epilogue": set_ffn_epilogue, "text_fold": set_text_fold,
+               "qk_kernel": set_qk_kernel}
     for name, value in switches.items():
         if name not in setters:
             raise ValueError(f"unknown engine switch {name!r}; known: {', '.join(setters)}")
@@ -128,14 +153,54 @@ def _qkv(attn, h: torch.Tensor):
     return q.unflatten(2, (H, -1)), k.unflatten(2, (H, -1)), v.unflatten(2, (H, -1))
 
 
-def _attend(q, k, v, lay: Layout, ropes: dict, mask):
-    """Self-attention of ``q, k, v [N, M, H, d]`` in layout ``lay`` (RoPE applied here)."""
+def _qkv_kernel(attn, h: torch.Tensor, lay: Layout, ropes: dict):
+    """Q/K/V of ``h [N, M, D]`` through the Triton kernel — projection, RMS-norm and RoPE, each
+    ``[N, M, H, d]`` in the layout attention takes — or None where it does not apply (then
+    ``_qkv`` and ``_attend`` do the same math in torch)."""
+    if not (_qk_kernel and h.is_cuda and h.dtype in (torch.float16, torch.bfloat16)
+            and _QK_KERNEL_DEVICES.get(h.device.index, False) and A.plain_inference(h)
+            and getattr(attn, "fused_projections", False)):
+        return None
+    nq, nk = attn.norm_q, attn.norm_k
+    if getattr(nq, "eps", None) is None or getattr(nq, "weight", None) is None or nk.weight is None \
+            or nq.weight.dtype != h.dtype:
+        return None
+    from . import kernels
+
+    N, M, D = h.shape
+    H = attn.heads
+    if not kernels.supports(D, H):
+        return None
+    if lay.kind == "streams":
+        B, V, T, P = lay.B, lay.V, lay.T, lay.P
+        parts = [(slice(0, B), ropes["view"], V * P), (slice(B, N), ropes["time"], T * P)]
+        if V == T:  # both streams: sequences of V·P tokens with the same positions
+            parts = [(slice(0, N), ropes["view"], V * P)]
+    elif lay.kind in ("view", "time"):
+        s = lay.V * lay.P if lay.kind == "view" else lay.T * lay.P
+        parts = [(slice(0, N), ropes[lay.kind], s)]
+    elif lay.kind == "fused":
+        parts = [(slice(0, N), ropes["fused"], M)]
+    else:
+        return None
+    qkv = attn.to_qkv(h)  # [N, M, 3D]
+    outs = []
+    for rows, (cos, sin), s in parts:
+        part = qkv[rows].reshape(-1, 3 * D)
+        outs.append(kernels.qkv_norm_rope(part, nq.weight, nk.weight, nq.eps, cos, sin, s, heads=H))
+    q, k, v = (torch.cat([o[i] for o in outs]) if len(outs) > 1 else outs[0][i] for i in range(3))
+    return tuple(t.view(N, M, H, D // H) for t in (q, k, v))
+
+
+def _attend(q, k, v, lay: Layout, ropes: dict, mask, roped: bool = False):
+    """Self-attention of ``q, k, v [N, M, H, d]`` in layout ``lay`` (RoPE applied here unless
+    ``roped``: q and k come rotated, from ``_qkv_kernel``)."""
     B, V, T, P = lay.B, lay.V, lay.T, lay.P
     N, M, H, d = q.shape
 
     def seq(x, n, s, rope):  # reshape into n sequences of s tokens, rotate
         x = x.reshape(n, s, H, d)
-        return x if rope is None else A.apply_rope(x, *rope)
+        return x if rope is None or roped else A.apply_rope(x, *rope)
 
     if lay.kind == "streams":
         if V == T:  # both streams have T·B = V·B sequences of the same length and positions
@@ -161,7 +226,8 @@ def _attend(q, k, v, lay: Layout, ropes: dict, mask):
         o = _attend(cols(q), cols(k), cols(v), Layout("view", B, V, T, P), ropes, None)
         return o.reshape(B, T, V, P, H, d).transpose(1, 2).reshape(N, M, H, d)
     if lay.kind == "fused":
-        q, k = A.apply_rope(q, *ropes["fused"]), A.apply_rope(k, *ropes["fused"])
+        if not roped:
+            q, k = A.apply_rope(q, *ropes["fused"]), A.apply_rope(k, *ropes["fused"])
         if lay.fused_backend == "split":
             return A.fused_split(q, k, v, B, V, T, P)
         if lay.fused_backend == "flex":
@@ -269,12 +335,15 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv: tuple, lay: Layout,
     sub_layouts = ([Layout("view_of_grid", lay.B, lay.V, lay.T, lay.P), Layout("time", lay.B, lay.V, lay.T, lay.P)]
                    if lay.kind == "sequential" else [lay])
     for sub in sub_layouts:
+        roped = False
         if shared_streams and sub.kind == "streams":
             q, k, v = _shared_qkv(blk, x, shift, scale, sub)
         else:
             h = torch.addcmul(shift, blk.norm1(x.float()), 1 + scale).type_as(x)
-            q, k, v = _qkv(blk.attn1, h)
-        o = _attend(q, k, v, sub, ropes, mask).flatten(2).type_as(q)
+            qkv = _qkv_kernel(blk.attn1, h, sub, ropes)
+            roped = qkv is not None
+            q, k, v = qkv if roped else _qkv(blk.attn1, h)
+        o = _attend(q, k, v, sub, ropes, mask, roped).flatten(2).type_as(q)
         o = blk.attn1.to_out[0](o)
         x = torch.addcmul(x.float(), o, gate).type_as(x)
 

@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from . import attention as A
-from .blocks import Layout, fold_pays, fold_text_kv, padding_rows, run_block, text_fold_enabled, text_kv
+from .blocks import (Layout, fold_pays, fold_text_kv, note_qk_kernel_device, padding_rows, run_block,
+                     text_fold_enabled, text_kv)
 from .config import MODES, NUM_CONTEXTS, FourDConfig
 from .sync import SyncLayer
 
@@ -331,6 +332,7 @@ class FourDTransformer(nn.Module):
         B = text_states.shape[0]
         dev = text_states.device
         A.note_cuda_device(dev)  # device facts read inside compiled attention (no graph break)
+        note_qk_kernel_device(dev)
         P = hp * wp
         rope = self.backbone.rope
         ar = lambda n: torch.arange(n, device=rope.freqs_cos.device)  # noqa: E731

@@ -112,9 +112,11 @@ VARIANTS = [
     dict(mode="fused", compile="step", backend="flex"),
     dict(mode="soft", compile="step", compile_mode="reduce-overhead"),
     # the engine's inference defaults (compiled): what generate and the bench's headline rows run
-    dict(mode="soft", compile="blocks", ffn_epilogue=True, share=True, defaults=True),
-    dict(mode="hard", compile="blocks", ffn_epilogue=True, share=True, defaults=True),
-    dict(mode="fused", compile="blocks", backend="split", ffn_epilogue=True, defaults=True),
+    dict(mode="soft", compile="blocks", ffn_epilogue=True, share=True, text_fold=True, qk_kernel=True, defaults=True),
+    dict(mode="hard", compile="blocks", ffn_epilogue=True, share=True, text_fold=True, qk_kernel=True, defaults=True),
+    dict(mode="fused", compile="blocks", backend="split", ffn_epilogue=True, text_fold=True, qk_kernel=True,
+         defaults=True),
+    dict(mode="soft", compile="eager", qk_kernel=True),
     dict(mode="soft", compile="step", ffn_epilogue=True, share=True),
 ]
 
@@ -145,6 +147,30 @@ def test_each_speed_option_gives_the_eager_velocity(kw):
     assert rel_err(first, ref) < tol and rel_err(again, ref) < tol
 
 
+def test_qk_kernel_runs_in_the_soft_step_and_matches_torch():
+    from core.model import blocks, kernels
+
+    model = small_model()
+    x, sigma, text, cond, known = inputs()
+    calls = []
+    real = kernels.qkv_norm_rope
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    kernels.qkv_norm_rope = spy
+    try:
+        with torch.no_grad():
+            on = model(x, sigma, text, cond, known, mode="soft")
+            blocks.set_qk_kernel(False)
+            off = model(x, sigma, text, cond, known, mode="soft")
+    finally:
+        kernels.qkv_norm_rope = real
+    assert len(calls) == 1  # layer 1 (layer 0's equal streams share one torch Q/K/V)
+    assert rel_err(on, off) < 1e-2
+
+
 def test_kernel_profile_counts_the_step_kernels():
     from core.bench import kernel_profile
 
@@ -173,7 +199,8 @@ def test_engine_defaults_are_on_for_cuda_half_inference():
     model = small_model()
     x, sigma, text, cond, known = inputs()
     assert blocks._ffn_epilogue and model.share_equal_streams is None
-    assert blocks.engine_switches() == {"sdpa": "auto", "ffn_epilogue": True, "text_fold": True}
+    assert blocks.engine_switches() == {"sdpa": "auto", "ffn_epilogue": True, "text_fold": True,
+                                        "qk_kernel": True}
     calls = []
     real = blocks._shared_qkv
 
