@@ -318,7 +318,7 @@ def _shared_qkv(blk, x, shift, scale, lay: Layout):
 
 
 def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv: tuple, lay: Layout, ropes: dict,
-              mask=None, shared_streams: bool = False, defer_ffn_residual: bool = False):
+              mask=None, shared_streams: bool = False) -> torch.Tensor:
     """``x [N, M, D]`` -> ``[N, M, D]`` through Wan block ``blk``.
 
     tproj: ``[N, 6, D]`` timestep projection (adaLN shift/scale/gate), kv: this block's text keys
@@ -326,8 +326,7 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv: tuple, lay: Layout,
     ``(kbd, u, bias)`` (``fold_text_kv``), ropes: layout name -> (cos, sin), mask: fused-mode mask.
     shared_streams (``streams`` layout): the caller promises that both streams hold the same
     tokens with the same ``tproj`` (view stream = time stream re-laid-out), so Q/K/V are computed
-    once. defer_ffn_residual: return ``(x, (ffn, gate))`` with the block's output
-    ``x + ffn·gate`` left to the caller (who can fuse it into what reads it next).
+    once.
     """
     shift, scale, gate, c_shift, c_scale, c_gate = (blk.scale_shift_table + tproj.float()).chunk(6, dim=1)
 
@@ -359,7 +358,5 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv: tuple, lay: Layout,
 
     # 3. Feed-forward
     h = torch.addcmul(c_shift, blk.norm3(x.float()), 1 + c_scale).type_as(x)
-    f = _ffn(blk.ffn, h)
-    if defer_ffn_residual:
-        return x, (f, c_gate)
-    return torch.addcmul(x.float(), f, c_gate).type_as(x)
+    x = torch.addcmul(x.float(), _ffn(blk.ffn, h), c_gate).type_as(x)
+    return x

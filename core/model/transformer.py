@@ -497,19 +497,17 @@ class FourDTransformer(nn.Module):
         if share is None:
             share = (tokens.is_cuda and tokens.dtype in (torch.float16, torch.bfloat16)
                      and not torch.is_grad_enabled())
-        # Each call adds the previous block's FFN residual, runs the previous layer's sync, then
-        # block l up to its FFN: the residual, the sync's output pass and the next block's norm1
-        # sit in one compiled graph (inductor fuses them into one pass over the tokens), and
-        # layers 1 … L−1 still share one graph (layer 0 has nothing before it; the last residual
-        # and sync run alone).
-        prev, prev_mod, pending = None, None, None
+        # Each call runs the previous layer's sync, then block l: the sync's output pass and the
+        # next block's norm1 sit in one compiled graph (inductor fuses them), and layers
+        # 1 … L−1 still share one graph (layer 0 has no sync before it; the last sync runs alone).
+        prev, prev_mod = None, None
         for l, blk in enumerate(self.backbone.blocks):
             # Both streams hold the same tokens at layer 0, and after every hard sync.
             shared = share and (l == 0 or (mode == "hard" and sync))
-            x, pending = self._layer_fn(blk, prev, x, tproj2, kv[l], prev_mod, layout, ropes, shared, pending)
+            x = self._layer_fn(blk, prev, x, tproj2, kv[l], prev_mod, layout, ropes, shared)
             prev, prev_mod = (sync_layers[l], syncs[l]) if sync else (None, None)
-        if prev is not None or pending is not None:
-            x, _ = self._layer_fn(None, prev, x, tproj2, None, prev_mod, layout, ropes, False, pending)
+        if prev is not None:
+            x = self._layer_fn(None, prev, x, tproj2, None, prev_mod, layout, ropes)
         yv = x[:B].view(B, T, V, P, D).transpose(1, 2).reshape(B, M, D)
         return yv, x[B:]
 
@@ -520,25 +518,21 @@ class FourDTransformer(nn.Module):
         return x
 
     def _parallel_layer(self, blk, prev_sync, x, tproj2, kv, prev_mod, layout: Layout, ropes,
-                        shared: bool = False, pending: tuple | None = None):
-        """Block l−1's FFN residual (``pending = (ffn, gate)``, None before layer 0), sync layer
-        l−1 (``prev_sync`` with its modulation ``prev_mod``; None before layer 0), then block l on
-        both streams up to its FFN (``blk``; None after the last layer) — Fig. 2, shifted so that
-        a compiled call holds a residual, the sync that reads it and the block that reads the
-        sync. Returns ``(x, pending)``: block l's output is ``x + ffn·gate``."""
+                        shared: bool = False):
+        """Sync layer l−1 (``prev_sync`` with its modulation ``prev_mod``; None before layer 0),
+        then block l on both streams (``blk``; None after the last layer) — Fig. 2, one step
+        shifted so that a compiled call holds a sync and the block that reads its output."""
         B, V, T, P = layout.B, layout.V, layout.T, layout.P
-        if pending is not None:
-            x = torch.addcmul(x.float(), *pending).type_as(x)
         if prev_sync is not None:
             x = prev_sync.apply_streams(x, B, V, T, P, prev_mod)
         if blk is None:
-            return x, None
+            return x
         if self.batch_streams:
-            return run_block(blk, x, tproj2, kv, layout, ropes, shared_streams=shared, defer_ffn_residual=True)
+            return run_block(blk, x, tproj2, kv, layout, ropes, shared_streams=shared)
         # the same math, one stream at a time (for the benchmark)
         xv = run_block(blk, x[:B], tproj2[:B], tuple(t[:B] for t in kv), Layout("view", B, V, T, P), ropes)
         xt = run_block(blk, x[B:], tproj2[B:], tuple(t[B:] for t in kv), Layout("time", B, V, T, P), ropes)
-        return torch.cat([xv, xt]), None
+        return torch.cat([xv, xt])
 
 
 def count_parameters(module: nn.Module) -> int:
