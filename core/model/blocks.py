@@ -250,6 +250,9 @@ def text_kv(blk, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return k.unflatten(2, (attn.heads, -1)), v.unflatten(2, (attn.heads, -1))
 
 
+FOLD_ALIGN = 8  # on CUDA, kept rows per head padded to a multiple of this: 16-byte aligned matmul rows
+
+
 def padding_rows(text: torch.Tensor) -> tuple[int, int]:
     """``text [B, L, D]`` -> ``(J, count)``: in every sample rows ``J−1 … L−1`` are equal (the
     padding after the longest prompt, with its first row), so the first J rows, the last of them
@@ -261,14 +264,21 @@ def padding_rows(text: torch.Tensor) -> tuple[int, int]:
     return start + 1, L - start
 
 
-def fold_pays(heads: int, dim: int, rows: int, J: int) -> bool:
-    """Whether the folded cross-attention (``2·D·H·J`` multiply-adds a token) costs less than
-    attention over ``rows`` keys plus the output projection (``2·rows·D + D²``), with a margin
-    (two thin matmuls run below the big ones' rate): fold when ``2·H·J <= D``."""
-    return 2 * heads * J <= dim and J < rows
+def folded_width(J: int, align: int = 1) -> int:
+    """Columns a head takes in the folded cross-attention: J rounded up to ``align``
+    (``FOLD_ALIGN`` on CUDA: an H100 ran the unaligned matmuls on a slow kernel)."""
+    return -(-J // align) * align
 
 
-def fold_text_kv(blk, text: torch.Tensor, J: int, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fold_pays(heads: int, dim: int, rows: int, J: int, align: int = 1) -> bool:
+    """Whether the folded cross-attention (``2·D·H·J'`` multiply-adds a token, J' =
+    ``folded_width(J, align)``) costs less than attention over ``rows`` keys plus the output
+    projection (``2·rows·D + D²``), with a margin (two thin matmuls run below the big ones'
+    rate): fold when ``2·H·J' <= D``."""
+    return 2 * heads * folded_width(J, align) <= dim and J < rows
+
+
+def fold_text_kv(blk, text: torch.Tensor, J: int, count: int, align: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cross-attention of block ``blk`` for projected text ``[B, L, D]`` folded into
     ``(kbd [B, D, H·J], u [B, H·J, D], bias [B, 1, H·J] fp32)`` (``padding_rows`` gives J, count).
 
@@ -278,16 +288,21 @@ def fold_text_kv(blk, text: torch.Tensor, J: int, count: int) -> tuple[torch.Ten
     the padding rows are equal — and the output projection ``W_o·concat_h(o_h) + b_o`` equals
     ``Σ_h Σ_j p_hj (W_o,h v_hj) + b_o``. So ``scores = q @ kbd`` (kbd block-diagonal over heads,
     1/√d folded in), softmax per head over its J columns, ``out = p @ u + b_o`` with
-    ``u_hj = W_o,h v_hj``."""
+    ``u_hj = W_o,h v_hj``. Each head's columns are padded to ``folded_width(J, align)`` with zero
+    keys and values of weight −inf (so the matmuls run on aligned rows); they take no probability."""
     k, v = text_kv(blk, text[:, :J])  # [B, J, H, d]
     B, _, H, d = k.shape
+    Jp = folded_width(J, align)
+    k = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, Jp - J))  # [B, Jp, H, d]
+    v = torch.nn.functional.pad(v.float(), (0, 0, 0, 0, 0, Jp - J))
     eye = torch.eye(H, device=k.device, dtype=torch.float32)
-    kbd = torch.einsum("bjhe,hg->bhegj", k.float() / math.sqrt(d), eye).reshape(B, H * d, H * J)
+    kbd = torch.einsum("bjhe,hg->bhegj", k / math.sqrt(d), eye).reshape(B, H * d, H * Jp)
     w_o = blk.attn2.to_out[0].weight.float()  # [D_out, H·d]
-    u = torch.einsum("bjhe,fhe->bhjf", v.float(), w_o.view(w_o.shape[0], H, d)).reshape(B, H * J, -1)
-    bias = torch.zeros(J, device=k.device, dtype=torch.float32)
-    bias[-1] = math.log(count)
-    return kbd.to(text.dtype), u.to(text.dtype), bias.repeat(H).view(1, 1, H * J).expand(B, 1, H * J).contiguous()
+    u = torch.einsum("bjhe,fhe->bhjf", v, w_o.view(w_o.shape[0], H, d)).reshape(B, H * Jp, -1)
+    bias = torch.zeros(Jp, device=k.device, dtype=torch.float32)
+    bias[J - 1] = math.log(count)
+    bias[J:] = float("-inf")
+    return kbd.to(text.dtype), u.to(text.dtype), bias.repeat(H).view(1, 1, H * Jp).expand(B, 1, H * Jp).contiguous()
 
 
 def _folded_cross(attn, q: torch.Tensor, kv) -> torch.Tensor:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from . import attention as A
-from .blocks import (Layout, fold_pays, fold_text_kv, note_qk_kernel_device, padding_rows, run_block,
+from .blocks import (FOLD_ALIGN, Layout, fold_pays, fold_text_kv, note_qk_kernel_device, padding_rows, run_block,
                      text_fold_enabled, text_kv)
 from .config import MODES, NUM_CONTEXTS, FourDConfig
 from .sync import SyncLayer
@@ -401,8 +401,9 @@ class FourDTransformer(nn.Module):
         J, count = rows
         if text_fold_enabled() and not torch.is_grad_enabled() and len(blocks):
             attn = blocks[0].attn2
-            if count > 1 and fold_pays(attn.heads, text.shape[-1], text.shape[1], J):
-                return [tuple(t.repeat(G, 1, 1) for t in fold_text_kv(blk, text, J, count)) for blk in blocks]
+            align = FOLD_ALIGN if text.is_cuda else 1
+            if count > 1 and fold_pays(attn.heads, text.shape[-1], text.shape[1], J, align):
+                return [tuple(t.repeat(G, 1, 1) for t in fold_text_kv(blk, text, J, count, align)) for blk in blocks]
         return [tuple(t.repeat(G, 1, 1, 1) for t in text_kv(blk, text)) for blk in blocks]
 
     @staticmethod
