@@ -288,7 +288,8 @@ def fold_text_kv(blk, text: torch.Tensor, J: int, count: int, align: int = 1) ->
     the padding rows are equal — and the output projection ``W_o·concat_h(o_h) + b_o`` equals
     ``Σ_h Σ_j p_hj (W_o,h v_hj) + b_o``. So ``scores = q @ kbd`` (kbd block-diagonal over heads,
     1/√d folded in), softmax per head over its J columns, ``out = p @ u + b_o`` with
-    ``u_hj = W_o,h v_hj``. Each head's columns are padded to ``folded_width(J, align)`` with zero
+    ``u_hj = W_o,h v_hj``; norm_q's weight multiplies kbd's rows, its RMS scale the logits
+    (``_folded_cross``). Each head's columns are padded to ``folded_width(J, align)`` with zero
     keys and values of weight −inf (so the matmuls run on aligned rows); they take no probability."""
     k, v = text_kv(blk, text[:, :J])  # [B, J, H, d]
     B, _, H, d = k.shape
@@ -297,6 +298,9 @@ def fold_text_kv(blk, text: torch.Tensor, J: int, count: int, align: int = 1) ->
     v = torch.nn.functional.pad(v.float(), (0, 0, 0, 0, 0, Jp - J))
     eye = torch.eye(H, device=k.device, dtype=torch.float32)
     kbd = torch.einsum("bjhe,hg->bhegj", k / math.sqrt(d), eye).reshape(B, H * d, H * Jp)
+    g = blk.attn2.norm_q.weight
+    if g is not None:  # norm_q's weight: q̂·k = Σ_i (q_i·r)·(g_i·k_i)
+        kbd = kbd * g.float()[None, :, None]
     w_o = blk.attn2.to_out[0].weight.float()  # [D_out, H·d]
     u = torch.einsum("bjhe,fhe->bhjf", v, w_o.view(w_o.shape[0], H, d)).reshape(B, H * Jp, -1)
     bias = torch.zeros(Jp, device=k.device, dtype=torch.float32)
@@ -305,17 +309,22 @@ def fold_text_kv(blk, text: torch.Tensor, J: int, count: int, align: int = 1) ->
     return kbd.to(text.dtype), u.to(text.dtype), bias.repeat(H).view(1, 1, H * Jp).expand(B, 1, H * Jp).contiguous()
 
 
-def _folded_cross(attn, q: torch.Tensor, kv) -> torch.Tensor:
-    """Cross-attention output (after ``to_out``) of normed queries ``q [N, M, D]`` through a
-    folded ``kv = (kbd, u, bias)`` (``fold_text_kv``)."""
+def _folded_cross(attn, x: torch.Tensor, h: torch.Tensor, kv) -> torch.Tensor:
+    """``x`` plus the cross-attention (after ``to_out``) of ``h [N, M, D]`` (norm2's output)
+    through a folded ``kv = (kbd, u, bias)`` (``fold_text_kv``, norm_q's weight folded into kbd).
+
+    norm_q's RMS scale multiplies the logits instead of the queries, so the normed queries are
+    never written; the residual is the C input of the second matmul (one pass fewer)."""
     kbd, u, bias = kv
     H = attn.heads
+    q = attn.to_q(h)  # [N, M, D] before norm_q
+    r = torch.rsqrt(q.float().pow(2).mean(dim=-1, keepdim=True) + attn.norm_q.eps)  # [N, M, 1]
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         s = torch.bmm(q, kbd, out_dtype=torch.float32)  # logits kept in fp32, as attention kernels do
     else:
         s = torch.bmm(q, kbd).float()
-    p = torch.softmax((s + bias).unflatten(-1, (H, -1)), dim=-1).flatten(2).type_as(q)  # [N, M, H·J]
-    return torch.bmm(p, u) + attn.to_out[0].bias
+    p = torch.softmax((s * r + bias).unflatten(-1, (H, -1)), dim=-1).flatten(2).type_as(q)  # [N, M, H·J']
+    return torch.baddbmm(x + attn.to_out[0].bias, p, u)
 
 
 def _shared_qkv(blk, x, shift, scale, lay: Layout):
@@ -364,10 +373,10 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv: tuple, lay: Layout,
     # 2. Cross-attention to the text
     h = blk.norm2(x.float()).type_as(x)
     attn = blk.attn2
-    q = attn.norm_q(attn.to_q(h))
     if len(kv) == 3:
-        x = x + _folded_cross(attn, q, kv)
+        x = _folded_cross(attn, x, h, kv)
     else:
+        q = attn.norm_q(attn.to_q(h))
         o = A.sdpa(q.unflatten(2, (attn.heads, -1)), *kv).flatten(2).type_as(q)
         x = x + attn.to_out[0](o)
 

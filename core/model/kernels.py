@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from . import attention as A
 
 # Launch shape of the kernel: rows per program, warps. The --bench sweep on an H100 (Wan-1.3B
-# shape, 73,728 rows): 8 rows / 4 warps 0.531 ms, the first guess 2 / 4 0.561 ms.
-BLOCK_ROWS = 8
+# shape, 73,728 rows) had 8 rows / 4 warps at 0.531 ms against 0.561 for 2 / 4, but inside the
+# soft step 8 rows took 14.3 ms a step and 2 rows 13.5 (kernel profiles of the bench): 2 / 4.
+BLOCK_ROWS = 2
 NUM_WARPS = 4
 _MAX_D = 8192  # the whole (padded) row of q and of k sits in registers
 

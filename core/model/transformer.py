@@ -394,12 +394,13 @@ class FourDTransformer(nn.Module):
 
     def text_kv(self, text: torch.Tensor, G: int, rows: tuple = (0, 1)) -> list[tuple]:
         """Every block's text keys/values for projected text ``[B, L, D]``, repeated for ``G``
-        streams: ``(k, v)``, or without grad, when the text ends in padding (``rows = (J, count)``
+        streams: ``(k, v)``, or without grad and autocast, when the text ends in padding (``rows = (J, count)``
         of ``blocks.padding_rows`` on the encoder states) and ``fold_pays``, the folded
         cross-attention ``(kbd, u, bias)`` (``blocks.fold_text_kv``; exact)."""
         blocks = self.backbone.blocks
         J, count = rows
-        if text_fold_enabled() and not torch.is_grad_enabled() and len(blocks):
+        if (text_fold_enabled() and not torch.is_grad_enabled() and not torch.is_autocast_enabled(text.device.type)
+                and len(blocks) and getattr(blocks[0].attn2.norm_q, "eps", None) is not None):
             attn = blocks[0].attn2
             align = FOLD_ALIGN if text.is_cuda else 1
             if count > 1 and fold_pays(attn.heads, text.shape[-1], text.shape[1], J, align):
