@@ -314,7 +314,8 @@ def _folded_cross(attn, x: torch.Tensor, h: torch.Tensor, kv) -> torch.Tensor:
     through a folded ``kv = (kbd, u, bias)`` (``fold_text_kv``, norm_q's weight folded into kbd).
 
     norm_q's RMS scale multiplies the logits instead of the queries, so the normed queries are
-    never written; the residual is the C input of the second matmul (one pass fewer)."""
+    never written. (The residual as the C input of the values matmul — ``baddbmm`` — measured
+    2.6 ms a step slower on an H100: inductor copies C into the output buffer first.)"""
     kbd, u, bias = kv
     H = attn.heads
     q = attn.to_q(h)  # [N, M, D] before norm_q
@@ -324,7 +325,7 @@ def _folded_cross(attn, x: torch.Tensor, h: torch.Tensor, kv) -> torch.Tensor:
     else:
         s = torch.bmm(q, kbd).float()
     p = torch.softmax((s * r + bias).unflatten(-1, (H, -1)), dim=-1).flatten(2).type_as(q)  # [N, M, H·J']
-    return torch.baddbmm(x + attn.to_out[0].bias, p, u)
+    return x + (torch.bmm(p, u) + attn.to_out[0].bias)
 
 
 def _shared_qkv(blk, x, shift, scale, lay: Layout):
