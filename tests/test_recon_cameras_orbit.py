@@ -90,7 +90,7 @@ def test_orbit_repair_undoes_a_chain_of_views_turned_off_the_path(toy_sfm):
     bad.X = rec.X.copy()
     assert camera_errors(_viewmats(bad, 7), scene.viewmats)["rot_deg_max"] > 4.0
     assert orbit_kinks(bad.R, bad.t, 7) == [3]
-    out = _orbit_repair(((-7, rms), bad, rms), feats, pairs, cfg, 96, 176, thr)
+    out = _orbit_repair(((-7, rms), bad, rms), feats, cfg, 96, 176, thr)
     assert out[1] is not bad and out[3] == 7
     assert camera_errors(_viewmats(out[1], 7), scene.viewmats)["rot_deg_max"] < 2.5
 
@@ -98,4 +98,4 @@ def test_orbit_repair_undoes_a_chain_of_views_turned_off_the_path(toy_sfm):
 def test_orbit_repair_keeps_an_estimate_that_follows_the_path(toy_sfm):
     _, cfg, feats, pairs, rec, rms, thr = toy_sfm
     best = ((-7, rms), rec, rms)
-    assert _orbit_repair(best, feats, pairs, cfg, 96, 176, thr) is best
+    assert _orbit_repair(best, feats, cfg, 96, 176, thr) is best
