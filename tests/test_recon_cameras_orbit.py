@@ -1,0 +1,101 @@
+"""The orbit prior of the camera estimate: a link that breaks the smooth path is found, missing or
+dropped links are predicted from the others, and polishing from the predicted poses undoes a
+view chain placed a few degrees off."""
+
+import math
+
+import numpy as np
+import pytest
+
+from core.recon.cameras import (SfMConfig, _detect_many, _orbit_repair, _Recon, _sfm_with_focal,
+                                build_tracks, verified_matches)
+from core.recon.geometry import focal_from_fov, rodrigues
+from core.recon.metrics import camera_errors
+from core.recon.orbit import orbit_kinks, predict_poses
+from core.recon.toyscene import look_at, orbit_cameras, render_toy
+
+
+def _poses(vms: np.ndarray, views=None):
+    views = range(len(vms)) if views is None else views
+    return {v: vms[v, :3, :3].copy() for v in views}, {v: vms[v, :3, 3].copy() for v in views}
+
+
+def _accelerating_orbit() -> np.ndarray:
+    """8 cameras whose azimuth steps grow and shrink (3.9 .. 18.5 deg) while they rise and close in,
+    like the synthetic world's evaluation orbits."""
+    az = np.radians(np.cumsum([0, 3.9, 5.9, 8.9, 12.9, 17.1, 18.5, 15.7]))
+    el = np.radians(np.linspace(10, 40, 8))
+    r = np.linspace(7.0, 5.5, 8)
+    return np.stack([look_at(r[v] * np.array([math.cos(el[v]) * math.cos(az[v]), math.cos(el[v]) * math.sin(az[v]),
+                                              math.sin(el[v])]), np.zeros(3)) for v in range(8)])
+
+
+def _turn_views_after(vms: np.ndarray, link: int, deg: float) -> np.ndarray:
+    """The views after ``link`` all turned by ``deg`` about the world's vertical: only that link's
+    step changes (the later views keep their relative poses)."""
+    out = vms.copy()
+    Q = rodrigues(np.array([0.0, 0.0, math.radians(deg)]))
+    out[link + 1:, :3, :3] = vms[link + 1:, :3, :3] @ Q
+    return out
+
+
+def test_orbit_kinks_accept_a_smooth_accelerating_orbit_and_flag_the_one_link_turned_off_it():
+    vms = _accelerating_orbit()
+    assert orbit_kinks(*_poses(vms), 8) == []
+    assert orbit_kinks(*_poses(_turn_views_after(vms, 4, 7.0)), 8) == [4]
+    assert orbit_kinks(*_poses(_turn_views_after(vms, 1, -6.0)), 8) == [1]
+
+
+def test_predict_poses_completes_a_constant_speed_orbit_from_its_middle_with_a_link_dropped():
+    vms, _ = orbit_cameras(8, 64, 96, arc_deg=80.0, elevation_deg=25.0)
+    placed = [1, 2, 3, 4, 5, 6]  # views 0 and 7 unplaced, and the link 3 -> 4 distrusted
+    wrong = _turn_views_after(vms, 3, 9.0)
+    Rn, tn = predict_poses(*_poses(wrong, placed), 8, drop_links=[3])
+    for v in range(8):
+        np.testing.assert_allclose(Rn[v], vms[v, :3, :3], atol=1e-6)
+        np.testing.assert_allclose(tn[v], vms[v, :3, 3], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def toy_sfm():
+    scene = render_toy(views=7, times=1, height=96, width=176, arc_deg=48.0, fov_x_deg=55.0)
+    cfg = SfMConfig(threads=1)
+    H, W = 96, 176
+    thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
+    feats = _detect_many(list(scene.frames[:, 0]), cfg)
+    pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
+    tracks = build_tracks(pairs, [len(f["xy"]) for f in feats])
+    rec, rms = _sfm_with_focal(feats, tracks, pairs, focal_from_fov(55.0, W), H, W, cfg, optimise_focal=True)
+    return scene, cfg, feats, pairs, rec, rms, thr
+
+
+def _viewmats(rec: _Recon, V: int) -> np.ndarray:
+    out = np.repeat(np.eye(4)[None], V, 0)
+    for v in range(V):
+        out[v, :3, :3], out[v, :3, 3] = rec.R[v], rec.t[v]
+    return out
+
+
+def test_orbit_repair_undoes_a_chain_of_views_turned_off_the_path(toy_sfm):
+    scene, cfg, feats, pairs, rec, rms, thr = toy_sfm
+    assert len(rec.R) == 7
+    good = camera_errors(_viewmats(rec, 7), scene.viewmats)["rot_deg_max"]
+    assert good < 2.0
+    # views 4.. turned by 6 degrees about the first camera's vertical axis (a view placed one
+    # texture period off turns the chain after it)
+    bad = _Recon(feats, rec.tracks, rec.focal, 96, 176)
+    Q = rodrigues(np.array([0.0, math.radians(6.0), 0.0]))
+    bad.R = {v: (rec.R[v] @ rec.R[0].T @ Q @ rec.R[0] if v >= 4 else rec.R[v].copy()) for v in rec.R}
+    bad.t = {v: rec.t[v].copy() for v in rec.t}
+    bad.X = rec.X.copy()
+    assert camera_errors(_viewmats(bad, 7), scene.viewmats)["rot_deg_max"] > 4.0
+    assert orbit_kinks(bad.R, bad.t, 7) == [3]
+    out = _orbit_repair(((-7, rms), bad, rms), feats, cfg, 96, 176, thr)
+    assert out[1] is not bad and out[3] == 7
+    assert camera_errors(_viewmats(out[1], 7), scene.viewmats)["rot_deg_max"] < 2.5
+
+
+def test_orbit_repair_keeps_an_estimate_that_follows_the_path(toy_sfm):
+    _, cfg, feats, pairs, rec, rms, thr = toy_sfm
+    best = ((-7, rms), rec, rms)
+    assert _orbit_repair(best, feats, cfg, 96, 176, thr) is best
