@@ -595,7 +595,7 @@ def _polish(rec: _Recon, fixed: int, cfg: SfMConfig, thr: float, min_obs: int, o
     then every track re-triangulated keeping only those whose observations all lie within 3 robust
     sigmas of the fit, twice, and a final adjustment. Returns the RMS reprojection error (px)."""
     for rnd in range(2):
-        rms = bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
+        bundle_adjust(rec, fixed, optimise_focal, cfg.ba_iters, 2 * thr)
         cams, pts, _ = rec.observations()
         err = np.array([rec.reproj_err(c, rec.X[p], rec.tracks[p][c]) for c, p in zip(cams, pts)])
         keep_px = float(np.clip(3 * 1.4826 * np.median(err), 0.5, 3 * thr)) if len(err) else 3 * thr
