@@ -229,9 +229,11 @@ def build_transformer(preset_name: str, device: str, dtype: torch.dtype):
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    from .model.blocks import engine_switches, set_engine_switches
+
     cfg = cfg.resolve()
     t_start = time.perf_counter()
-    found = _switches()
+    found = engine_switches()
     dev = cfg.device
     cuda = dev == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -325,7 +327,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
     def finish() -> dict:
         configure(tr, Variant("soft", "eager"), cuda)
-        _restore(found)  # leave the process-wide switches as found
+        set_engine_switches(found)  # leave the process-wide switches as found
         compare_to_baselines(rows, base_compile, default_fused)
         final = result(False)
         if cfg.json_path:
@@ -675,19 +677,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         for mode in first:  # the winners may have changed with the rows above
             run_variant(combined(mode))
     return finish()
-
-
-def _switches() -> dict:
-    """The process-wide kernel switches (to leave them as found)."""
-    from .model.blocks import engine_switches
-
-    return engine_switches()
-
-
-def _restore(switches: dict) -> None:
-    from .model.blocks import set_engine_switches
-
-    set_engine_switches(switches)
 
 
 def compare_to_baselines(rows: list[Row], base_compile: str, default_fused: str) -> None:

@@ -179,15 +179,21 @@ def _cudnn_lse_ok(q: torch.Tensor) -> bool:
 _CUDNN_LSE_DEVICES: dict = {}  # CUDA device index -> cuDNN attention usable for sdpa_lse
 
 
-def note_cuda_device(device: torch.device | str) -> None:
-    """Record, outside compiled code, whether ``device`` can run cuDNN attention (Ampere or newer)."""
+def note_device_fact(table: dict, device: torch.device | str, probe) -> None:
+    """Record ``probe(index)`` for a CUDA ``device`` in ``table`` (device index -> bool) once,
+    outside compiled code, so compiled code reads a plain dict instead of querying the device."""
     device = torch.device(device)
     if device.type != "cuda":
         return
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _CUDNN_LSE_DEVICES:
-        _CUDNN_LSE_DEVICES[index] = bool(torch.backends.cudnn.is_available()
-                                         and torch.cuda.get_device_capability(index) >= (8, 0))
+    if index not in table:
+        table[index] = bool(probe(index))
+
+
+def note_cuda_device(device: torch.device | str) -> None:
+    """Record, outside compiled code, whether ``device`` can run cuDNN attention (Ampere or newer)."""
+    note_device_fact(_CUDNN_LSE_DEVICES, device, lambda index: torch.backends.cudnn.is_available()
+                     and torch.cuda.get_device_capability(index) >= (8, 0))
 
 
 @functools.lru_cache(maxsize=8)  # one per grid shape: training steps reuse it

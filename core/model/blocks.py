@@ -69,12 +69,7 @@ def note_qk_kernel_device(device: torch.device | str) -> None:
     """Record, outside compiled code, whether the Triton Q/K kernel can run on ``device``."""
     from . import kernels
 
-    device = torch.device(device)
-    if device.type != "cuda":
-        return
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _QK_KERNEL_DEVICES:
-        _QK_KERNEL_DEVICES[index] = kernels.available(device)
+    A.note_device_fact(_QK_KERNEL_DEVICES, device, lambda index: kernels.available(torch.device("cuda", index)))
 
 
 def engine_switches() -> dict:

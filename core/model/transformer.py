@@ -356,8 +356,9 @@ class FourDTransformer(nn.Module):
 
         text = self._embed_text(text_states)
         # padding found on the encoder states, where it is exactly zero (a half-precision GEMM
-        # need not give equal rows bit for bit; the projection of equal rows is equal)
-        rows = padding_rows(text_states)
+        # need not give equal rows bit for bit; the projection of equal rows is equal); only where
+        # a fold can happen (finding it reads a number back from the device: not in training)
+        rows = padding_rows(text_states) if self._may_fold(text) else (0, 1)
         G = 2 if layout.kind == "streams" else 1
         kv = self.text_kv(text, G, rows) if cache and self.cache_text_kv else None
 
@@ -399,13 +400,18 @@ class FourDTransformer(nn.Module):
         cross-attention ``(kbd, u, bias)`` (``blocks.fold_text_kv``; exact)."""
         blocks = self.backbone.blocks
         J, count = rows
-        if (text_fold_enabled() and not torch.is_grad_enabled() and not torch.is_autocast_enabled(text.device.type)
-                and len(blocks) and getattr(blocks[0].attn2.norm_q, "eps", None) is not None):
-            attn = blocks[0].attn2
+        if self._may_fold(text):
             align = FOLD_ALIGN if text.is_cuda else 1
-            if count > 1 and fold_pays(attn.heads, text.shape[-1], text.shape[1], J, align):
+            if fold_pays(blocks[0].attn2.heads, text.shape[-1], text.shape[1], J, align):
                 return [tuple(t.repeat(G, 1, 1) for t in fold_text_kv(blk, text, J, count, align)) for blk in blocks]
         return [tuple(t.repeat(G, 1, 1, 1) for t in text_kv(blk, text)) for blk in blocks]
+
+    def _may_fold(self, text: torch.Tensor) -> bool:
+        """Whether the cross-attention of ``text`` may be folded: the switch on, no grad, no
+        autocast, and an eps on norm_q (its RMS scale goes into the logits)."""
+        blocks = self.backbone.blocks
+        return (text_fold_enabled() and not torch.is_grad_enabled() and not torch.is_autocast_enabled(text.device.type)
+                and len(blocks) > 0 and getattr(blocks[0].attn2.norm_q, "eps", None) is not None)
 
     @staticmethod
     def _fused_backend(choice: str, device, M: int) -> str:

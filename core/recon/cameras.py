@@ -832,10 +832,11 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
             if len(rec.R) >= len(rec0.R):
                 best = ((-len(rec.R), rms), rec, rms)
     if best is not None and cfg.orbit_repair and V >= 5 and len(best[1].R) == V:
+        # (only with every view placed: predicting unplaced views and polishing placed them wrongly)
         best = _orbit_repair(best, feats, cfg, H, W, thr, log)
     if best is not None and len(best[1].R) >= max(2, math.ceil(cfg.min_registered_frac * V)):
         rec, rms = best[1], best[2]
-        n_registered = best[3] if len(best) > 3 else len(rec.R)
+        n_registered = len(rec.R)
         if n_registered < V:  # views that did not register: between their registered neighbours
             _fill_missing(rec, V)
             warnings.append(f"{V - n_registered} of {V} views placed from their neighbours, not from features")
@@ -863,18 +864,15 @@ def _orbit_repair(best, feats, cfg: SfMConfig, H: int, W: int, thr: float, log=N
     """``best`` (key, reconstruction, rms) checked against the orbit prior (see ``orbit.py``):
     when every view is placed but a link breaks the smooth path, that link gets the step the
     other links predict, and the cameras are polished from there with guided matches; the result
-    replaces ``best`` (with a 4th item, the views seen by enough points) when every view is still
-    seen and fewer links break the path. (Predicting unplaced views the same way was measured
+    replaces ``best`` when every view is still seen and fewer links break the path. ``best``
+    places every view (the caller checks). (Predicting unplaced views the same way was measured
     and placed them wrongly: 1000000014 8.3 deg instead of 2.8, 1000000017 kept from column 0
     at 4.6 deg where the whole grid passes.)"""
     from .orbit import orbit_kinks, polish_from_poses, predict_poses, views_seen
 
     V = len(feats)
     rec0 = best[1]
-    if len(rec0.R) < V:  # measured: predicting unplaced views and polishing placed them wrongly
-        return best
     kinks = orbit_kinks(rec0.R, rec0.t, V)
-    n0 = len(rec0.R)
     if not kinks:
         return best
     Rn, tn = predict_poses(rec0.R, rec0.t, V, kinks)
@@ -890,11 +888,11 @@ def _orbit_repair(best, feats, cfg: SfMConfig, H: int, W: int, thr: float, log=N
     new_kinks = orbit_kinks(rec.R, rec.t, V)
     n_seen = views_seen(rec)
     if log:
-        log(f"orbit prior: links {kinks} off the path, {n0}/{V} views placed -> polished from predicted poses: "
+        log(f"orbit prior: links {kinks} off the path, {V}/{V} views placed -> polished from predicted poses: "
             f"{n_seen}/{V} views seen, links {new_kinks} off the path, rms {rms:.3f} px")
-    if not (n_seen == n0 and len(new_kinks) < len(kinks)):
+    if not (n_seen == V and len(new_kinks) < len(kinks)):
         return best
-    return ((-n_seen, rms), rec, rms, n_seen)
+    return ((-V, rms), rec, rms)
 
 
 def _package(rec: _Recon, feats, V: int, H: int, W: int, source: str, rms: float, n_registered: int,

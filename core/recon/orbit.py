@@ -7,8 +7,6 @@ adjustment). Ground-truth cameras are never read here.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .geometry import rodrigues
@@ -177,10 +175,3 @@ def polish_from_poses(rec0, pairs: dict, cfg, H: int, W: int, thr: float, optimi
     rms = _polish(rec, min(rec.R), cfg, thr, min_obs, optimise_focal and V >= 3)
     return rec, rms
 
-
-def step_deg(R: dict[int, np.ndarray], t: dict[int, np.ndarray], V: int) -> float:
-    """The median rotation step between neighbouring placed views, degrees (NaN without any)."""
-    w, _ = orbit_steps(R, t, V)
-    n = np.linalg.norm(w, axis=1)
-    n = n[np.isfinite(n)]
-    return float(np.median(n)) if len(n) else math.nan
