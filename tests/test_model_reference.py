@@ -158,12 +158,12 @@ def test_old_format_folder_without_the_flags_loads_and_runs_as_before(tmp_path):
     folder = m0.save_pretrained(tmp_path / "old")
     for rel in ("fourd.json", "fourd_layers/config.json"):  # what a folder from before the flags holds
         cfg = json.loads((folder / rel).read_text())
-        cfg.pop("reference_inputs"), cfg.pop("residual")
+        cfg.pop("reference_inputs"), cfg.pop("residual"), cfg.pop("anchor_input")
         (folder / rel).write_text(json.dumps(cfg))
     m1 = FourDModel.from_pretrained(folder)
     m2 = FourDModel.from_pretrained(m0.save_pretrained(tmp_path / "new"))
     assert not m1.transformer.residual and not m1.transformer.reference_inputs
-    assert not hasattr(m1.transformer.layers, "ref_embedding")
+    assert not hasattr(m1.transformer.layers, "ref_embedding") and not m1.transformer.anchor_input
     x, cond, known, text = inputs(m0)
     frames = torch.rand(2, 3, 3, 16, 16) * 2 - 1
     kn = torch.from_numpy(known_mask(2, 3, "row0+col0"))
@@ -177,7 +177,7 @@ def test_old_format_folder_without_the_flags_loads_and_runs_as_before(tmp_path):
 
 def test_default_preset_carries_the_inductive_biases_and_fits_the_cpu_budget():
     cfg = preset("default")
-    assert cfg.reference_inputs and cfg.residual
+    assert cfg.reference_inputs and cfg.residual and cfg.anchor_input
     bb = cfg.backbone
     # per token and stream: QKV+O, cross-attention Q+O, FFN, attention over V·P = 8·144 tokens
     def macs(b):

@@ -59,14 +59,21 @@ class FourDConfig:
     # ``reference_inputs`` shows every cell the clean frames of (v, 0) and (0, t) with their
     # known masks; ``residual`` runs the flow on x - ref (``reference.py``), so an untrained
     # model returns the reference (copy column 0 of its view) and learns only what differs.
+    # ``anchor_input`` (needs ``reference_inputs``) adds the clean frame of (0, 0) and its mask
+    # to every cell, as more zero-initialised channels of the same reference embedding, so a
+    # cell can form (0, t) − (0, 0) (what changed by time t) and (v, 0) − (0, 0) (what the
+    # camera changed) locally; a model without it widens into it exactly (zero new channels).
     reference_inputs: bool = False
     residual: bool = False
+    anchor_input: bool = False
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {self.codec!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.anchor_input and not self.reference_inputs:
+            raise ValueError("anchor_input adds channels to the reference inputs: it needs reference_inputs")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -125,13 +132,14 @@ def preset(name: str) -> FourDConfig:
         # 144 tokens a frame (9 x 16 patches of 8 x 8 pixels), 9,216 a grid; 4 blocks of 4 heads
         # x 48, FFN 512. Sized for the 2-core CPU (25 steps in < 60 s = 2.4 s a step): ~130
         # GFLOP a soft step, 0.6x the 6-block FFN-768 model shipped first (2.47 s a step there).
-        # Reference inputs + residual flow: it starts at the copy-column-0 baseline.
+        # Reference inputs + residual flow: it starts at the copy-column-0 baseline. The anchor
+        # (0, 0) input shows each cell what moved (a shipped model without it widens into it).
         return FourDConfig(
             name="default", codec="pixels", max_text_len=32, views=8, times=8, height=72, width=128,
             chunk_times=8, max_views=8, steps=25, shift=2.0,
             backbone=_wan((1, 8, 8), 4, 48, 3, 64, 512, 4, rope_len=256),
             text=_tiny_text(64, 16, 128, 2, 4), sync_rank=32, sync_embed_dim=64,
-            reference_inputs=True, residual=True,
+            reference_inputs=True, residual=True, anchor_input=True,
         )
     if name == "wan2.1-1.3b":
         # 288 x 512 frames through the Wan VAE (x8) and 1x2x2 patches: 18 x 32 = 576 tokens.

@@ -24,7 +24,10 @@ Train with the loss on unknown cells only.
 
 Two optional inductive biases (flags of ``FourDLayers``, saved with it; ``reference.py``):
 ``reference_inputs`` adds, through one more zero-initialised patch embedding, the clean frames of
-(v, 0) and (0, t) to every cell (v, t), with their masks. ``residual`` runs the flow on
+(v, 0) and (0, t) to every cell (v, t), with their masks; ``anchor_input`` appends the frame of
+(0, 0) and its mask as more (zero-initialised) input channels of that embedding, computed as a
+second convolution over those channels alone so that a model widened into it
+(``FourDLayers.with_anchor_input``) gives bit-identical outputs until its new weights train. ``residual`` runs the flow on
 ``r = x − ref`` (ref: the known (v, 0), else the first known cell, else 0): the noise starts at
 ``ref + ε``, the backbone sees ``x_σ − ref`` and its head predicts the clean residual ``r0``
 (x-prediction), turned into the velocity ``(x_σ − ref − r0)/σ``. The caller's contract is
@@ -62,14 +65,18 @@ class FourDLayers(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, dim: int, num_layers: int, in_channels: int, mask_channels: int = 1,
                  patch_size: tuple = (1, 2, 2), sync_rank: int = 16, sync_embed_dim: int = 64,
-                 num_contexts: int = NUM_CONTEXTS, reference_inputs: bool = False, residual: bool = False):
+                 num_contexts: int = NUM_CONTEXTS, reference_inputs: bool = False, residual: bool = False,
+                 anchor_input: bool = False):
         super().__init__()
+        if anchor_input and not reference_inputs:
+            raise ValueError("anchor_input adds channels to the reference embedding: it needs reference_inputs")
         patch = tuple(patch_size)
         self.cond_embedding = nn.Conv3d(in_channels + mask_channels, dim, kernel_size=patch, stride=patch)
         nn.init.zeros_(self.cond_embedding.weight)
         nn.init.zeros_(self.cond_embedding.bias)
-        if reference_inputs:  # frames of (v, 0) and (0, t) with their masks (reference.py)
-            self.ref_embedding = nn.Conv3d(2 * (in_channels + mask_channels), dim, kernel_size=patch, stride=patch)
+        if reference_inputs:  # frames of (v, 0) and (0, t) [and (0, 0)] with their masks (reference.py)
+            groups = 3 if anchor_input else 2
+            self.ref_embedding = nn.Conv3d(groups * (in_channels + mask_channels), dim, kernel_size=patch, stride=patch)
             nn.init.zeros_(self.ref_embedding.weight)
             nn.init.zeros_(self.ref_embedding.bias)
         self.context_embedding = nn.Embedding(num_contexts, dim)
@@ -79,6 +86,24 @@ class FourDLayers(ModelMixin, ConfigMixin):
             [SyncLayer("soft", dim, sync_embed_dim, sync_rank, l, num_layers) for l in range(num_layers)])
         self.hard_sync = nn.ModuleList(
             [SyncLayer("hard", dim, sync_embed_dim, sync_rank, l, num_layers) for l in range(num_layers)])
+
+    def with_anchor_input(self) -> "FourDLayers":
+        """A copy with the anchor input: the same weights, ``ref_embedding``'s weight widened
+        by zero columns for the (0, 0) frame and mask (bias unchanged), on the same device and
+        dtype. A model with it gives bit-identical outputs until the new columns train."""
+        cfg = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        if not cfg.get("reference_inputs"):
+            raise ValueError("only a model with reference inputs can take the anchor input")
+        if cfg.get("anchor_input"):
+            return self
+        p = self.ref_embedding.weight
+        with torch.device(p.device):
+            wide = FourDLayers(**{**cfg, "anchor_input": True}).to(p.dtype)
+        state = self.state_dict()
+        w = state["ref_embedding.weight"]  # [D, 2·(C + m), 1, ph, pw]
+        state["ref_embedding.weight"] = torch.cat([w, w.new_zeros(w.shape[0], w.shape[1] // 2, *w.shape[2:])], dim=1)
+        wide.load_state_dict(state)  # strict: everything else has the same shape
+        return wide.train(self.training)
 
 
 @dataclass
@@ -162,7 +187,7 @@ class FourDTransformer(nn.Module):
             dim=bc.num_attention_heads * bc.attention_head_dim, num_layers=bc.num_layers,
             in_channels=bc.in_channels, mask_channels=mask_channels, patch_size=tuple(bc.patch_size),
             sync_rank=cfg.sync_rank, sync_embed_dim=cfg.sync_embed_dim,
-            reference_inputs=cfg.reference_inputs, residual=cfg.residual)
+            reference_inputs=cfg.reference_inputs, residual=cfg.residual, anchor_input=cfg.anchor_input)
 
     @property
     def dim(self) -> int:
@@ -187,6 +212,18 @@ class FourDTransformer(nn.Module):
     @property
     def residual(self) -> bool:
         return bool(getattr(self.layers.config, "residual", False))
+
+    @property
+    def anchor_input(self) -> bool:
+        return bool(getattr(self.layers.config, "anchor_input", False))
+
+    def add_anchor_input(self) -> bool:
+        """Widen the new layers into the anchor input (``FourDLayers.with_anchor_input``);
+        True if they changed (False: they had it). Build optimizers and EMA copies after this."""
+        if self.anchor_input:
+            return False
+        self.layers = self.layers.with_anchor_input()
+        return True
 
     def flow_reference(self, cond: torch.Tensor, known: torch.Tensor) -> torch.Tensor | None:
         """Where the flow's noise is centred: ``ref [B, V, T, C, h, w]`` for a residual model
@@ -298,6 +335,30 @@ class FourDTransformer(nn.Module):
         y = conv(x.permute(0, 1, 3, 2, 4, 5).reshape(B * V, C, T, h, w).to(conv.weight.dtype))  # [B·V, D, T, hp, wp]
         return y.flatten(3).permute(0, 2, 3, 1).reshape(B, V, T, -1, y.shape[1])
 
+    def _reference_tokens(self, cond: torch.Tensor, mask_ch: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, V, T, P, D]`` of the reference inputs (``reference.py``). With the anchor,
+        ``ref_embedding`` runs as two convolutions, the (v, 0) and (0, t) channels with the bias,
+        then the (0, 0) channels without: the first is the exact computation of a model without
+        the anchor, and zero anchor weights add exact zeros."""
+        from .reference import reference_inputs
+
+        conv = self.layers.ref_embedding
+        if not self.anchor_input:
+            return self._patchify(conv, reference_inputs(cond, mask_ch))
+        n = 2 * (cond.shape[3] + mask_ch.shape[-1])  # the (v, 0) and (0, t) groups
+        x = reference_inputs(cond, mask_ch, anchor=True)
+        base = self._patch_conv(x[:, :, :, :n], conv.weight[:, :n].contiguous(), conv.bias, conv.stride)
+        anchor = self._patch_conv(x[:, :, :, n:], conv.weight[:, n:].contiguous(), None, conv.stride)
+        return base + anchor
+
+    @staticmethod
+    def _patch_conv(x: torch.Tensor, weight: torch.Tensor, bias, stride) -> torch.Tensor:
+        """``_patchify`` with explicit weights: ``[B, V, T, C, h, w]`` -> ``[B, V, T, P, D]``."""
+        B, V, T, C, h, w = x.shape
+        y = nn.functional.conv3d(x.permute(0, 1, 3, 2, 4, 5).reshape(B * V, C, T, h, w).to(weight.dtype),
+                                 weight, bias, stride)  # [B·V, D, T, hp, wp]
+        return y.flatten(3).permute(0, 2, 3, 1).reshape(B, V, T, -1, y.shape[1])
+
     def _head(self, x: torch.Tensor, temb: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Grid-ordered tokens ``[B, M, D]`` -> velocity ``[B, V, T, C, h, w]`` (Wan's output head)."""
         bb = self.backbone
@@ -384,9 +445,7 @@ class FourDTransformer(nn.Module):
         clean = cond * mask_ch.any(dim=-1)[..., None, None, None].to(cond.dtype)
         cond_tokens = self._patchify(self.layers.cond_embedding, torch.cat([clean, m], dim=3))
         if self.reference_inputs:
-            from .reference import reference_inputs
-
-            cond_tokens = cond_tokens + self._patchify(self.layers.ref_embedding, reference_inputs(cond, mask_ch))
+            cond_tokens = cond_tokens + self._reference_tokens(cond, mask_ch)
         ref = self.flow_reference(cond, known_cells)
         any_known = bool(known_cells.any())
         return Plan(mode, sync, B, V, T, hp, wp, layout, ropes, mask, text, kv, cond_tokens,
