@@ -7,7 +7,9 @@
 #       Starts training at once in the background (setsid nohup) and returns. Resumes exactly
 #       from $TRAIN_DIR/run if a previous start left one on this machine, else from the weights
 #       in assets/model if we trained them (it has training.json) and they have the shape of
-#       the preset (same sizes, reference inputs, residual flow; stage 3 only), else from
+#       the preset (same sizes, reference inputs, residual flow; stage 3 only; weights without
+#       the anchor input resume into a preset with it: '--anchor-input on' widens them by zero
+#       channels, outputs unchanged, optimizer fresh, training.json history kept), else from
 #       scratch with preset $PRESET (all stages). After training it runs
 #       'launch.py eval' on $EVAL_SEEDS evaluation scenes. MINUTES (default 16) is the training
 #       loop's budget; loading, compiling and the final eval come on top (about 2-4 minutes).
@@ -45,8 +47,10 @@ start)
   elif [ -f "$RUN/state.pt" ]; then
     resume=(--resume "$RUN"); stage=${STAGE:-3}
   elif [ -f assets/model/transformer/config.json ] && [ -f assets/model/training.json ] &&
-       "$PY" -c "import sys; from core.train.checkpoint import same_architecture as s; sys.exit(0 if s('assets/model', '${PRESET:-default}') else 1)"; then
-    resume=(--resume assets/model); stage=${STAGE:-3}
+       widen=$("$PY" -c "import sys; from core.train.checkpoint import resume_flags as f; r = f('assets/model', '${PRESET:-default}'); print(' '.join(r)) if r is not None else sys.exit(1)"); then
+    # shellcheck disable=SC2206  # widen: '' or '--anchor-input on'
+    resume=(--resume assets/model $widen); stage=${STAGE:-3}
+    if [ -n "$widen" ]; then echo "assets/model resumes into preset ${PRESET:-default} with: $widen"; fi
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
   else
     [ -f assets/model/training.json ] && echo "assets/model is not the shape of preset ${PRESET:-default}: training from scratch"

@@ -38,6 +38,9 @@ def add_arguments(p) -> None:
                    help="fresh start: show each cell the frames of (v,0) and (0,t) (default: the preset's)")
     p.add_argument("--residual", default=None, choices=["on", "off"],
                    help="fresh start: run the flow on x - ref, ref = column 0 of its view (default: the preset's)")
+    p.add_argument("--anchor-input", default=None, choices=["on", "off"],
+                   help="show each cell the frame of (0,0) too (fresh start: default the preset's; with --resume "
+                        "of a model folder, 'on' widens a model without it by zero channels, outputs unchanged)")
     p.add_argument("--mode", default=d.mode,
                    help="stream mode to train: soft (default), hard, sequential, fused, or a comma list whose "
                         "modes alternate by step (the first is the model's default)")
@@ -107,6 +110,7 @@ def config_from_args(args):
     return TrainConfig(
         out=args.out, resume=args.resume, preset=args.preset, minutes=args.minutes, schedule=schedule,
         reference_inputs=flag[args.reference_inputs], residual=flag[args.residual],
+        anchor_input=flag[args.anchor_input],
         max_steps=args.max_steps,
         batch=args.batch, max_batch=args.max_batch, views=args.views, times=args.times, mode=args.mode,
         lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup, ema_decay=args.ema,

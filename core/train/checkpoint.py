@@ -79,9 +79,12 @@ ARCH_KEYS = ("patch_size", "num_attention_heads", "attention_head_dim", "in_chan
              "text_dim")
 
 
-def same_architecture(model_dir: str | os.PathLike, preset_name: str) -> bool:
-    """Whether a model folder has the shape a fresh model of ``preset_name`` would have (backbone
-    sizes and the new layers' flags); a resume across architectures cannot load the weights."""
+def resume_flags(model_dir: str | os.PathLike, preset_name: str) -> list[str] | None:
+    """The ``launch.py train`` flags that resume a model folder into the shape of ``preset_name``:
+    ``[]`` when it has that shape already (backbone sizes and the new layers' flags),
+    ``["--anchor-input", "on"]`` when it has it but for the anchor input, which a resume adds by
+    widening (zero new channels; ``loop.load_model``), None when its weights cannot load into it
+    (other sizes or flags, an anchor the preset lacks, no readable configs)."""
     import dataclasses
 
     from ..model.config import preset
@@ -91,11 +94,24 @@ def same_architecture(model_dir: str | os.PathLike, preset_name: str) -> bool:
         bb = json.loads((folder / "transformer" / "config.json").read_text())
         layers = json.loads((folder / "fourd_layers" / "config.json").read_text())
     except (OSError, ValueError):
-        return False
+        return None
     cfg = preset(preset_name)
     want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.backbone.items() if k in ARCH_KEYS}
     have = {k: bb.get(k) for k in want}
     fields = {f.name for f in dataclasses.fields(cfg)}
     flags_same = all(bool(layers.get(k, False)) == bool(getattr(cfg, k))
                      for k in ("reference_inputs", "residual") if k in fields)
-    return have == want and flags_same
+    if have != want or not flags_same:
+        return None
+    anchor_have, anchor_want = bool(layers.get("anchor_input", False)), bool(getattr(cfg, "anchor_input", False))
+    if anchor_have == anchor_want:
+        return []
+    return ["--anchor-input", "on"] if anchor_want else None
+
+
+def same_architecture(model_dir: str | os.PathLike, preset_name: str) -> bool:
+    """Whether a model folder's weights resume into the shape a fresh model of ``preset_name``
+    would have: the same backbone sizes and new-layer flags, or the same but for the anchor
+    input, which the resume adds (``resume_flags`` says with which flags); a resume across other
+    architectures cannot load the weights."""
+    return resume_flags(model_dir, preset_name) is not None

@@ -63,6 +63,9 @@ class TrainConfig:
     preset: str = "default"  # model preset when not resuming
     reference_inputs: bool | None = None  # fresh start: override the preset's flag (None: keep it)
     residual: bool | None = None  # fresh start: override the preset's residual flow flag
+    # fresh start: override the preset's anchor (0, 0) input; resume: True widens a model without
+    # it (zero new channels: outputs unchanged at the start), False refuses a model with it
+    anchor_input: bool | None = None
     minutes: float = 18.0  # wall-clock budget of the session's loop (steps, curve points, saves)
     max_steps: int | None = None  # stop earlier after this many steps in this session
     schedule: str = DEFAULT_SCHEDULE

@@ -72,7 +72,14 @@ def prepare_out(cfg: TrainConfig) -> Path:
 
 
 def load_model(cfg: TrainConfig):
-    """(FourDModel on the CPU in fp32, exact state or None, training record)."""
+    """(FourDModel on the CPU in fp32, exact state or None, training record, what was widened).
+
+    A resume with ``cfg.anchor_input`` True widens a model without the anchor input
+    (``FourDTransformer.add_anchor_input``: zero new channels of the reference embedding, so the
+    model's outputs are unchanged at the start); the record then lists ``widened``. Only from a
+    model folder's weights: the optimizer starts fresh (as for every weights resume), and an
+    exact ``state.pt`` of the narrow model is refused.
+    """
     from ..model.pipeline import FourDModel
 
     if cfg.resume is None:
@@ -81,14 +88,35 @@ def load_model(cfg: TrainConfig):
         from ..model.config import preset
 
         mcfg = preset(cfg.preset)
-        flags = {k: getattr(cfg, k) for k in ("reference_inputs", "residual") if getattr(cfg, k) is not None}
-        return FourDModel.from_config(dataclasses.replace(mcfg, **flags), seed=cfg.seed), None, {}
+        flags = {k: getattr(cfg, k) for k in ("reference_inputs", "residual", "anchor_input")
+                 if getattr(cfg, k) is not None}
+        if flags.get("reference_inputs") is False and cfg.anchor_input is None:
+            flags["anchor_input"] = False  # the anchor is part of the reference inputs
+        if flags.get("anchor_input") and not flags.get("reference_inputs", mcfg.reference_inputs):
+            raise InputError("--anchor-input on needs the reference inputs (--reference-inputs on)")
+        return FourDModel.from_config(dataclasses.replace(mcfg, **flags), seed=cfg.seed), None, {}, []
     src = model_dir_of(cfg.resume)
     if src is None:
         raise InputError(f"--resume {cfg.resume} is neither a training folder nor a model folder")
     model = FourDModel.from_pretrained(src, device="cpu", dtype=torch.float32)
-    state = load_state(cfg.resume, "cpu") if (Path(cfg.resume) / "state.pt").is_file() else None
-    return model, state, read_training(src)
+    has_state = (Path(cfg.resume) / "state.pt").is_file()
+    record = read_training(src)
+    tr, widened = model.transformer, []
+    if cfg.anchor_input is False and tr.anchor_input:
+        raise InputError(f"--anchor-input off: the model in {src} has the anchor input; a resume keeps it")
+    if cfg.anchor_input and not tr.anchor_input:
+        if not tr.reference_inputs:
+            raise InputError(f"--anchor-input on: the model in {src} has no reference inputs to widen")
+        if has_state:
+            raise InputError(f"--anchor-input on widens a model's weights, not an exact training state: "
+                             f"pass --resume {src} (its model folder) with a new --out")
+        tr.add_anchor_input()
+        model.config.anchor_input = True
+        widened.append("anchor_input")
+        record = {**record, "widened": list(record.get("widened", [])) + [
+            {"step": int(record.get("step", 0)), "added": "anchor_input"}]}
+    state = load_state(cfg.resume, "cpu") if has_state else None
+    return model, state, record, widened
 
 
 def trainable(model) -> nn.ModuleDict:
@@ -212,7 +240,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     budget = cfg.minutes * 60.0
 
     # 2. The model: fresh, or resumed (exactly from state.pt, or from a model folder's weights)
-    model, state, record = load_model(cfg)
+    model, state, record, widened = load_model(cfg)
     mult = model.size_multiple
     for ph in phases:
         if ph.height % mult or ph.width % mult:
@@ -254,9 +282,12 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     sessions = list(record.get("sessions", []))
     session = {"device": str(device), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                "config": cfg.to_dict(), "start_step": step}
+    if widened:
+        session["widened"] = widened
     n_params = sum(p.numel() for p in net.parameters())
     log(f"training {model.config.name}: {n_params / 1e6:.2f} M parameters on {device}, "
-        f"{cfg.minutes:g} min, resume={'exact' if state else ('weights' if cfg.resume else 'no')}, step {step}")
+        f"{cfg.minutes:g} min, resume={'exact' if state else ('weights' if cfg.resume else 'no')}, step {step}"
+        + (f", widened with {', '.join(widened)} (zero channels)" if widened else ""))
 
     # 3. Fixed evaluation scenes and their baselines
     from ..eval.run import baseline_scores, render_eval_scenes
@@ -274,9 +305,12 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
         return minutes_before + step_seconds / 60.0
 
     def training_record() -> dict:
-        return {"step": step, "samples": samples, "train_minutes": round(train_minutes(), 3),
-                "curve": curve, "sessions": sessions + [{**session, "end_step": step,
-                                                         "minutes": round(step_seconds / 60, 3)}]}
+        rec = {"step": step, "samples": samples, "train_minutes": round(train_minutes(), 3),
+               "curve": curve, "sessions": sessions + [{**session, "end_step": step,
+                                                        "minutes": round(step_seconds / 60, 3)}]}
+        if record.get("widened"):
+            rec["widened"] = record["widened"]
+        return rec
 
     def checkpoint() -> None:
         t = time.perf_counter()
