@@ -5,7 +5,8 @@
 #
 #   scripts/gpu_train.sh start [MINUTES] [extra 'launch.py train' arguments]
 #       Starts training at once in the background (setsid nohup) and returns. Resumes exactly
-#       from $TRAIN_DIR/run if a previous start left one on this machine, else from the weights
+#       from $TRAIN_DIR/run if a previous start left one on this machine (from its weights,
+#       widened, if it lacks the preset's anchor input), else from the weights
 #       in assets/model if we trained them (it has training.json) and they have the shape of
 #       the preset (same sizes, reference inputs, residual flow; stage 3 only; weights without
 #       the anchor input resume into a preset with it: '--anchor-input on' widens them by zero
@@ -46,6 +47,15 @@ start)
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
   elif [ -f "$RUN/state.pt" ]; then
     resume=(--resume "$RUN"); stage=${STAGE:-3}
+    # a run left without the anchor input that the preset has: go on from its weights, widened
+    widen=$("$PY" -c "from core.train.checkpoint import model_dir_of as d, resume_flags as f; m = d('$RUN'); print(' '.join((f(m, '${PRESET:-default}') or []) if m else []))" || true)
+    if [ -n "$widen" ]; then
+      old="$RUN.old.$(date +%s)"; mv "$RUN" "$old"
+      src=$old/model; [ -d "$src" ] || src=$old/model.old
+      # shellcheck disable=SC2206  # widen: '--anchor-input on'
+      resume=(--resume "$src" $widen)
+      echo "$RUN lacks what preset ${PRESET:-default} has: resuming its weights (moved to $old) with: $widen"
+    fi
   elif [ -f assets/model/transformer/config.json ] && [ -f assets/model/training.json ] &&
        widen=$("$PY" -c "import sys; from core.train.checkpoint import resume_flags as f; r = f('assets/model', '${PRESET:-default}'); print(' '.join(r)) if r is not None else sys.exit(1)"); then
     # shellcheck disable=SC2206  # widen: '' or '--anchor-input on'
