@@ -354,7 +354,8 @@ def test_interpreted_residual_norm_passes_torch_opcheck(interpreter):
     for kind in ("self", "cross", "plain"):
         kw = rn_kwargs(case, kind)
         args = tuple(kw[k] for k in ("x", "y", "gate", "y_bias", "weight", "bias", "shift", "scale", "eps"))
-        torch.library.opcheck(torch.ops.fourd.residual_norm.default, args, test_utils=("test_schema", "test_faketensor"))
+        torch.library.opcheck(torch.ops.fourd.residual_norm.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 def test_interpreted_residual_norm_is_one_call_without_graph_breaks_under_dynamo(interpreter):

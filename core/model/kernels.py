@@ -353,8 +353,9 @@ def _rn_launch(x, y, gate, y_bias, weight, bias, shift, scale, eps, block_rows=N
     def n_stride(t):  # [N or 1, 1, D]: 0 broadcasts one row of parameters over every n
         return 0 if t is None or t.shape[0] == 1 else t.stride(0)
 
-    x, y, gate, y_bias, weight, bias, shift, scale = map(last_contiguous, (x, y, gate, y_bias, weight, bias, shift, scale))
-    x_new, h = torch.empty(N, M, D, dtype=x.dtype, device=x.device), torch.empty(N, M, D, dtype=x.dtype, device=x.device)
+    x, y, gate, y_bias, weight, bias, shift, scale = map(last_contiguous,
+                                                         (x, y, gate, y_bias, weight, bias, shift, scale))
+    x_new, h = (torch.empty(N, M, D, dtype=x.dtype, device=x.device) for _ in range(2))
     br, rows = block_rows or RN_BLOCK_ROWS, rows or RN_ROWS
     rows = max(br, rows // br * br)  # a whole number of blocks
     if N * M > 0:
@@ -565,8 +566,9 @@ def bench_residual_norm(N: int = 2, M: int = 36_864, D: int = 1536, dtype=torch.
         x_new, h = residual_norm(**kw)
         x32, h32 = residual_norm_reference(**{**kw, "x": kw["x"].float()})
         _, h_torch = residual_norm_reference(**kw)
-        res["errors_vs_fp32"][name] = {"x_new_max_abs_vs_bf16_of_fp32": (x_new.float() - x32.to(dtype).float()).abs().max().item(),
-                                       "h_kernel": _errors(h, h32), "h_torch_bf16": _errors(h_torch, h32)}
+        res["errors_vs_fp32"][name] = {
+            "x_new_max_abs_vs_bf16_of_fp32": (x_new.float() - x32.to(dtype).float()).abs().max().item(),
+            "h_kernel": _errors(h, h32), "h_torch_bf16": _errors(h_torch, h32)}
         del x_new, h, x32, h32, h_torch
         for how, fn in (("a_eager_reference", lambda: residual_norm_reference(**kw)),
                         ("b_compiled_reference", lambda: compiled(**kw)),
