@@ -99,6 +99,7 @@ class Variant:
     share: bool = False  # Q/K/V once where both streams hold the same tokens
     text_fold: bool = False  # the padded prompt's cross-attention folded (blocks.fold_text_kv)
     qk_kernel: bool = False  # Q/K RMS-norm + RoPE + layout as one Triton kernel (kernels.qkv_norm_rope)
+    norm_kernel: bool = False  # each residual + LayerNorm as one Triton kernel (kernels.residual_norm)
     backend: str = "auto"  # fused-mode kernel: flex | split (auto: flex on cuda, split on cpu)
     defaults: bool = False  # the engine's inference defaults (only marks the label)
 
@@ -117,6 +118,8 @@ class Variant:
             parts.append("text-fold")
         if self.qk_kernel:
             parts.append("qk-kernel")
+        if self.norm_kernel:
+            parts.append("norm-kernel")
         return ", ".join(parts) + (" [defaults]" if self.defaults else "")
 
     @property
@@ -176,7 +179,7 @@ def configure(tr, v: Variant, cuda: bool) -> None:
     if cuda or v.compile != "eager":
         torch._dynamo.reset()
     set_engine_switches({"sdpa": v.sdpa, "ffn_epilogue": v.ffn_epilogue, "text_fold": v.text_fold,
-                         "qk_kernel": v.qk_kernel})
+                         "qk_kernel": v.qk_kernel, "norm_kernel": v.norm_kernel})
     tr.share_equal_streams = v.share
     kw = {"mode": v.compile_mode} if v.compile_mode else {}
     if v.compile == "blocks":
@@ -451,9 +454,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     def defaults(mode: str) -> Variant:
         """How the engine runs ``mode`` now (inference, half precision on CUDA): FFN epilogue on,
         Q/K/V shared where the streams are equal, the padded prompt's cross-attention folded,
-        fused mode on the split kernel (cuDNN)."""
+        the Q/K and residual + norm Triton kernels, fused mode on the split kernel (cuDNN)."""
         return Variant(mode, compile=base_compile, ffn_epilogue=cuda, share=mode in ("soft", "hard") and cuda,
-                       text_fold=True, qk_kernel=cuda, backend="split" if mode == "fused" else "auto", defaults=True)
+                       text_fold=True, qk_kernel=cuda, norm_kernel=cuda, backend="split" if mode == "fused" else "auto",
+                       defaults=True)
 
     def eager_ref(mode: str) -> Variant:
         """The reference of the Δrel column in quick runs: eager, plain (fused: split)."""
@@ -605,8 +609,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 run_grid(mode, only=d.label())
             if cfg.profile and cuda and mode == "soft":
                 profile(mode, only=d.label())
-            if mode == "soft" and cuda:  # what the Q/K kernel buys: the defaults without it
+            if mode == "soft" and cuda:  # what the Q/K and the norm kernels buy: the defaults without each
                 run_variant(Variant(**{**asdict(d), "qk_kernel": False, "defaults": False}))
+                run_variant(Variant(**{**asdict(d), "norm_kernel": False, "defaults": False}))
             if mode == "soft" and n_prompt < L:  # the same defaults on a prompt that fills the text
                 add("soft", d.label().replace(" [defaults]", "") + f", {L}-token prompt",
                     lambda: (use(d), ours("soft", states=full_text))[1], need_of(d), compare=False)

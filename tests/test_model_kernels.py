@@ -1,6 +1,9 @@
-"""The Q/K norm + RoPE + layout op (core/model/kernels.py) on the CPU: its torch reference is the
-blocks.py math (torch.nn.RMSNorm + attention.apply_rope), its checks, its compile-time (fake)
-shapes, and — where triton is importable — the Triton kernel itself under the interpreter."""
+"""The engine's Triton ops (core/model/kernels.py) on the CPU: the Q/K norm + RoPE + layout op
+(its torch reference is the blocks.py math: torch.nn.RMSNorm + attention.apply_rope) and the
+residual + LayerNorm op (its reference is run_block's residual and norm lines, roundings
+included); their checks, their compile-time (fake) shapes, run_block unchanged on the CPU, and —
+where triton is importable — the Triton kernels themselves under the interpreter, the norm kernel
+also wired into run_block."""
 
 from __future__ import annotations
 
@@ -105,7 +108,7 @@ def test_compile_time_shapes_come_from_the_fake_kernel_without_triton():
 # -- the Triton kernel under the interpreter (needs triton; CI has none) -----------------------
 # triton decides at import time whether its own helpers interpret, and torch or diffusers may
 # import it early: so these run in a child pytest started with TRITON_INTERPRET=1.
-def test_triton_kernel_under_the_interpreter_in_a_child_process():
+def test_triton_kernels_under_the_interpreter_in_a_child_process():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "interpreted"],
@@ -116,7 +119,7 @@ def test_triton_kernel_under_the_interpreter_in_a_child_process():
 @pytest.fixture
 def interpreter():
     if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("runs in the child process of test_triton_kernel_under_the_interpreter_in_a_child_process")
+        pytest.skip("runs in the child process of test_triton_kernels_under_the_interpreter_in_a_child_process")
     pytest.importorskip("triton")
     assert K.available("cpu")
 
@@ -163,3 +166,237 @@ def test_interpreted_op_is_one_call_without_graph_breaks_under_dynamo(interprete
     torch._dynamo.reset()
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(qkv), layer(qkv), rtol=0, atol=0)
+
+
+# -- the residual + LayerNorm op (kernels.residual_norm) ---------------------------------------
+def rn_case(N=2, M=10, D=24, dtype=torch.float32, seed=0):
+    """x, y [N, M, D] in ``dtype``; gate, shift, scale [N, 1, D] fp32; y_bias, weight, bias [D]."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, s=1.0):
+        return torch.randn(*shape, generator=g) * s
+
+    return dict(x=r(N, M, D, s=4.0).to(dtype), y=r(N, M, D).to(dtype), gate=r(N, 1, D, s=0.3),
+                y_bias=r(D, s=0.2).to(dtype), weight=1 + r(D, s=0.3), bias=r(D, s=0.2),
+                shift=r(N, 1, D, s=0.2), scale=r(N, 1, D, s=0.2))
+
+
+def block_and_modulation(dtype):
+    """Block 0 of a tiny model (norm2 with a non-trivial affine), its adaLN chunks for random
+    tproj, and the residual x with a sub-layer output y, [2, 20, D] in ``dtype``."""
+    from core.model.testing import tiny_transformer
+
+    blk = tiny_transformer(num_layers=1).backbone.blocks[0]
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        blk.norm2.weight.normal_(1.0, 0.3, generator=g)
+        blk.norm2.bias.normal_(0.0, 0.2, generator=g)
+    D = blk.norm2.weight.shape[0]
+    tproj = torch.randn(2, 6, D, generator=g) * 0.3
+    chunks = (blk.scale_shift_table + tproj.float()).chunk(6, dim=1)  # as run_block takes them
+    x, y = (torch.randn(2, 20, D, generator=g) * 3).to(dtype), torch.randn(2, 20, D, generator=g).to(dtype)
+    return blk, chunks, x, y
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_norm_reference_is_run_blocks_self_attention_residual_and_norm2(dtype):
+    blk, (shift, scale, gate, c_shift, c_scale, c_gate), x, o = block_and_modulation(dtype)
+    with torch.no_grad():
+        want_x = torch.addcmul(x.float(), o, gate).type_as(x)  # run_block's lines, by hand
+        want_h = blk.norm2(want_x.float()).type_as(x)
+        got_x, got_h = K.residual_norm_reference(x, o, gate, None, blk.norm2.weight, blk.norm2.bias, None, None,
+                                                 blk.norm2.eps)
+    assert got_x.dtype == got_h.dtype == dtype
+    assert torch.equal(got_x, want_x) and torch.equal(got_h, want_h)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_norm_reference_is_run_blocks_cross_attention_residual_norm3_and_modulation(dtype):
+    blk, (shift, scale, gate, c_shift, c_scale, c_gate), x, y = block_and_modulation(dtype)
+    b_o = (torch.randn(y.shape[-1], generator=torch.Generator().manual_seed(6)) * 0.2).to(dtype)  # to_out's bias
+    with torch.no_grad():
+        want_x = x + (y + b_o)  # _folded_cross: in the tokens' dtype
+        want_h = torch.addcmul(c_shift, blk.norm3(want_x.float()), 1 + c_scale).type_as(x)
+        # the bias summed beforehand: exactly run_block's roundings
+        pre_x, pre_h = K.residual_norm_reference(x, y + b_o, None, None, None, None, c_shift, c_scale, blk.norm3.eps)
+        # the bias as y_bias: x + (y + b) in fp32, rounded once (bf16: within one rounding of run_block)
+        got_x, got_h = K.residual_norm_reference(x, y, None, b_o, None, None, c_shift, c_scale, blk.norm3.eps)
+    assert torch.equal(pre_x, want_x) and torch.equal(pre_h, want_h)
+    if dtype == torch.float32:
+        assert torch.equal(got_x, want_x) and torch.equal(got_h, want_h)
+    else:  # the fp32 sum rounded once; run_block rounds y + b first, then the sum
+        exact = x.float() + (y.float() + b_o.float())
+        assert torch.equal(got_x, exact.to(dtype))
+        yb = (y + b_o).float()
+        assert ((want_x.float() - exact).abs() <= (yb.abs() + exact.abs()) * 2 ** -8 + 1e-6).all()
+        assert ((got_h.float() - want_h.float()).abs() <= want_h.float().abs() * 2 ** -6 + 0.05).all()
+
+
+def test_residual_norm_reference_is_a_biased_variance_layer_norm_with_eps_inside():
+    x = torch.tensor([[[1.0, 2.0, 3.0, 6.0]]])
+    eps = 0.5
+    x_new, h = K.residual_norm_reference(x, torch.zeros_like(x), None, None, None, None, None, None, eps)
+    mean, var = 3.0, (4 + 1 + 0 + 9) / 4  # biased: divided by D
+    assert torch.equal(x_new, x)
+    torch.testing.assert_close(h, (x - mean) / (var + eps) ** 0.5, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["y", "gate", "y_bias", "weight", "shift_alone", "x"])
+def test_residual_norm_bad_shapes_raise_value_error(bad):
+    args = rn_case()
+    args["eps"] = 1e-6
+    if bad == "y":
+        args["y"] = args["y"][:, :5]
+    elif bad == "gate":
+        args["gate"] = args["gate"][:, :, :12]
+    elif bad == "y_bias":
+        args["y_bias"] = args["y_bias"][:12]
+    elif bad == "weight":
+        args["weight"] = args["weight"][None]
+    elif bad == "shift_alone":
+        args["scale"] = None
+    else:
+        args["x"], args["y"] = args["x"][0], args["y"][0]  # [M, D]: not 3-d
+    with pytest.raises(ValueError):
+        K.residual_norm_reference(**args)
+    with pytest.raises(ValueError):
+        K.residual_norm(**args)
+
+
+def test_residual_norm_refuses_rows_wider_than_the_registers_hold():
+    args = rn_case(N=1, M=2, D=K.RN_MAX_D + 8)
+    assert K.supports_residual_norm(1536) and not K.supports_residual_norm(K.RN_MAX_D + 8)
+    with pytest.raises(ValueError, match="D up to"):
+        K.residual_norm(**args, eps=1e-6)
+
+
+def test_residual_norm_compile_time_shapes_come_from_the_fake_kernel_without_triton():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        args = {k: mode.from_tensor(v) for k, v in rn_case(dtype=torch.bfloat16).items()}
+        x_new, h = K.residual_norm(**args, eps=1e-6)
+        x2, h2 = K.residual_norm(args["x"], args["y"][:, :, :], None, None, None, None, None, None, 1e-6)
+    assert all(t.shape == (2, 10, 24) and t.dtype == torch.bfloat16 and t.is_contiguous() for t in (x_new, h, x2, h2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_run_block_on_the_cpu_never_takes_the_norm_kernel_and_the_switch_changes_nothing(dtype, monkeypatch):
+    from core.model import blocks
+    from core.model.testing import grid_inputs, tiny_transformer
+
+    model = tiny_transformer().to(dtype)
+    x, sigma, text, cond, known = grid_inputs(1, 2, 3, 3, 16, 16, text_len=8, seed=2, dtype=dtype)
+    text[:, 3:] = 0  # a padded prompt: the folded cross-attention
+    calls = []
+    monkeypatch.setattr(K, "residual_norm", lambda *a, **kw: calls.append(1))
+    old = blocks.set_norm_kernel(True)
+    try:
+        with torch.no_grad():
+            on = model(x, sigma, text, cond, known, mode="soft")
+            blocks.set_norm_kernel(False)
+            off = model(x, sigma, text, cond, known, mode="soft")
+    finally:
+        blocks.set_norm_kernel(old)
+    assert not calls and torch.equal(on, off)
+
+
+def rn_kwargs(case: dict, kind: str) -> dict:
+    """The arguments of one call kind: ``self`` (gate, LayerNorm affine: the residual after
+    self-attention + norm2), ``cross`` (y_bias, modulation: after the folded cross-attention +
+    norm3), ``plain`` (x + y, bare LayerNorm)."""
+    keep = {"self": ("gate", "weight", "bias"), "cross": ("y_bias", "shift", "scale"), "plain": ()}[kind]
+    return {"x": case["x"], "y": case["y"], "eps": 1e-6,
+            **{k: (case[k] if k in keep else None) for k in ("gate", "y_bias", "weight", "bias", "shift", "scale")}}
+
+
+ULP = {torch.float32: 2 ** -23, torch.float16: 2 ** -10, torch.bfloat16: 2 ** -7}
+
+
+@pytest.mark.parametrize("shape", [(2, 10, 24), (2, 37, 96), (1, 6, 1536)])  # (N, M, D)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["self", "cross", "plain"])
+def test_interpreted_residual_norm_matches_the_reference(interpreter, shape, dtype, kind):
+    # D = 24, 96: padded to 32, 128; M = 37: a last block of rows cut short; 1536: Wan's D
+    kw = rn_kwargs(rn_case(*shape, dtype=dtype), kind)
+    x_new, h = K.residual_norm(**kw)
+    want_x, _ = K.residual_norm_reference(**{**kw, "x": kw["x"].float()})  # the fp32 sum, unrounded
+    assert x_new.dtype == h.dtype == dtype and x_new.shape == h.shape == shape
+    assert x_new.is_contiguous() and h.is_contiguous()
+    # x_new: the fp32 sum rounded once (the interpreter truncates bf16: up to one ulp; fp32: the
+    # product may be fused into the add or not, an ulp of the terms)
+    terms = kw["x"].float().abs() + (kw["y"].float() + (0 if kw["y_bias"] is None else kw["y_bias"].float())).abs() \
+        * (1 if kw["gate"] is None else kw["gate"].abs())
+    assert ((x_new.float() - want_x).abs() <= terms * ULP[dtype]).all()
+    # h: the LayerNorm (+ affine, + modulation) of the rounded x_new, rounded once
+    _, want_h = K.residual_norm_reference(**{**kw, "x": x_new.float(), "y": torch.zeros(shape), "gate": None,
+                                             "y_bias": None})
+    tol = 1e-5 if dtype == torch.float32 else ULP[dtype]
+    assert ((h.float() - want_h).abs() <= want_h.abs() * tol + 1e-5).all()
+
+
+def test_interpreted_residual_norm_takes_strided_rows_and_per_stream_or_shared_parameters(interpreter):
+    case = rn_case(N=2, M=12, D=40)
+    big = torch.randn(2, 24, 40)
+    x = big[:, ::2]  # rows 2D apart
+    table = torch.randn(2, 6, 40)
+    shift, scale, gate = table.chunk(6, dim=1)[:3]  # [2, 1, D] views, n-stride 6D: as run_block has them
+    for g in (gate, gate[:1]):  # per stream, then one gate for both
+        got = K.residual_norm(x, case["y"], g, case["y_bias"], case["weight"], case["bias"], shift, scale, 1e-6)
+        want = K.residual_norm_reference(x, case["y"], g, case["y_bias"], case["weight"], case["bias"], shift, scale,
+                                         1e-6)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_interpreted_residual_norm_passes_torch_opcheck(interpreter):
+    case = rn_case(dtype=torch.bfloat16)
+    for kind in ("self", "cross", "plain"):
+        kw = rn_kwargs(case, kind)
+        args = tuple(kw[k] for k in ("x", "y", "gate", "y_bias", "weight", "bias", "shift", "scale", "eps"))
+        torch.library.opcheck(torch.ops.fourd.residual_norm.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_interpreted_residual_norm_is_one_call_without_graph_breaks_under_dynamo(interpreter):
+    case = rn_case(dtype=torch.bfloat16)
+
+    def layer(x, y):  # the op between ordinary torch ops, as a block uses it
+        x_new, h = K.residual_norm(x * 1.5, y, case["gate"], None, case["weight"], case["bias"], None, None, 1e-6)
+        return x_new.float().sum() + (h * 2).float().sum()
+
+    explain = torch._dynamo.explain(layer)(case["x"], case["y"])
+    assert explain.graph_break_count == 0 and explain.graph_count == 1
+    targets = [str(n.target) for gm in explain.graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert sum("residual_norm" in t for t in targets) == 1, targets
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(case["x"], case["y"]), layer(case["x"], case["y"]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["soft", "sequential"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_interpreted_norm_kernel_wired_into_run_block_gives_the_torch_velocity(interpreter, monkeypatch, mode, padded):
+    # the kernel engages only on CUDA half precision; here it is let in on the CPU in float32,
+    # so run_block's wiring (which gate, bias, norm, modulation goes where) is held to 1e-5
+    from core.model import blocks
+    from core.model.testing import grid_inputs, tiny_transformer
+
+    model = tiny_transformer()
+    x, sigma, text, cond, known = grid_inputs(1, 2, 3, 3, 16, 16, text_len=8, seed=2)
+    if padded:  # the folded cross-attention; else the plain one
+        text[:, 3:] = 0
+    calls = []
+    real = K.residual_norm
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(K, "residual_norm", counted)
+    with torch.no_grad():
+        off = model(x, sigma, text, cond, known, mode=mode)
+        monkeypatch.setattr(blocks, "_norm_kernel_applies", lambda blk, x: True)
+        on = model(x, sigma, text, cond, known, mode=mode)
+    assert len(calls) == 2 * 2  # two calls a block, two blocks
+    assert (on - off).abs().max() < 1e-5 and (off - x).abs().max() > 1e-2

@@ -18,6 +18,10 @@ streams hold the same tokens (every layer of hard sync, layer 0 of any parallel 
 prompt, so every padding row gives the same key and value) attends to its distinct rows plus one
 row weighted by its count, and the output projection is folded into the values, so the
 cross-attention costs two thin matmuls instead of attention over all rows plus a D x D matmul.
+``set_norm_kernel`` (on by default; CUDA, half precision, plain inference) runs each residual
+add and the LayerNorm after it — self-attention residual + norm2, cross-attention residual + norm3
++ modulation — as one Triton kernel (``kernels.residual_norm``) that reads the residual stream and
+the sub-layer's output once and writes the new residual and the next sub-layer's input once.
 ``engine_switches`` / ``set_engine_switches`` read and set all the process-wide switches at once.
 """
 
@@ -33,7 +37,8 @@ from . import attention as A
 _ffn_epilogue = True  # H100, Wan-1.3B shape: -19 ms a soft step (bench)
 _text_fold = True
 _qk_kernel = True
-_QK_KERNEL_DEVICES: dict = {}  # CUDA device index -> the Triton Q/K kernel can run there
+_norm_kernel = True
+_QK_KERNEL_DEVICES: dict = {}  # CUDA device index -> the Triton kernels (Q/K, residual + norm) run there
 
 
 def set_ffn_epilogue(on: bool) -> bool:
@@ -65,8 +70,18 @@ def set_qk_kernel(on: bool) -> bool:
     return old
 
 
+def set_norm_kernel(on: bool) -> bool:
+    """Run each residual add + the LayerNorm after it as one Triton kernel
+    (``kernels.residual_norm``) where it applies (CUDA, half precision, no grad, no autocast);
+    returns the previous setting. Compiled code guards on it."""
+    global _norm_kernel
+    old, _norm_kernel = _norm_kernel, bool(on)
+    return old
+
+
 def note_qk_kernel_device(device: torch.device | str) -> None:
-    """Record, outside compiled code, whether the Triton Q/K kernel can run on ``device``."""
+    """Record, outside compiled code, whether the Triton kernels (Q/K, residual + norm) can run
+    on ``device``."""
     from . import kernels
 
     A.note_device_fact(_QK_KERNEL_DEVICES, device, lambda index: kernels.available(torch.device("cuda", index)))
@@ -75,7 +90,7 @@ def note_qk_kernel_device(device: torch.device | str) -> None:
 def engine_switches() -> dict:
     """Every process-wide kernel switch of the engine, by name (to save and restore them)."""
     return {"sdpa": A.get_sdpa_backend(), "ffn_epilogue": _ffn_epilogue, "text_fold": _text_fold,
-            "qk_kernel": _qk_kernel}
+            "qk_kernel": _qk_kernel, "norm_kernel": _norm_kernel}
 
 
 def set_engine_switches(switches: dict) -> dict:
@@ -83,7 +98,7 @@ def set_engine_switches(switches: dict) -> dict:
     as they were before."""
     old = engine_switches()
     setters = {"sdpa": A.set_sdpa_backend, "ffn_epilogue": set_ffn_epilogue, "text_fold": set_text_fold,
-               "qk_kernel": set_qk_kernel}
+               "qk_kernel": set_qk_kernel, "norm_kernel": set_norm_kernel}
     for name, value in switches.items():
         if name not in setters:
             raise ValueError(f"unknown engine switch {name!r}; known: {', '.join(setters)}")
@@ -307,10 +322,16 @@ def fold_text_kv(blk, text: torch.Tensor, J: int, count: int, align: int = 1) ->
 def _folded_cross(attn, x: torch.Tensor, h: torch.Tensor, kv) -> torch.Tensor:
     """``x`` plus the cross-attention (after ``to_out``) of ``h [N, M, D]`` (norm2's output)
     through a folded ``kv = (kbd, u, bias)`` (``fold_text_kv``, norm_q's weight folded into kbd).
+    (The residual as the C input of the values matmul — ``baddbmm`` — measured 2.6 ms a step
+    slower on an H100: inductor copies C into the output buffer first.)"""
+    return x + (_folded_cross_values(attn, h, kv) + attn.to_out[0].bias)
+
+
+def _folded_cross_values(attn, h: torch.Tensor, kv) -> torch.Tensor:
+    """The folded cross-attention of ``h [N, M, D]`` before ``to_out``'s bias: ``p @ u``.
 
     norm_q's RMS scale multiplies the logits instead of the queries, so the normed queries are
-    never written. (The residual as the C input of the values matmul — ``baddbmm`` — measured
-    2.6 ms a step slower on an H100: inductor copies C into the output buffer first.)"""
+    never written."""
     kbd, u, bias = kv
     H = attn.heads
     q = attn.to_q(h)  # [N, M, D] before norm_q
@@ -320,7 +341,32 @@ def _folded_cross(attn, x: torch.Tensor, h: torch.Tensor, kv) -> torch.Tensor:
     else:
         s = torch.bmm(q, kbd).float()
     p = torch.softmax((s * r + bias).unflatten(-1, (H, -1)), dim=-1).flatten(2).type_as(q)  # [N, M, H·J']
-    return x + (torch.bmm(p, u) + attn.to_out[0].bias)
+    return torch.bmm(p, u)
+
+
+def _is_layer_norm(norm, D: int) -> bool:
+    """A LayerNorm over the last dim D (diffusers' ``FP32LayerNorm`` is one), not ``Identity``."""
+    return isinstance(norm, torch.nn.LayerNorm) and tuple(norm.normalized_shape) == (D,)
+
+
+def _norm_kernel_applies(blk, x: torch.Tensor) -> bool:
+    """The residual + norm kernel serves block ``blk`` on ``x [N, M, D]``: CUDA half precision
+    where triton runs, plain inference (no grad, no autocast), norm2 and norm3 LayerNorms over D."""
+    if not (_norm_kernel and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+            and _QK_KERNEL_DEVICES.get(x.device.index, False) and A.plain_inference(x)):
+        return False
+    from . import kernels
+
+    D = x.shape[-1]
+    return kernels.supports_residual_norm(D) and _is_layer_norm(blk.norm2, D) and _is_layer_norm(blk.norm3, D)
+
+
+def _residual_norm(x, y, gate, y_bias, norm, shift, scale):
+    """``kernels.residual_norm`` with ``norm``'s affine and eps: the new residual and the next
+    sub-layer's input, ``[N, M, D]`` each."""
+    from . import kernels
+
+    return kernels.residual_norm(x, y, gate, y_bias, norm.weight, norm.bias, shift, scale, norm.eps)
 
 
 def _shared_qkv(blk, x, shift, scale, lay: Layout):
@@ -349,11 +395,12 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv: tuple, lay: Layout,
     once.
     """
     shift, scale, gate, c_shift, c_scale, c_gate = (blk.scale_shift_table + tproj.float()).chunk(6, dim=1)
+    fuse = _norm_kernel_applies(blk, x)
 
     # 1. Self-attention (twice in sequential mode: across views, then across times)
     sub_layouts = ([Layout("view_of_grid", lay.B, lay.V, lay.T, lay.P), Layout("time", lay.B, lay.V, lay.T, lay.P)]
                    if lay.kind == "sequential" else [lay])
-    for sub in sub_layouts:
+    for i, sub in enumerate(sub_layouts):
         roped = False
         if shared_streams and sub.kind == "streams":
             q, k, v = _shared_qkv(blk, x, shift, scale, sub)
@@ -364,19 +411,31 @@ def run_block(blk, x: torch.Tensor, tproj: torch.Tensor, kv: tuple, lay: Layout,
             q, k, v = qkv if roped else _qkv(blk.attn1, h)
         o = _attend(q, k, v, sub, ropes, mask, roped).flatten(2).type_as(q)
         o = blk.attn1.to_out[0](o)
-        x = torch.addcmul(x.float(), o, gate).type_as(x)
+        if fuse and i == len(sub_layouts) - 1:  # the residual and norm2 in one pass
+            x, h = _residual_norm(x, o, gate, None, blk.norm2, None, None)
+        else:
+            x = torch.addcmul(x.float(), o, gate).type_as(x)
 
     # 2. Cross-attention to the text
-    h = blk.norm2(x.float()).type_as(x)
+    if not fuse:
+        h = blk.norm2(x.float()).type_as(x)
     attn = blk.attn2
     if len(kv) == 3:
-        x = _folded_cross(attn, x, h, kv)
+        if fuse:  # the residual, norm3 and the modulation in one pass (to_out's bias inside)
+            x, h = _residual_norm(x, _folded_cross_values(attn, h, kv), None, attn.to_out[0].bias, blk.norm3,
+                                  c_shift, c_scale)
+        else:
+            x = _folded_cross(attn, x, h, kv)
     else:
         q = attn.norm_q(attn.to_q(h))
         o = A.sdpa(q.unflatten(2, (attn.heads, -1)), *kv).flatten(2).type_as(q)
-        x = x + attn.to_out[0](o)
+        if fuse:
+            x, h = _residual_norm(x, attn.to_out[0](o), None, None, blk.norm3, c_shift, c_scale)
+        else:
+            x = x + attn.to_out[0](o)
 
     # 3. Feed-forward
-    h = torch.addcmul(c_shift, blk.norm3(x.float()), 1 + c_scale).type_as(x)
+    if not fuse:
+        h = torch.addcmul(c_shift, blk.norm3(x.float()), 1 + c_scale).type_as(x)
     x = torch.addcmul(x.float(), _ffn(blk.ffn, h), c_gate).type_as(x)
     return x

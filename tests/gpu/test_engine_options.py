@@ -1,7 +1,7 @@
 """GPU checks of the engine's speed options (skipped without CUDA): each attention backend, the
-FFN bias+GELU epilogue, shared Q/K/V and whole-step compile (plain and reduce-overhead) give the
-fp32 eager velocity within bf16 rounding, on a small Wan-shaped model; under autocast with float32
-weights the options stand aside."""
+FFN bias+GELU epilogue, shared Q/K/V, the Q/K and residual + norm Triton kernels and whole-step
+compile (plain and reduce-overhead) give the fp32 eager velocity within bf16 rounding, on a small
+Wan-shaped model; under autocast with float32 weights the options stand aside."""
 
 from __future__ import annotations
 
@@ -112,11 +112,15 @@ VARIANTS = [
     dict(mode="fused", compile="step", backend="flex"),
     dict(mode="soft", compile="step", compile_mode="reduce-overhead"),
     # the engine's inference defaults (compiled): what generate and the bench's headline rows run
-    dict(mode="soft", compile="blocks", ffn_epilogue=True, share=True, text_fold=True, qk_kernel=True, defaults=True),
-    dict(mode="hard", compile="blocks", ffn_epilogue=True, share=True, text_fold=True, qk_kernel=True, defaults=True),
+    dict(mode="soft", compile="blocks", ffn_epilogue=True, share=True, text_fold=True, qk_kernel=True,
+         norm_kernel=True, defaults=True),
+    dict(mode="hard", compile="blocks", ffn_epilogue=True, share=True, text_fold=True, qk_kernel=True,
+         norm_kernel=True, defaults=True),
     dict(mode="fused", compile="blocks", backend="split", ffn_epilogue=True, text_fold=True, qk_kernel=True,
-         defaults=True),
+         norm_kernel=True, defaults=True),
     dict(mode="soft", compile="eager", qk_kernel=True),
+    dict(mode="soft", compile="eager", norm_kernel=True),
+    dict(mode="sequential", compile="eager", norm_kernel=True),
     dict(mode="soft", compile="step", ffn_epilogue=True, share=True),
 ]
 
@@ -171,6 +175,60 @@ def test_qk_kernel_runs_in_the_soft_step_and_matches_torch():
     assert rel_err(on, off) < 1e-2
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["folded-cross", "plain-cross"])
+def test_norm_kernel_runs_in_the_soft_step_and_matches_torch(padded):
+    from core.model import blocks, kernels
+
+    model = small_model()
+    x, sigma, text, cond, known = inputs()
+    if padded:
+        text = text.clone()
+        text[:, 3:] = 0
+    calls = []
+    real = kernels.residual_norm
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    kernels.residual_norm = spy
+    try:
+        with torch.no_grad():
+            blocks.set_norm_kernel(True)
+            on = model(x, sigma, text, cond, known, mode="soft")
+            blocks.set_norm_kernel(False)
+            off = model(x, sigma, text, cond, known, mode="soft")
+    finally:
+        kernels.residual_norm = real
+    assert len(calls) == 2 * 2  # after self- and after cross-attention, 2 layers
+    assert rel_err(on, off) < 1e-2
+
+
+def test_compiled_soft_step_with_the_norm_kernel_on_and_off():
+    """The engine's compiled defaults with the residual + norm kernel, and without it (each a
+    fresh compile: the switch is guarded on), give the fp32 eager velocity within rounding."""
+    from core.bench import Variant, configure
+
+    model = small_model()
+    ref_model = copy.deepcopy(model).float()
+    x, sigma, text, cond, known = inputs()
+    text = text.clone()
+    text[:, 3:] = 0  # the folded cross-attention, as generate's prompts are
+    out = {}
+    with torch.no_grad():
+        ref = ref_model(x.float(), sigma, text.float(), cond.float(), known, mode="soft")
+        for on in (True, False):
+            configure(model, Variant("soft", "blocks", ffn_epilogue=True, share=True, text_fold=True, qk_kernel=True,
+                                     norm_kernel=on), cuda=True)
+            plan = model.prepare(text, (V, T, h, w), cond=cond, known=known, mode="soft")
+            model.step(plan, x, sigma)
+            out[on] = model.step(plan, x, sigma).clone()
+        configure(model, Variant("soft", "eager"), cuda=True)
+    assert rel_err(out[True], out[False]) < 1e-2
+    tol = max(2 * rel_err(out[False], ref), 1e-2)
+    assert rel_err(out[True], ref) < tol
+
+
 def test_kernel_profile_counts_the_step_kernels():
     from core.bench import kernel_profile
 
@@ -200,7 +258,7 @@ def test_engine_defaults_are_on_for_cuda_half_inference():
     x, sigma, text, cond, known = inputs()
     assert blocks._ffn_epilogue and model.share_equal_streams is None
     assert blocks.engine_switches() == {"sdpa": "auto", "ffn_epilogue": True, "text_fold": True,
-                                        "qk_kernel": True}
+                                        "qk_kernel": True, "norm_kernel": True}
     calls = []
     real = blocks._shared_qkv
 
@@ -291,7 +349,7 @@ def test_speed_options_stand_aside_under_autocast_with_float32_weights(compiled)
 
     model = copy.deepcopy(small_model()).float()
     x, sigma, text, cond, known = inputs()
-    blocks.set_engine_switches({"ffn_epilogue": True})
+    blocks.set_engine_switches({"ffn_epilogue": True, "qk_kernel": True, "norm_kernel": True})
     if compiled:
         model.compile_blocks()
     try:

@@ -1,6 +1,7 @@
-"""GPU checks of the Q/K norm + RoPE + layout kernel (core/model/kernels.py; run on the GPU
-machine, skipped elsewhere): it equals the fp32 reference up to one bf16 rounding, at a small and
-at the Wan-1.3B shape, and stays one call without graph breaks under torch.compile."""
+"""GPU checks of the Triton kernels (core/model/kernels.py; run on the GPU machine, skipped
+elsewhere): the Q/K norm + RoPE + layout kernel and the residual + LayerNorm kernel each equal the
+fp32 reference up to one bf16 rounding, at a small and at the Wan-1.3B shape, and stay one call
+without graph breaks under torch.compile."""
 
 from __future__ import annotations
 
@@ -98,6 +99,94 @@ def test_op_inside_compiled_code_is_one_call_and_gives_the_eager_result(copy_v, 
         assert sum("qkv_norm_rope" in o or "qk_norm_rope" in o for o in ops) == 1, ops
         torch._dynamo.reset()
         compiled = torch.compile(_attention_layer, fullgraph=True, mode=mode)
+        for _ in range(3):  # (reduce-overhead: warm-up, record, replay)
+            out = compiled(*args).clone()
+    assert rel_err(out, eager) < 1e-3
+
+
+# -- residual + LayerNorm (+ modulation) ---------------------------------------------------------
+RN_SMALL = (2, 300, 256)  # (N, M, D): a last program's rows cut short
+RN_WAN_13B = (2, 36_864, 1536)  # both streams of the 8x8 grid at 288x512
+
+
+def rn_case(N, M, D, dtype=torch.bfloat16, seed=0):
+    """The block's two calls on the GPU: {"self": kwargs, "cross": kwargs} (kernels._rn_bench_inputs)."""
+    pytest.importorskip("triton")
+    return K._rn_bench_inputs(N, M, D, dtype, "cuda", seed)
+
+
+def check_residual_norm(kw, dtype):
+    """x_new: the fp32 sum rounded once; h: the fp32 LayerNorm (+ affine, + modulation) of the
+    rounded x_new, rounded once (half an ulp; fp32 order of operations may cross a boundary)."""
+    x_new, h = K.residual_norm(**kw)
+    shape = kw["x"].shape
+    assert x_new.dtype == h.dtype == dtype and x_new.shape == h.shape == shape
+    assert x_new.is_contiguous() and h.is_contiguous()
+    want_x, _ = K.residual_norm_reference(**{**kw, "x": kw["x"].float()})
+    half_ulp = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11, torch.float32: 2 ** -24}[dtype]
+    yb = 0 if kw["y_bias"] is None else kw["y_bias"].float()
+    terms = kw["x"].float().abs() + (kw["y"].float() + yb).abs() * (1 if kw["gate"] is None else kw["gate"].abs())
+    assert ((x_new.float() - want_x).abs() <= want_x.abs() * half_ulp + terms * 2 ** -22).all()
+    _, want_h = K.residual_norm_reference(**{**kw, "x": x_new.float(), "y": torch.zeros_like(want_x), "gate": None,
+                                             "y_bias": None})
+    err = (h.float() - want_h).abs()
+    assert (err <= want_h.abs() * (half_ulp + 1e-5) + 1e-5).all(), err.max().item()
+    return x_new, h
+
+
+@pytest.mark.parametrize("shape", [RN_SMALL, RN_WAN_13B], ids=["small", "wan13b"])
+@pytest.mark.parametrize("kind", ["self", "cross"])
+def test_residual_norm_kernel_is_the_fp32_math_rounded_once_to_bf16(shape, kind):
+    kw = rn_case(*shape)[kind]
+    x_new, h = check_residual_norm(kw, torch.bfloat16)
+    # run_block's torch bf16 path is the same up to rounding
+    t_x, t_h = K.residual_norm_reference(**kw)
+    assert rel_err(x_new, t_x) < 1e-3 and rel_err(h, t_h) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_residual_norm_kernel_in_other_dtypes(dtype):
+    for kw in rn_case(*RN_SMALL, dtype=dtype).values():
+        check_residual_norm(kw, dtype)
+
+
+def test_residual_norm_kernel_takes_run_blocks_strided_modulation_chunks():
+    N, M, D = RN_SMALL
+    kw = rn_case(*RN_SMALL)["cross"]
+    table = torch.randn(N, 6, D, device="cuda")
+    shift, scale, gate = table.chunk(6, dim=1)[:3]  # [N, 1, D] views with n-stride 6D
+    x = torch.randn(N, 2 * M, D, device="cuda").bfloat16()[:, ::2]  # rows 2D apart
+    got = K.residual_norm(x, kw["y"], gate, kw["y_bias"], None, None, shift, scale, 1e-6)
+    want = K.residual_norm_reference(x, kw["y"], gate, kw["y_bias"], None, None, shift, scale, 1e-6)
+    assert rel_err(got[0], want[0]) < 1e-3 and rel_err(got[1], want[1]) < 1e-2
+
+
+def _two_sublayers(x, w1, w2, gate, nw, nb, shift, scale):
+    """A matmul, the self-attention residual + norm, a matmul, the cross residual + norm3 + modulation."""
+    o = torch.nn.functional.linear(x, w1)
+    x1, h = K.residual_norm(x, o, gate, None, nw, nb, None, None, 1e-6)
+    y = torch.nn.functional.linear(h, w2)
+    x2, h3 = K.residual_norm(x1, y, None, None, None, None, shift, scale, 1e-6)
+    return x2 + h3 + o
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_residual_norm_inside_compiled_code_has_no_graph_break_and_gives_the_eager_result(mode):
+    N, M, D = RN_SMALL
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(N, M, D, generator=g).cuda().bfloat16()
+    w1, w2 = ((torch.randn(D, D, generator=g) / D ** 0.5).cuda().bfloat16() for _ in range(2))
+    gate, shift, scale = (torch.randn(N, 1, D, generator=g).cuda() * 0.1 for _ in range(3))
+    nw, nb = (1 + torch.randn(D, generator=g) * 0.1).cuda(), (torch.randn(D, generator=g) * 0.1).cuda()
+    args = (x, w1, w2, gate, nw, nb, shift, scale)
+    with torch.no_grad():
+        eager = _two_sublayers(*args)
+        explain = torch._dynamo.explain(_two_sublayers)(*args)
+        assert explain.graph_break_count == 0 and explain.graph_count == 1
+        ops = [str(n.target) for gm in explain.graphs for n in gm.graph.nodes if n.op == "call_function"]
+        assert sum("residual_norm" in o for o in ops) == 2, ops
+        torch._dynamo.reset()
+        compiled = torch.compile(_two_sublayers, fullgraph=True, mode=mode)
         for _ in range(3):  # (reduce-overhead: warm-up, record, replay)
             out = compiled(*args).clone()
     assert rel_err(out, eager) < 1e-3
