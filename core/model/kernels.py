@@ -232,9 +232,9 @@ def qkv_norm_rope(qkv: torch.Tensor, weight_q: torch.Tensor, weight_k: torch.Ten
 # -- residual + LayerNorm (+ modulation) -----------------------------------------------------
 # Launch shape: a program takes RN_ROWS rows of one n (its gate/shift/scale/affine loaded once),
 # RN_BLOCK_ROWS of them at a time, on RN_NUM_WARPS warps (the --bench sweep picks them).
-RN_BLOCK_ROWS = 2
-RN_NUM_WARPS = 8
-RN_ROWS = 32
+RN_BLOCK_ROWS = 4
+RN_NUM_WARPS = 4
+RN_ROWS = 8
 RN_MAX_D = 4096  # the whole (padded) row sits in registers
 
 _rn_kernel_fn = None
