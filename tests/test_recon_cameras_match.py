@@ -1,0 +1,67 @@
+"""Matching on repeated textures: look-alike keypoints are measured and refused, far view pairs
+must be confirmed by the chain of neighbouring pairs, and robust fits do not depend on OpenCV's
+thread count."""
+
+import cv2
+import numpy as np
+
+from core.recon.cameras import chain_check, match_pair, seeded_cv2, self_distance
+
+
+def test_self_distance_is_small_for_look_alikes_and_large_for_a_distinctive_descriptor():
+    rng = np.random.default_rng(0)
+    a = rng.random(128).astype(np.float32) * 100
+    b = rng.random(128).astype(np.float32) * 100
+    desc = np.stack([a, a + 1.0, b])  # two look-alikes (a checker corner twice) and one distinct
+    d = self_distance(desc)
+    assert np.isclose(d[0], np.sqrt(128), rtol=1e-4) and np.isclose(d[1], np.sqrt(128), rtol=1e-4)
+    assert d[2] > 10 * d[0]
+    assert np.isinf(self_distance(desc[:1])[0])
+
+
+def test_match_pair_self_ratio_refuses_a_match_no_closer_than_a_look_alike_in_its_own_image():
+    rng = np.random.default_rng(1)
+    x, far = rng.random(128).astype(np.float32) * 100, rng.random(128).astype(np.float32) * 100 + 300
+    step = np.zeros(128, np.float32)
+    step[0] = 10.0  # the look-alike in image a is 10 away
+    fa = {"desc": np.stack([x, x + step, far + 500])}
+    for cross, kept in ((9.0, False), (5.0, True)):  # 0.9 and 0.5 of the look-alike distance
+        off = np.zeros(128, np.float32)
+        off[1] = cross
+        fb = {"desc": np.stack([x + off, far])}
+        fa["self"], fb["self"] = self_distance(fa["desc"]), self_distance(fb["desc"])
+        plain = match_pair(fa, fb, ratio=0.8)
+        strict = match_pair(fa, fb, ratio=0.8, self_ratio=0.8)
+        assert [0, 0] in plain.tolist()  # the plain ratio test keeps it either way
+        assert ([0, 0] in strict.tolist()) == kept
+
+
+def test_chain_check_drops_an_unconfirmed_far_pair_and_keeps_a_confirmed_one():
+    ids = np.arange(40)
+    pairs = {(0, 1): np.stack([ids, ids + 100], 1), (1, 2): np.stack([ids + 100, ids + 200], 1),
+             # 0 -> 2 agrees with the chain 0 -> 1 -> 2 on 30 matches, 2 contradicted, 5 unknown
+             (0, 2): np.concatenate([np.stack([ids[:30], ids[:30] + 200], 1), [[30, 999], [31, 998]],
+                                     np.stack([ids[:5] + 500, ids[:5] + 600], 1)]),
+             (1, 3): np.stack([ids + 100, ids + 300], 1)}  # no chain 1 -> 2 -> 3: nothing confirms it
+    out = chain_check(pairs)
+    assert set(out) == {(0, 1), (1, 2), (0, 2)}
+    assert len(out[(0, 2)]) == 35 and not {30, 31} & set(out[(0, 2)][:, 0].tolist())
+    assert np.array_equal(out[(0, 1)], pairs[(0, 1)])
+
+
+def test_seeded_robust_fit_is_the_same_whatever_the_thread_count():
+    rng = np.random.default_rng(2)
+    a = rng.random((300, 2)) * 500
+    b = a + np.array([20.0, 0.0]) + rng.normal(0, 0.5, (300, 2))
+    b[::3] = rng.random((100, 2)) * 500  # a third are outliers
+    masks = []
+    before = cv2.getNumThreads()
+    for threads in (1, 2, 4):
+        cv2.setNumThreads(threads)
+        with seeded_cv2():
+            _, mask = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, 1.5, 0.99, 200)
+        assert cv2.getNumThreads() == threads  # restored after the block
+        masks.append(mask.ravel().copy())
+    cv2.setNumThreads(before)
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])
+    assert 150 < int(masks[0].sum()) < 260
