@@ -323,6 +323,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             st["cuda_rng"] = torch.cuda.get_rng_state()
         save_state(out, st)
         timings["save"] = time.perf_counter() - t
+        log(f"  checkpoint at step {step}: {timings['save']:.1f} s")
 
     def add_curve_point(stage: int, size: str) -> dict:
         t = time.perf_counter()
@@ -338,7 +339,8 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             pass
         timings["eval"] = time.perf_counter() - t
         log(f"  eval step {step}: PSNR {pt['psnr']:.2f} dB, SSIM {pt['ssim']:.3f} "
-            f"(baselines {', '.join(f'{k} {v:.2f}' for k, v in curve['baselines'].items())})")
+            f"(baselines {', '.join(f'{k} {v:.2f}' for k, v in curve['baselines'].items())}; "
+            f"{timings['eval']:.1f} s with the sample mosaic)")
         return pt
 
     # 5. Phases by elapsed time
@@ -348,6 +350,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     session_step = 0
     stopped = "budget"
     loss_acc, n_acc, t_log = 0.0, 0, time.perf_counter()
+    data_acc = 0.0  # seconds spent waiting for batches since the last log line
     log_path = out / "log.jsonl"
     it, cur = None, -1
     rebuild, batch_scale, compiled = False, 1.0, False
@@ -382,7 +385,9 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             log(f"phase {k + 1}/{len(phases)}: stage {ph.stage} ({STAGE_NAMES[ph.stage]}) at "
                 f"{ph.height}x{ph.width}, batch {b}, until minute {bounds[k] / 60:.1f}"
                 + (", compiled" if compiled else ""))
+        td = time.perf_counter()
         batches = next(it)
+        data_acc += time.perf_counter() - td
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, session_step, now / budget)
         ts = time.perf_counter()
@@ -428,7 +433,8 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             line = {"step": step, "loss": loss_acc / n_acc, "lr": opt.param_groups[0]["lr"],
                     "grad_norm": res["grad_norm"], "stage": ph.stage, "size": f"{ph.height}x{ph.width}",
                     "batch": sum(bb.x0.shape[0] for bb in batches), "steps_per_s": n_acc / dt,
-                    "train_minutes": round(train_minutes(), 3), "wall_s": round(time.perf_counter() - t_start, 1)}
+                    "train_minutes": round(train_minutes(), 3), "wall_s": round(time.perf_counter() - t_start, 1),
+                    "data_s": round(data_acc, 3)}
             if hasattr(it, "reuse"):
                 line["reuse"] = round(it.reuse, 2)
             with open(log_path, "a") as fh:
@@ -437,7 +443,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
                 f"stage {ph.stage} {line['size']}  {line['train_minutes']:.1f} min")
             if on_progress is not None:
                 on_progress(line)
-            loss_acc, n_acc, t_log = 0.0, 0, time.perf_counter()
+            loss_acc, n_acc, t_log, data_acc = 0.0, 0, time.perf_counter(), 0.0
         tnow = time.perf_counter()
         if tnow - last_eval >= cfg.eval_every_min * 60:
             add_curve_point(ph.stage, f"{ph.height}x{ph.width}")
