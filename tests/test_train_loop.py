@@ -2,7 +2,6 @@
 resumes exactly, the replay pool hands out true grids."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
