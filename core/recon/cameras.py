@@ -1220,24 +1220,31 @@ def _constant_motion(rec: _Recon, V: int) -> None:
 
 
 def _fill_missing(rec: _Recon, V: int) -> None:
-    """Poses for unregistered views: interpolated (or copied) from the nearest registered ones."""
+    """Poses for unregistered views: interpolated from the nearest registered ones on either side;
+    beyond the first or last registered view, continuing at the mean speed of the registered ones
+    (``_constant_motion``; a copy of the end view put 1000000014's two first views 12 deg off)."""
     import cv2
 
     done = sorted(rec.R)
+    ends = []
     for v in range(V):
         if v in rec.R:
             continue
         lo = max([u for u in done if u < v], default=None)
         hi = min([u for u in done if u > v], default=None)
         if lo is None or hi is None:
-            src = hi if lo is None else lo
-            rec.R[v], rec.t[v] = rec.R[src].copy(), rec.t[src].copy()
+            ends.append(v)
             continue
         a = (v - lo) / (hi - lo)
         dr = cv2.Rodrigues(rec.R[hi] @ rec.R[lo].T)[0].ravel()
         R = cv2.Rodrigues(a * dr)[0] @ rec.R[lo]
         c = (1 - a) * (-rec.R[lo].T @ rec.t[lo]) + a * (-rec.R[hi].T @ rec.t[hi])
         rec.R[v], rec.t[v] = R, -R @ c
+    if ends:
+        known = {u: (rec.R.pop(u), rec.t.pop(u)) for u in range(V) if u not in done and u in rec.R}
+        _constant_motion(rec, V)  # from the registered views only (the interpolated ones set aside)
+        for u, (R, t) in known.items():
+            rec.R[u], rec.t[u] = R, t
 
 
 # ---------------------------------------------------------------------------------------------
