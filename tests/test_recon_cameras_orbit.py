@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from core.recon.cameras import (SfMConfig, _detect_many, _orbit_repair, _Recon, _register_guided, _register_next,
+from core.recon.cameras import (SfMConfig, _detect_many, _guided_round, _orbit_repair, _Recon, _register_guided, _register_next,
                                 _sfm_with_focal, build_tracks, verified_matches)
 from core.recon.geometry import focal_from_fov, rodrigues
 from core.recon.metrics import camera_errors
@@ -117,3 +117,17 @@ def test_guided_registration_places_a_view_that_no_track_reaches(toy_sfm):
     assert part.guided == {6} and sum(6 in tr for tr in part.tracks) >= cfg.guided_register_min
     assert all(6 not in tr for tr in tracks)  # the tracks it was given are left as they were
     assert camera_errors(_viewmats(part, 7), scene.viewmats)["rot_deg_max"] < 2.0
+
+
+def test_guided_round_keeps_the_first_estimate_when_its_fit_gets_much_worse(toy_sfm):
+    """The guided round places no more views here, so its RMS error decides: within
+    ``guided_max_rms_ratio`` of the first estimate's it replaces it, beyond that it does not."""
+    from dataclasses import replace
+
+    _, cfg, feats, pairs, rec, rms, thr = toy_sfm
+    best = ((-7, rms), rec, rms)
+    taken, merged = _guided_round(best, pairs, feats, replace(cfg, guided_max_rms_ratio=float("inf")), 96, 176, thr)
+    assert taken is not best and len(taken[1].R) == 7 and sum(map(len, merged.values())) >= sum(map(len, pairs.values()))
+    ratio = taken[2] / rms
+    kept, same_pairs = _guided_round(best, pairs, feats, replace(cfg, guided_max_rms_ratio=0.5 * ratio), 96, 176, thr)
+    assert kept is best and same_pairs is pairs
