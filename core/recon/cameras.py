@@ -1,6 +1,10 @@
 """Cameras of a grid's views estimated from the frames alone: SIFT features, two-view geometry,
 incremental registration with PnP, multi-view triangulation and bundle adjustment.
 
+Views that PnP from the tracks cannot reach (a checker floor leaves few tracks through three
+views) are placed last by guided registration: predicted along the orbit, matched to the points
+near their predicted projections, PnP (``_register_guided``).
+
 The input is one image per view (the freeze-time column, so the scene is frozen between them).
 The output is a ``CameraEstimate``: world -> camera matrices, one shared focal length (searched,
 then refined, unless given), the triangulated points and their colours (the Gaussians' seed),
