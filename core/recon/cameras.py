@@ -670,11 +670,11 @@ def _register_guided(rec: _Recon, V: int, cfg: SfMConfig, thr_px: float, log=Non
     """Place one more view when ``_register_next`` cannot (too few tracks reach it: on a checker
     floor a view 15 degrees on matches its neighbours with a few dozen right matches, few of them
     chained through three views). The unplaced views next to the placed ones are predicted along
-    the orbit (``orbit.predict_poses``: the step of the placed links); the triangulated points (and,
-    for this search only, the tracks two placed views see) are projected into such a view, each takes the keypoint near its projection (within
-    ``cfg.guided_register_window`` x image size) whose descriptor is nearest its own (from the
-    placed view nearest the new one; mutual best, ratio 0.9 among the candidates), and PnP
-    (RANSAC) places the view from those matches; a second round in a window a quarter as wide
+    the orbit (``orbit.predict_poses``: the step of the placed links); the triangulated points
+    (and, for this search only, the tracks two placed views see) are projected into such a view,
+    each takes the keypoint near its projection (within ``cfg.guided_register_window`` x image
+    size) whose descriptor is nearest its own (from the placed view nearest the new one; mutual
+    best, ratio 0.9 among the candidates), and PnP (RANSAC) places the view from those matches; a second round in a window a quarter as wide
     around the PnP pose refines it. The view is kept with at least ``cfg.guided_register_min``
     inliers; its matched keypoints join their tracks. Returns the view placed, or None."""
     import cv2
