@@ -71,3 +71,16 @@ def test_constant_motion_prior_completes_a_constant_speed_orbit_from_two_views()
     for v in range(7):
         np.testing.assert_allclose(rec.R[v], vms[v, :3, :3], atol=1e-9)
         np.testing.assert_allclose(rec.t[v], vms[v, :3, 3], atol=1e-9)
+
+
+def test_fill_missing_continues_a_constant_speed_orbit_beyond_the_placed_views():
+    from core.recon.cameras import _fill_missing, _Recon
+
+    vms, _ = orbit_prior(8, 64, 96, arc_deg=70.0, elevation_deg=20.0)
+    rec = _Recon(feats=[], tracks=[], focal=80.0, H=64, W=96)
+    for v in range(2, 7):  # views 0, 1 and 7 beyond the placed ones
+        rec.R[v], rec.t[v] = vms[v, :3, :3], vms[v, :3, 3]
+    _fill_missing(rec, 8)
+    est = np.stack([np.block([[rec.R[v], rec.t[v][:, None]], [np.zeros((1, 3)), np.ones((1, 1))]]) for v in range(8)])
+    err = camera_errors(est, vms)
+    assert err["rot_deg_max"] < 1e-4 and err["tdir_deg_max"] < 1e-4, err

@@ -112,6 +112,24 @@ def test_whole_grid_first_falls_back_to_column_0_when_the_pool_places_fewer_view
     assert est.n_registered == 6
 
 
+def test_column_0_with_views_placed_by_guided_registration_defers_to_the_whole_grid(toy_grid, monkeypatch):
+    """Column 0 placing every view, some only by guided registration, is not complete: the whole
+    grid is tried and wins with fewer guided views; with as many, column 0 stays."""
+    import core.recon.api as api
+
+    V = 6
+    col0 = _cams(toy_grid.viewmats, toy_grid.Ks)
+    col0.n_guided = 2
+    for n_pool_guided, want_grid in ((0, True), (2, False)):
+        pool = _cams(toy_grid.viewmats, toy_grid.Ks)
+        pool.n_guided = n_pool_guided
+        monkeypatch.setattr(api, "estimate_cameras", lambda images, cfg, log=None, usable=None:
+                            pool if images.ndim == 5 else col0)
+        est, _, used_grid, warnings = api.grid_cameras(toy_grid.frames, np.ones((V, 2), bool), SfMConfig(threads=1))
+        assert used_grid == want_grid and est is (pool if want_grid else col0)
+        assert any("guided" in w or "ordinary" in w for w in warnings) == want_grid
+
+
 def _cams(viewmats, Ks):
     return CameraEstimate(viewmats=viewmats, Ks=Ks, points=np.zeros((0, 3)), colors=np.zeros((0, 3)),
                           source="test", fov_x_deg=55.0, n_registered=len(viewmats))

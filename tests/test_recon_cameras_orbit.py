@@ -1,14 +1,15 @@
 """The orbit prior of the camera estimate: a link that breaks the smooth path is found, missing or
 dropped links are predicted from the others, and polishing from the predicted poses undoes a
-view chain placed a few degrees off."""
+view chain placed a few degrees off; a view that no track reaches is placed from the points
+matched around its pose predicted along the orbit."""
 
 import math
 
 import numpy as np
 import pytest
 
-from core.recon.cameras import (SfMConfig, _detect_many, _orbit_repair, _Recon, _sfm_with_focal,
-                                build_tracks, verified_matches)
+from core.recon.cameras import (SfMConfig, _detect_many, _guided_round, _orbit_repair, _Recon, _register_guided, _register_next,
+                                _sfm_with_focal, build_tracks, verified_matches)
 from core.recon.geometry import focal_from_fov, rodrigues
 from core.recon.metrics import camera_errors
 from core.recon.orbit import orbit_kinks, predict_poses, views_seen
@@ -99,3 +100,34 @@ def test_orbit_repair_keeps_an_estimate_that_follows_the_path(toy_sfm):
     _, cfg, feats, pairs, rec, rms, thr = toy_sfm
     best = ((-7, rms), rec, rms)
     assert _orbit_repair(best, feats, cfg, 96, 176, thr) is best
+
+
+def test_guided_registration_places_a_view_that_no_track_reaches(toy_sfm):
+    """View 6 taken out of every track (as when its matches to its neighbours failed): PnP from
+    the tracks cannot place it, guided registration does, near its true pose, and its matched
+    keypoints join the tracks."""
+    scene, cfg, feats, pairs, rec, rms, thr = toy_sfm
+    tracks = [{v: k for v, k in tr.items() if v != 6} for tr in rec.tracks]
+    part = _Recon(feats, tracks, rec.focal, 96, 176)
+    part.R = {v: rec.R[v].copy() for v in range(6)}
+    part.t = {v: rec.t[v].copy() for v in range(6)}
+    part.triangulate_tracks(4 * thr, cfg.min_tri_angle_deg, only_new=False, min_obs=2)
+    assert _register_next(part, 7, thr) is None
+    assert _register_guided(part, 7, cfg, thr) == 6
+    assert part.guided == {6} and sum(6 in tr for tr in part.tracks) >= cfg.guided_register_min
+    assert all(6 not in tr for tr in tracks)  # the tracks it was given are left as they were
+    assert camera_errors(_viewmats(part, 7), scene.viewmats)["rot_deg_max"] < 2.0
+
+
+def test_guided_round_keeps_the_first_estimate_when_its_fit_gets_much_worse(toy_sfm):
+    """The guided round places no more views here, so its RMS error decides: within
+    ``guided_max_rms_ratio`` of the first estimate's it replaces it, beyond that it does not."""
+    from dataclasses import replace
+
+    _, cfg, feats, pairs, rec, rms, thr = toy_sfm
+    best = ((-7, rms), rec, rms)
+    taken, merged = _guided_round(best, pairs, feats, replace(cfg, guided_max_rms_ratio=float("inf")), 96, 176, thr)
+    assert taken is not best and len(taken[1].R) == 7 and sum(map(len, merged.values())) >= sum(map(len, pairs.values()))
+    ratio = taken[2] / rms
+    kept, same_pairs = _guided_round(best, pairs, feats, replace(cfg, guided_max_rms_ratio=0.5 * ratio), 96, 176, thr)
+    assert kept is best and same_pairs is pairs

@@ -115,8 +115,9 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
     could not place every view; else column 0 first and, with ``cfg.choose_heldout`` and every
     view placed, the whole grid too and the better of the two on held-out matches
     (``choose_by_heldout``), and with ``cfg.whole_grid_fallback`` the whole grid when column 0
-    could not place every view. Of two estimates the one that places
-    more views wins (a tie: the first). Returns (estimate, times used per view or None, whether
+    could not place every view (or placed some only by guided registration). Of two estimates the
+    one that places more views wins, then the one with fewer placed by guided registration (a tie:
+    the first). Returns (estimate, times used per view or None, whether
     the whole grid was used, warnings)."""
     V, T = frames.shape[:2]
     warnings: list[str] = []
@@ -145,17 +146,23 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
         return pooled, None, True, warnings
     warnings += [col0_note] if col0_note else []
     est = estimate_cameras(images, cfg, log=log)
-    if cfg.choose_heldout and est.n_registered == V and T > 1:
+    # column 0 is complete when ordinary registration placed every view; views it could place only
+    # by guided registration (``cameras._register_guided``) send it to the whole grid as well, and
+    # of two estimates placing as many views the one with fewer guided views wins. (Column 0 kept
+    # with guided views lost 1000000001, 04 and 17, where the whole grid passes.)
+    complete = est.n_registered == V and est.n_guided == 0
+    if cfg.choose_heldout and complete and T > 1:
         chosen = choose_by_heldout(frames, train, est, whole, cfg, log=log)
         if chosen is not None and chosen is not est:
             return chosen, None, True, []  # the column-0 note is moot: no later time was used for it
-    if cfg.whole_grid_fallback and est.n_registered < V and T > 1:
+    if cfg.whole_grid_fallback and not complete and T > 1:
         if log:
-            log(f"column 0 placed {est.n_registered} of {V} views from features; trying the whole grid")
+            log(f"column 0 placed {est.n_registered} of {V} views from features ({est.n_guided} by guided "
+                "registration); trying the whole grid")
         pooled = whole()
-        if pooled.n_registered > est.n_registered:
-            warnings.append(f"column 0 placed only {est.n_registered} of {V} views; the cameras come from "
-                            "matches pooled over the whole grid")
+        if (pooled.n_registered, -pooled.n_guided) > (est.n_registered, -est.n_guided):
+            warnings.append(f"column 0 placed only {est.n_registered - est.n_guided} of {V} views by ordinary "
+                            "registration; the cameras come from matches pooled over the whole grid")
             return pooled, None, True, warnings
     return est, cam_times, False, warnings
 
