@@ -9,7 +9,7 @@ import torch
 
 from core.eval.baselines import copy_column0, copy_row0
 from core.eval.consistency import epipolar_consistency
-from core.eval.metrics import PSNR_CAP, psnr_batch_unknown, psnr_unknown, ssim_unknown
+from core.eval.metrics import PSNR_CAP, changing_pixels, psnr_batch_unknown, psnr_unknown, psnr_unknown_regions, ssim_unknown
 from core.grid import known_mask
 
 
@@ -106,3 +106,28 @@ def test_epipolar_consistency_high_for_rigid_views_low_for_scrambled():
     assert good.pairs == 3 and good.matches > 50
     assert good.inlier_pct > 80
     assert bad.inlier_pct < good.inlier_pct - 20 or bad.matches < good.matches / 3
+
+
+def test_psnr_regions_split_what_changes_since_time_zero_from_what_stays():
+    rng = np.random.default_rng(0)
+    V, T, H, W = 3, 4, 8, 10
+    gt = np.repeat(rng.integers(0, 256, (V, 1, H, W, 3), dtype=np.uint8), T, axis=1)
+    gt[:, 1:, 2:5, 3:7] = 200  # a block appears after time 0 in every view
+    gt[:, 0, 2:5, 3:7] = 10
+    known = known_mask(V, T, "row0+col0")
+    moving = changing_pixels(gt)
+    assert moving.shape == (V, T, H, W) and not moving[:, 0].any()
+    assert moving[:, 1:, 2:5, 3:7].all() and moving.sum() == V * (T - 1) * 12
+    # copying column 0 is exact where nothing changes and wrong by 190/255 where the block is
+    pred = np.repeat(gt[:, :1], T, axis=1)
+    changing, static = psnr_unknown_regions(pred, gt, known)
+    assert static == PSNR_CAP
+    assert changing == pytest.approx(-10 * np.log10((190 / 255) ** 2), abs=1e-9)
+    # an error only in the static part leaves the changing region exact
+    pred2 = gt.copy()
+    pred2[:, :, 0, 0] = 255 - pred2[:, :, 0, 0]
+    changing2, static2 = psnr_unknown_regions(pred2, gt, known)
+    assert changing2 == PSNR_CAP and static2 < 40
+    # a grid where nothing changes has no changing region
+    still = np.repeat(gt[:, :1], T, axis=1)
+    assert psnr_unknown_regions(still, still, known) == (None, PSNR_CAP)

@@ -67,6 +67,34 @@ def psnr_unknown(pred, target, known) -> float:
     return mse_to_psnr(mse)
 
 
+CHANGE_THRESHOLD = 8 / 255  # a pixel "changes" when a channel moves by more than this
+
+
+def changing_pixels(target, threshold: float = CHANGE_THRESHOLD) -> torch.Tensor:
+    """bool [V, T, H, W]: where the true cell (v, t) differs from (v, 0), the same view at time 0
+    (any channel by more than ``threshold``): what moved since time 0, as view v sees it. Copying
+    column 0 is exact everywhere else."""
+    g = as_float_frames(target)
+    return ((g - g[:, :1]).abs() > threshold).any(dim=-3)
+
+
+def psnr_unknown_regions(pred, target, known, threshold: float = CHANGE_THRESHOLD) -> tuple[float | None, float | None]:
+    """PSNR over the unknown cells split into the pixels that change since time 0
+    (``changing_pixels``) and those that do not: (changing, static), None for an empty region."""
+    p, g = as_float_frames(pred), as_float_frames(target)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(g.shape)}")
+    unk = _unknown(known, p.shape[0], p.shape[1])
+    if not unk.any():
+        raise ValueError("every cell is known: nothing to score")
+    moving = changing_pixels(g, threshold)[unk]  # [N, H, W]
+    err = ((p - g) ** 2)[unk].mean(dim=-3)  # [N, H, W], mean over channels
+    out = []
+    for region in (moving, ~moving):
+        out.append(mse_to_psnr(err[region].mean().item()) if region.any() else None)
+    return out[0], out[1]
+
+
 def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64) -> torch.Tensor:
     x = torch.arange(size, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))

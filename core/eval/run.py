@@ -27,7 +27,7 @@ import torch
 from ..grid import known_mask
 from .baselines import BASELINES, baseline
 from .consistency import epipolar_consistency
-from .metrics import psnr_unknown, ssim_unknown
+from .metrics import psnr_unknown, psnr_unknown_regions, ssim_unknown
 
 ROWS = ("sequential", "parallel hard", "parallel soft untrained", "parallel soft trained", "fused")
 EXTRA_ROWS = ("image-to-4D", "text-to-4D")
@@ -55,19 +55,29 @@ def render_eval_scenes(n: int, views: int, times: int, height: int, width: int, 
     return out
 
 
+def region_means(regions: list) -> dict:
+    """Means over scenes of ``psnr_unknown_regions``' (changing, static) pairs, skipping empty regions."""
+    out = {}
+    for i, key in enumerate(("psnr_changing", "psnr_static")):
+        vals = [r[i] for r in regions if r[i] is not None]
+        out[key] = float(np.mean(vals)) if vals else None
+    return out
+
+
 def baseline_scores(scenes: list[EvalScene], mask_kind: str = "row0+col0", consistency: bool = False) -> dict:
     """name -> {"psnr", "ssim"[, "consistency"]} means over scenes."""
     res = {}
     for name in BASELINES:
-        ps, ss, cons = [], [], []
+        ps, ss, cons, regions = [], [], [], []
         for sc in scenes:
             known = known_mask(sc.frames.shape[0], sc.frames.shape[1], mask_kind)
             pred = baseline(name, sc.frames, known)
             ps.append(psnr_unknown(pred, sc.frames, known))
             ss.append(ssim_unknown(pred, sc.frames, known))
+            regions.append(psnr_unknown_regions(pred, sc.frames, known))
             if consistency:
                 cons.append(epipolar_consistency(pred, times=consistency_times(pred.shape[1])))
-        res[name] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
+        res[name] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), **region_means(regions)}
         if consistency:
             res[name]["consistency"] = pooled(cons)
     return res
@@ -105,7 +115,7 @@ def score_scenes(model, scenes: list[EvalScene], mask_kind: str, steps: int, mod
     from ..model.codec import frames_to_model
     from ..sampler import SampleSettings, sample_grid, to_uint8
 
-    ps, ss, cons, secs = [], [], [], []
+    ps, ss, cons, secs, regions = [], [], [], [], []
     first = None
     for k, sc in enumerate(scenes):
         V, T = sc.frames.shape[:2]
@@ -127,10 +137,11 @@ def score_scenes(model, scenes: list[EvalScene], mask_kind: str, steps: int, mod
         if mask_kind != "none":
             ps.append(psnr_unknown(gen, sc.frames, known))
             ss.append(ssim_unknown(gen, sc.frames, known))
+            regions.append(psnr_unknown_regions(gen, sc.frames, known))
         if consistency:
             cons.append(epipolar_consistency(gen, times=consistency_times(T)))
     out = {"psnr": float(np.mean(ps)) if ps else None, "ssim": float(np.mean(ss)) if ss else None,
-           "seconds": float(np.mean(secs)), "psnr_per_scene": ps, "first": first}
+           "seconds": float(np.mean(secs)), "psnr_per_scene": ps, "first": first, **region_means(regions)}
     if consistency:
         out["consistency"] = pooled(cons)
     return out
@@ -230,14 +241,16 @@ def trained_modes(model_dir) -> set[str] | None:
 
 def format_table(result: dict) -> str:
     """A markdown table of ``evaluate``'s result."""
-    lines = ["| row | PSNR (dB) | SSIM | consistency (% inliers) | s / grid | trained in this mode |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| row | PSNR (dB) | PSNR where it changes / static | SSIM | consistency (% inliers) | s / grid "
+             "| trained in this mode |",
+             "|---|---|---|---|---|---|---|"]
 
     def f(x, fmt):
         return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
 
     for r in result["rows"]:
-        lines.append(f"| {r['row']} | {f(r.get('psnr'), '.2f')} | {f(r.get('ssim'), '.3f')} | "
+        lines.append(f"| {r['row']} | {f(r.get('psnr'), '.2f')} | "
+                     f"{f(r.get('psnr_changing'), '.2f')} / {f(r.get('psnr_static'), '.2f')} | {f(r.get('ssim'), '.3f')} | "
                      f"{f(r.get('consistency'), '.1f')} | {f(r.get('seconds'), '.2f')} | "
                      f"{ {True: 'yes', False: 'no', None: '–'}[r.get('trained_in_mode')] } |")
     return "\n".join(lines)
