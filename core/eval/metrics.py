@@ -45,14 +45,20 @@ def mse_to_psnr(mse: float) -> float:
     return float(-10.0 * math.log10(mse))
 
 
-def _unknown_cells(pred, target, known) -> tuple[torch.Tensor, torch.Tensor]:
-    """The unknown cells of one predicted and one true grid, as float [N, 3, H, W] each."""
+def _grids_to_score(pred, target, known) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One predicted and one true grid as float [V, T, 3, H, W], and the unknown cells' mask [V, T]."""
     p, g = as_float_frames(pred), as_float_frames(target)
     if p.shape != g.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(g.shape)}")
     unk = _unknown(known, p.shape[0], p.shape[1])
     if not unk.any():
         raise ValueError("every cell is known: nothing to score")
+    return p, g, unk
+
+
+def _unknown_cells(pred, target, known) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unknown cells of one predicted and one true grid, as float [N, 3, H, W] each."""
+    p, g, unk = _grids_to_score(pred, target, known)
     return p[unk], g[unk]
 
 
@@ -81,12 +87,7 @@ def changing_pixels(target, threshold: float = CHANGE_THRESHOLD) -> torch.Tensor
 def psnr_unknown_regions(pred, target, known, threshold: float = CHANGE_THRESHOLD) -> tuple[float | None, float | None]:
     """PSNR over the unknown cells split into the pixels that change since time 0
     (``changing_pixels``) and those that do not: (changing, static), None for an empty region."""
-    p, g = as_float_frames(pred), as_float_frames(target)
-    if p.shape != g.shape:
-        raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(g.shape)}")
-    unk = _unknown(known, p.shape[0], p.shape[1])
-    if not unk.any():
-        raise ValueError("every cell is known: nothing to score")
+    p, g, unk = _grids_to_score(pred, target, known)
     moving = changing_pixels(g, threshold)[unk]  # [N, H, W]
     err = ((p - g) ** 2)[unk].mean(dim=-3)  # [N, H, W], mean over channels
     out = []

@@ -749,6 +749,19 @@ def _register_guided(rec: _Recon, V: int, cfg: SfMConfig, thr_px: float, log=Non
     return None
 
 
+def _sparse_ratio_test(a: np.ndarray, b: np.ndarray, d: np.ndarray, ratio: float = 0.9):
+    """Candidate pairs (a[k], b[k]) at descriptor distance d[k], sorted by a then d; ``ok`` marks
+    each a's nearest candidate when it beats that a's second candidate by ``ratio`` (an only
+    candidate passes). Returns (a, b, d, ok), sorted."""
+    o = np.lexsort((d, a))
+    a, b, d = a[o], b[o], d[o]
+    first = np.r_[True, a[1:] != a[:-1]]
+    second = np.full(len(a), np.inf)
+    has2 = first[:-1] & ~first[1:]
+    second[:-1][has2] = d[1:][has2]
+    return a, b, d, first & (d < ratio * second)
+
+
 def _match_to_points(X: np.ndarray, desc: np.ndarray, time_of, fv: dict, R: np.ndarray, t: np.ndarray,
                      focal: float, H: int, W: int, window_px: float) -> np.ndarray:
     """Points X [n, 3] with descriptors [n, 128] (and times, pooled grids) matched to keypoints of
@@ -769,13 +782,7 @@ def _match_to_points(X: np.ndarray, desc: np.ndarray, time_of, fv: dict, R: np.n
     if len(pi) == 0:
         return np.zeros((0, 2), int)
     d = np.linalg.norm(desc[pi] - fv["desc"][ki], axis=1)
-    o = np.lexsort((d, pi))
-    pi, ki, d = pi[o], ki[o], d[o]
-    first = np.r_[True, pi[1:] != pi[:-1]]
-    second = np.full(len(pi), np.inf)
-    has2 = first[:-1] & ~first[1:]
-    second[:-1][has2] = d[1:][has2]
-    ok = first & (d < 0.9 * second)
+    pi, ki, d, ok = _sparse_ratio_test(pi, ki, d)
     pi, ki, d = pi[ok], ki[ok], d[ok]
     o = np.lexsort((d, ki))  # a keypoint claimed by several points: the nearest descriptor
     pi, ki = pi[o], ki[o]
@@ -970,13 +977,7 @@ def guided_matches(rec: _Recon, cfg: SfMConfig, window_px: float, epi_px: float)
                 continue
             desc_d = np.linalg.norm(rec.feats[i]["desc"][ki[ci]] - rec.feats[j]["desc"][cj], axis=1)
             # sparse ratio test and mutual check over the candidate pairs
-            o = np.lexsort((desc_d, ci))
-            ci_s, cj_s, d_s = ci[o], cj[o], desc_d[o]
-            first = np.r_[True, ci_s[1:] != ci_s[:-1]]
-            second_d = np.full(len(ci_s), np.inf)
-            has2 = first[:-1] & ~first[1:]
-            second_d[:-1][has2] = d_s[1:][has2]
-            ok = first & (d_s < 0.9 * second_d)
+            ci_s, cj_s, d_s, ok = _sparse_ratio_test(ci, cj, desc_d)
             o2 = np.lexsort((d_s, cj_s))
             best_for_j = {}
             for a, b in zip(ci_s[o2][::-1], cj_s[o2][::-1]):  # reversed: the best (first) wins
