@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
+from core.errors import InputError
 from core.model.pipeline import FourDModel
 from core.train.config import TrainConfig
 from core.train.data import Batch, ReplayPool
 from core.train.flow import add_noise, masked_velocity_loss
-from core.train.loop import encode_text_train, train, train_step, trainable
+from core.train.loop import check_config, encode_text_train, train, train_step, trainable
 from core.train.masks import grid_mask, parse_families
 
 torch.set_num_threads(1)
@@ -147,6 +148,25 @@ def test_replay_pool_renders_less_when_rendering_is_slow():
         pool.observe(1.0)  # slow steps: render everything fresh again
         next(pool)
     assert pool.k == 4
+
+
+def test_render_share_sets_how_many_fresh_chunks_a_step_renders():
+    """With rendering known to take 10 ms a chunk and steps 40 ms, a share of 0.5 renders 2
+    chunks a step, 0.25 one; the share reaches the pool from the training settings."""
+    from core.train.data import stage_batches
+
+    def pool_with(share):
+        pool = ReplayPool(iter(()), batch=8, pool_size=32, generator=torch.Generator().manual_seed(0), chunks=(1, 8),
+                          ratio=share)
+        pool.render_s = 0.01
+        pool.observe(0.04)
+        return pool.k
+
+    assert (pool_with(0.5), pool_with(0.25), pool_with(2.0)) == (2, 1, 8)
+    it = stage_batches(3, 8, 2, 3, 8, 8, "cpu", seed=5, reuse=0.0, pool_size=16, render_share=0.3)
+    assert isinstance(it, ReplayPool) and it.ratio == 0.3
+    with pytest.raises(InputError, match="render share"):
+        check_config(TrainConfig(out="x", render_share=0))
 
 
 def test_phase_batches_keep_pixels_per_step_within_caps():

@@ -62,6 +62,9 @@ def add_arguments(p) -> None:
     p.add_argument("--reuse", default=None,
                    help="stages 2-3: use each rendered grid about this many times (replay pool), or 'auto' "
                         "(render about half as long as a step takes); default auto on cuda, 1 on cpu")
+    p.add_argument("--render-share", type=float, default=d.render_share,
+                   help="with --reuse auto: render fresh grids for about this share of a step's time (default 0.5; "
+                        "lower reuses grids more and waits less)")
     p.add_argument("--pool", type=int, default=d.pool_grids, help="replay pool size in grids (default 512)")
     p.add_argument("--workers", type=int, default=None,
                    help="scene-planning processes (default 6 on cuda, 0 on cpu)")
@@ -118,7 +121,7 @@ def config_from_args(args):
         bf16=not args.no_bf16, compile=args.compile, seed=args.seed, save_every_min=args.save_every,
         eval_every_min=args.eval_every, eval_scenes=args.eval_scenes, eval_steps=args.eval_steps,
         eval_size=args.eval_size, log_every=args.log_every,
-        reuse=reuse, pool_grids=args.pool,
+        reuse=reuse, pool_grids=args.pool, render_share=args.render_share,
         workers=args.workers if args.workers is not None else (6 if device == "cuda" else 0))
 
 

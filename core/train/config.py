@@ -100,6 +100,7 @@ class TrainConfig:
     workers: int = 0  # scene-planning worker processes (4 on a GPU machine)
     reuse: float = 1.0  # stages 2-3: each rendered grid used ~reuse times (replay pool); 1 = never, 0 = auto
     pool_grids: int = 512  # replay pool size in 8x8 grids at the model's size (scaled by pixels)
+    render_share: float = 0.5  # reuse auto: render fresh grids for about this share of a step's time
     extra: dict = field(default_factory=dict)
 
     def modes(self) -> list[str]:

@@ -26,17 +26,19 @@ class Batch:
 
 
 def stage_batches(stage: int, batch: int, views: int, times: int, height: int, width: int, device,
-                  seed: int, workers: int = 0, reuse: float = 1.0, pool_size: int = 0):
+                  seed: int, workers: int = 0, reuse: float = 1.0, pool_size: int = 0, render_share: float = 0.5):
     """An endless iterator of lists of ``Batch`` (one list per training step). ``workers`` > 0
     plans scenes in background processes (the GPU renders and trains meanwhile). In stages 2
     and 3, ``reuse`` > 1 draws from a ``ReplayPool`` of ``pool_size`` grids with about
-    ``batch / reuse`` fresh grids a step; ``reuse`` 0 lets the pool choose (``ReplayPool.observe``)."""
+    ``batch / reuse`` fresh grids a step; ``reuse`` 0 lets the pool choose (``ReplayPool.observe``:
+    rendering takes about ``render_share`` of a step's time)."""
     if stage in (2, 3) and reuse != 1:
         gen = torch.Generator().manual_seed(seed)
         if reuse == 0:
             chunk = max(1, math.ceil(batch / 8))
             src = rendered_batches(stage, chunk, views, times, height, width, device, seed, workers)
-            return ReplayPool(src, batch, max(pool_size, 2 * batch), gen, chunks=(1, math.ceil(batch / chunk)))
+            return ReplayPool(src, batch, max(pool_size, 2 * batch), gen, chunks=(1, math.ceil(batch / chunk)),
+                              ratio=render_share)
         fresh = max(1, math.ceil(batch / reuse))
         src = rendered_batches(stage, fresh, views, times, height, width, device, seed, workers)
         return ReplayPool(src, batch, max(pool_size, 2 * batch), gen)

@@ -45,6 +45,8 @@ def check_config(cfg: TrainConfig) -> list[Phase]:
             raise InputError(f"mode must be soft, hard, sequential or fused (or a comma list), got {m!r}")
     if cfg.lr_schedule not in ("cosine", "constant"):
         raise InputError(f"lr schedule must be cosine or constant, got {cfg.lr_schedule!r}")
+    if not 0 < cfg.render_share <= 10:
+        raise InputError(f"render share must be in (0, 10] (a share of a step's time), got {cfg.render_share}")
     if not 0 <= cfg.text_drop <= 1:
         raise InputError(f"text drop must be in [0, 1], got {cfg.text_drop}")
     try:
@@ -375,7 +377,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             it = stage_batches(ph.stage, b, cfg.views, cfg.times, ph.height, ph.width, device,
                                seed=cfg.seed * 1_000_003 + step, workers=cfg.workers,
                                reuse=cfg.reuse, pool_size=cfg.pool_grids * 64 // (cfg.views * cfg.times)
-                               * (ref_hw[0] * ref_hw[1]) // (ph.height * ph.width))
+                               * (ref_hw[0] * ref_hw[1]) // (ph.height * ph.width), render_share=cfg.render_share)
             # Compiling costs tens of seconds a shape: only for phases long enough to win it back.
             want = cfg.compile and not compile_failed and ph.share * budget >= cfg.compile_min_minutes * 60
             if want != compiled:
