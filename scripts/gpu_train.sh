@@ -21,7 +21,9 @@
 #       and copies into OUT: model.tar (the model folder; split into <= 15 MB parts if larger),
 #       learning_curve.json/.png, sample.png, log.jsonl, eval.json (if done), report.txt.
 #
-# Environment: TRAIN_DIR (default /tmp/train), BATCH (32), COMPILE (1), STAGE (auto), FRESH (0; 1
+# Environment: TRAIN_DIR (default /tmp/train), BATCH (32), COMPILE (1), RENDER_SHARE (0.25: the
+# replay pool renders fresh grids for a quarter of a step's time; 0.5 waited 1.46 s per 20 steps
+# on an H200, 0.25 0.8-0.9 s), STAGE (auto), FRESH (0; 1
 # starts from scratch whatever exists), PRESET (default; the model of a fresh start), EVAL_SEEDS
 # (8), PYTHON (python), DEVICE (cuda; cpu for a local dry run), EVAL_ARGS (extra eval arguments).
 set -euo pipefail
@@ -70,8 +72,8 @@ start)
   [ ${#resume[@]} -eq 0 ] && resume=(--preset "${PRESET:-default}")
   compile=(); [ "${COMPILE:-1}" = 1 ] && compile=(--compile)
   train_cmd=("$PY" launch.py train --out "$RUN" "${resume[@]}" --stage "$stage" --minutes "$minutes"
-             --device "${DEVICE:-cuda}" "${compile[@]}" --batch "${BATCH:-32}" --eval-every 2 --eval-scenes 8
-             --eval-steps 25 --save-every 2 "$@")
+             --device "${DEVICE:-cuda}" "${compile[@]}" --batch "${BATCH:-32}" --eval-every 4 --eval-scenes 8
+             --eval-steps 25 --save-every 4 --render-share "${RENDER_SHARE:-0.25}" "$@")
   eval_cmd=("$PY" launch.py eval --model "$RUN/model" --seeds "${EVAL_SEEDS:-8}" --device "${DEVICE:-cuda}"
             --json "$DIR/eval.json" ${EVAL_ARGS:-})
   printf '%q ' "${train_cmd[@]}" > "$DIR/train.cmd"
