@@ -35,8 +35,8 @@ class SfMConfig:
     contrast_threshold: float = 0.015  # SIFT's (default 0.04): generated frames are soft
     # > 1: affine-simulated SIFT (OpenCV AffineFeature, tilts up to this) for floors seen at a
     # grazing angle; off by default. From column 0 alone it placed every view of 1000000011, 14,
-    # 15, 18 and 19 without guided registration, 2.05-3.70 deg off (plain SIFT: 3.6-12.2 deg), at
-    # 7-79 s a grid on one CPU core instead of 2-17 s
+    # 15, 18 and 19 (guided registration only on 11), 2.05-3.70 deg off (plain SIFT: 3.6-12.2
+    # deg), at 8.5-135 s a grid on one CPU core instead of 2-17 s
     affine_max_tilt: int = 0
     ratio: float = 0.8  # Lowe's ratio test
     # a match must also beat each keypoint's nearest look-alike in its own image by this ratio: a
