@@ -1051,10 +1051,10 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
                 best = (key, rec, rms)
             if len(rec.R) == V and rms < 0.5 * thr:  # every view placed, sub-pixel fit: done
                 break
-    best_pairs, first = pairs, best
+    first = best
     if best is not None and cfg.guided and len(best[1].R) >= 3:
         # 2. With the first cameras, match again where repeated textures defeated the ratio test.
-        best, best_pairs = _guided_round(best, pairs, feats, cfg, H, W, thr, log)
+        best, _ = _guided_round(best, pairs, feats, cfg, H, W, thr, log)
     if best is not None and cfg.guided_register and 3 <= len(best[1].R) < V and len(first[1].R) >= 3:
         # 2b. Views still unplaced: register again from the first matches, placing the views
         # that PnP from the tracks cannot reach from the points matched around their poses
@@ -1081,7 +1081,7 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
         if found is not None and len(found[1].R) > n0:
             best = found
             if cfg.guided:
-                best, best_pairs = _guided_round(best, pairs, feats, cfg, H, W, thr, log)
+                best, _ = _guided_round(best, pairs, feats, cfg, H, W, thr, log)
     if best is not None and cfg.orbit_repair and V >= 5 and len(best[1].R) == V:
         # (only with every view placed: predicting unplaced views and polishing placed them wrongly)
         best = _orbit_repair(best, feats, cfg, H, W, thr, log)
@@ -1113,14 +1113,13 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
 
 def _guided_round(best, pairs, feats, cfg: SfMConfig, H: int, W: int, thr: float, log=None):
     """``best`` (key, reconstruction, rms) rebuilt from ``pairs`` plus the matches its cameras
-    guide (``guided_matches``), kept when it places at least as many views. Returns (best, the
+    guide (``guided_matches``), kept when it places at least as many views and its RMS error
+    stays within ``cfg.guided_max_rms_ratio`` of the first. Returns (the better of the two, the
     pairs it was built from)."""
     V = len(feats)
     rec0 = best[1]
     guided = guided_matches(rec0, cfg, window_px=cfg.guided_window * max(H, W), epi_px=thr)
-    empty = np.zeros((0, 2), int)
-    merged = {k: np.unique(np.concatenate([pairs.get(k, empty), guided.get(k, empty)]), axis=0)
-              for k in set(pairs) | set(guided)}
+    merged = merge_pairs(pairs, guided)
     tracks2 = build_tracks(merged, [len(f["xy"]) for f in feats])
     rec, rms = _sfm_with_focal(feats, tracks2, merged, rec0.focal, H, W, cfg,
                                optimise_focal=cfg.fov_x_deg is None, log=log)
@@ -1136,6 +1135,12 @@ def _guided_round(best, pairs, feats, cfg: SfMConfig, H: int, W: int, thr: float
         return best, pairs
     rec.guided |= rec0.guided  # matched around cameras that guided registration placed
     return ((-len(rec.R), rms), rec, rms), merged
+
+
+def merge_pairs(a: dict, b: dict) -> dict:
+    """Two sets of matches {(i, j): [m, 2] keypoint index pairs} as one, each pair once."""
+    empty = np.zeros((0, 2), int)
+    return {k: np.unique(np.concatenate([a.get(k, empty), b.get(k, empty)]), axis=0) for k in set(a) | set(b)}
 
 
 def _orbit_repair(best, feats, cfg: SfMConfig, H: int, W: int, thr: float, log=None):

@@ -151,7 +151,7 @@ def polish_from_poses(rec0, pairs: dict, cfg, H: int, W: int, thr: float, optimi
     its tracks re-triangulated with those poses, guided matching around the poses' predictions,
     then bundle adjustment rounds with outlier removal (as ``_sfm_with_focal`` ends). Returns
     (reconstruction, RMS px) or (None, nan) when too little fits."""
-    from .cameras import _polish, _Recon, build_tracks, guided_matches
+    from .cameras import _polish, _Recon, build_tracks, guided_matches, merge_pairs
 
     V = len(rec0.feats)
     rec0.X[:] = np.nan
@@ -159,9 +159,7 @@ def polish_from_poses(rec0, pairs: dict, cfg, H: int, W: int, thr: float, optimi
     if int(np.isfinite(rec0.X[:, 0]).sum()) < 12:
         return None, float("nan")
     guided = guided_matches(rec0, cfg, window_px=window_scale * cfg.guided_window * max(H, W), epi_px=thr)
-    empty = np.zeros((0, 2), int)
-    merged = {k: np.unique(np.concatenate([pairs.get(k, empty), guided.get(k, empty)]), axis=0)
-              for k in set(pairs) | set(guided)}
+    merged = merge_pairs(pairs, guided)
     if not merged:
         return None, float("nan")
     tracks = build_tracks(merged, [len(f["xy"]) for f in rec0.feats])
