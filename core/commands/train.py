@@ -41,6 +41,9 @@ def add_arguments(p) -> None:
     p.add_argument("--anchor-input", default=None, choices=["on", "off"],
                    help="show each cell the frame of (0,0) too (fresh start: default the preset's; with --resume "
                         "of a model folder, 'on' widens a model without it by zero channels, outputs unchanged)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="transformer blocks: a fresh start's depth (default: the preset's); with --resume of a model "
+                        "folder, more blocks than it has grows it (new blocks start as the identity, outputs unchanged)")
     p.add_argument("--mode", default=d.mode,
                    help="stream mode to train: soft (default), hard, sequential, fused, or a comma list whose "
                         "modes alternate by step (the first is the model's default)")
@@ -93,6 +96,8 @@ def config_from_args(args):
     for name, val in (("save-every", args.save_every), ("eval-every", args.eval_every), ("lr", args.lr)):
         if not val > 0:
             raise InputError(f"--{name} must be > 0, got {val}")
+    if args.layers is not None and not 1 <= args.layers <= 64:
+        raise InputError(f"--layers must be between 1 and 64, got {args.layers}")
     if args.max_steps is not None and args.max_steps < 0:
         raise InputError(f"--max-steps must be >= 0, got {args.max_steps}")
     device = resolve_device(args.device)
@@ -113,7 +118,7 @@ def config_from_args(args):
     return TrainConfig(
         out=args.out, resume=args.resume, preset=args.preset, minutes=args.minutes, schedule=schedule,
         reference_inputs=flag[args.reference_inputs], residual=flag[args.residual],
-        anchor_input=flag[args.anchor_input],
+        anchor_input=flag[args.anchor_input], layers=args.layers,
         max_steps=args.max_steps,
         batch=args.batch, max_batch=args.max_batch, views=args.views, times=args.times, mode=args.mode,
         lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup, ema_decay=args.ema,

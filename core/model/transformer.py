@@ -225,6 +225,64 @@ class FourDTransformer(nn.Module):
         self.layers = self.layers.with_anchor_input()
         return True
 
+    def grow_layers(self, num_layers: int) -> list[int]:
+        """Deepen the model to ``num_layers`` blocks without changing what it computes: new blocks
+        go in evenly between the trained ones (never first), each with its sub-layers' output
+        projections zeroed (self-attention, cross-attention, FFN: the block is the identity),
+        each followed by a soft sync of weight 0 (the identity) and a hard sync of ½·I (the
+        identity on the equal streams that the previous hard sync left). Returns the new blocks'
+        indices ([] if the model has ``num_layers`` already). Build optimizers and EMA copies
+        after this; a shallower count is refused."""
+        old = self.num_layers
+        if num_layers == old:
+            return []
+        if num_layers < old:
+            raise ValueError(f"a model can only grow: it has {old} blocks, asked for {num_layers}")
+        extra = num_layers - old
+        after = sorted(max(0, round((j + 1) * old / extra) - 1) for j in range(extra))  # old block each follows
+        order: list[int | None] = []  # old block index, or None for a new block, in the new order
+        for i in range(old):
+            order.append(i)
+            order.extend([None] * after.count(i))
+        p = next(self.backbone.parameters())
+        bcfg = {k: v for k, v in self.backbone.config.items() if not k.startswith("_")}
+        lcfg = {k: v for k, v in self.layers.config.items() if not k.startswith("_")}
+        with torch.device(p.device):
+            backbone = WanTransformer3DModel(**{**bcfg, "num_layers": num_layers})
+            layers = FourDLayers(**{**lcfg, "num_layers": num_layers})
+        backbone.to(p.dtype)
+        layers.to(next(self.layers.parameters()).dtype)
+        keep = {k: v for k, v in self.backbone.state_dict().items() if not k.startswith("blocks.")}
+        backbone.load_state_dict(keep, strict=False)
+        lkeep = {k: v for k, v in self.layers.state_dict().items() if not k.startswith(("soft_sync.", "hard_sync."))}
+        layers.load_state_dict(lkeep, strict=False)
+        added = []
+        with torch.no_grad():
+            for new, src in enumerate(order):
+                if src is not None:
+                    backbone.blocks[new].load_state_dict(self.backbone.blocks[src].state_dict())
+                    layers.soft_sync[new].load_state_dict(self.layers.soft_sync[src].state_dict())
+                    layers.hard_sync[new].load_state_dict(self.layers.hard_sync[src].state_dict())
+                    continue
+                added.append(new)
+                blk = backbone.blocks[new]
+                for lin in (blk.attn1.to_out[0], blk.attn2.to_out[0], blk.ffn.net[-1]):
+                    nn.init.zeros_(lin.weight)
+                    nn.init.zeros_(lin.bias)
+                layers.soft_sync[new].weight_v.zero_()
+                layers.soft_sync[new].weight_t.zero_()
+        # Wan keeps some modules in fp32 whatever the model's dtype: copy the old ones' dtypes
+        def like(name: str) -> str:  # a new block's parameter takes the dtype of block 0's
+            parts = name.split(".")
+            return ".".join(["blocks", "0", *parts[2:]]) if parts[0] == "blocks" else name
+
+        dtypes = {n: q.dtype for n, q in self.backbone.named_parameters()}
+        for n, q in backbone.named_parameters():
+            q.data = q.data.to(dtypes.get(like(n), q.dtype))
+        self.backbone = backbone.train(self.backbone.training)
+        self.layers = layers.train(self.layers.training)
+        return added
+
     def flow_reference(self, cond: torch.Tensor, known: torch.Tensor) -> torch.Tensor | None:
         """Where the flow's noise is centred: ``ref [B, V, T, C, h, w]`` for a residual model
         (``x_1 = ref + ε``), None for a plain one. ``known``: ``[B, V, T]`` or ``[B, V, T, m]``."""

@@ -95,6 +95,8 @@ def load_model(cfg: TrainConfig):
             flags["anchor_input"] = False  # the anchor is part of the reference inputs
         if flags.get("anchor_input") and not flags.get("reference_inputs", mcfg.reference_inputs):
             raise InputError("--anchor-input on needs the reference inputs (--reference-inputs on)")
+        if cfg.layers is not None:
+            mcfg = dataclasses.replace(mcfg, backbone={**mcfg.backbone, "num_layers": int(cfg.layers)})
         return FourDModel.from_config(dataclasses.replace(mcfg, **flags), seed=cfg.seed), None, {}, []
     src = model_dir_of(cfg.resume)
     if src is None:
@@ -116,6 +118,19 @@ def load_model(cfg: TrainConfig):
         widened.append("anchor_input")
         record = {**record, "widened": list(record.get("widened", [])) + [
             {"step": int(record.get("step", 0)), "added": "anchor_input"}]}
+    if cfg.layers is not None and cfg.layers != tr.num_layers:
+        if cfg.layers < tr.num_layers:
+            raise InputError(f"--layers {cfg.layers}: the model in {src} has {tr.num_layers} blocks; "
+                             f"a resume can keep them or add blocks, not remove them")
+        if has_state:
+            raise InputError(f"--layers {cfg.layers} grows a model's weights, not an exact training state: "
+                             f"pass --resume {src} (its model folder) with a new --out")
+        before = tr.num_layers
+        tr.grow_layers(int(cfg.layers))
+        model.config.backbone = {**model.config.backbone, "num_layers": int(cfg.layers)}
+        widened.append(f"layers {before}->{cfg.layers}")
+        record = {**record, "widened": list(record.get("widened", [])) + [
+            {"step": int(record.get("step", 0)), "added": f"layers {before}->{cfg.layers}"}]}
     state = load_state(cfg.resume, "cpu") if has_state else None
     return model, state, record, widened
 
@@ -288,7 +303,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     n_params = sum(p.numel() for p in net.parameters())
     log(f"training {model.config.name}: {n_params / 1e6:.2f} M parameters on {device}, "
         f"{cfg.minutes:g} min, resume={'exact' if state else ('weights' if cfg.resume else 'no')}, step {step}"
-        + (f", widened with {', '.join(widened)} (zero channels)" if widened else ""))
+        + (f", widened with {', '.join(widened)} (new weights zero: outputs unchanged)" if widened else ""))
 
     # 3. Fixed evaluation scenes and their baselines
     from ..eval.run import baseline_scores, render_eval_scenes

@@ -1,0 +1,46 @@
+"""Growing a model while resuming it: ``launch.py train --resume MODEL --layers N`` deepens a model
+folder (new blocks start as the identity), trains them, keeps the history, and saves a folder of
+the new depth; it refuses to shrink or to grow an exact training state."""
+
+import json
+
+import pytest
+import torch
+
+from core.errors import InputError
+from core.model.pipeline import FourDModel
+from core.train.loop import train
+from tests.test_train_anchor import _cfg, _training
+
+torch.set_num_threads(1)
+
+
+def test_resume_with_more_layers_grows_trains_and_saves_the_deeper_model(tmp_path):
+    shallow = tmp_path / "shallow"
+    train(_cfg(shallow), log=lambda s: None)
+    assert FourDModel.from_pretrained(shallow / "model").transformer.num_layers == 2  # the tiny preset
+    deep = tmp_path / "deep"
+    lines = []
+    train(_cfg(deep, resume=str(shallow / "model"), layers=3, max_steps=2, reference_inputs=None,
+               residual=None, anchor_input=None), log=lines.append)
+    assert any("widened with layers 2->3" in s for s in lines)
+    m = FourDModel.from_pretrained(deep / "model")
+    assert m.transformer.num_layers == 3 and m.config.backbone["num_layers"] == 3
+    assert json.loads((deep / "model" / "fourd_layers" / "config.json").read_text())["num_layers"] == 3
+    new = m.transformer.backbone.blocks[2]  # 2 -> 3 puts the new block after the last trained one
+    assert (new.ffn.net[-1].weight != 0).any()  # it trained away from zero
+    rec = _training(deep / "model")
+    assert rec["step"] == 3 and len(rec["sessions"]) == 2
+    assert rec["widened"] == [{"step": 1, "added": "layers 2->3"}]
+    # the training folder resumes exactly at its depth; growing it again needs its model folder
+    with pytest.raises(InputError, match="not an exact training state"):
+        train(_cfg(deep, resume=str(deep), layers=4, reference_inputs=None, residual=None, anchor_input=None),
+              log=lambda s: None)
+    with pytest.raises(InputError, match="not remove them"):
+        train(_cfg(tmp_path / "less", resume=str(deep / "model"), layers=2, reference_inputs=None,
+                   residual=None, anchor_input=None), log=lambda s: None)
+
+
+def test_fresh_start_takes_its_depth_from_layers(tmp_path):
+    train(_cfg(tmp_path / "f", layers=3), log=lambda s: None)
+    assert FourDModel.from_pretrained(tmp_path / "f" / "model").transformer.num_layers == 3
