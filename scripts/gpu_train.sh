@@ -6,11 +6,12 @@
 #   scripts/gpu_train.sh start [MINUTES] [extra 'launch.py train' arguments]
 #       Starts training at once in the background (setsid nohup) and returns. Resumes exactly
 #       from $TRAIN_DIR/run if a previous start left one on this machine (from its weights,
-#       widened, if it lacks the preset's anchor input), else from the weights
+#       widened or grown, if it lacks the preset's anchor input or blocks), else from the weights
 #       in assets/model if we trained them (it has training.json) and they have the shape of
 #       the preset (same sizes, reference inputs, residual flow; stage 3 only; weights without
 #       the anchor input resume into a preset with it: '--anchor-input on' widens them by zero
-#       channels, outputs unchanged, optimizer fresh, training.json history kept), else from
+#       channels; weights with fewer blocks: '--layers N' puts identity blocks in; outputs
+#       unchanged, optimizer fresh, training.json history kept), else from
 #       scratch with preset $PRESET (all stages). After training it runs
 #       'launch.py eval' on $EVAL_SEEDS evaluation scenes. MINUTES (default 16) is the training
 #       loop's budget; loading, compiling and the final eval come on top (about 2-4 minutes).
@@ -49,18 +50,18 @@ start)
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
   elif [ -f "$RUN/state.pt" ]; then
     resume=(--resume "$RUN"); stage=${STAGE:-3}
-    # a run left without the anchor input that the preset has: go on from its weights, widened
+    # a run left without the anchor input or blocks that the preset has: go on from its weights, widened
     widen=$("$PY" -c "from core.train.checkpoint import model_dir_of as d, resume_flags as f; m = d('$RUN'); print(' '.join((f(m, '${PRESET:-default}') or []) if m else []))" || true)
     if [ -n "$widen" ]; then
       old="$RUN.old.$(date +%s)"; mv "$RUN" "$old"
       src=$old/model; [ -d "$src" ] || src=$old/model.old
-      # shellcheck disable=SC2206  # widen: '--anchor-input on'
+      # shellcheck disable=SC2206  # widen: '--anchor-input on' and/or '--layers N'
       resume=(--resume "$src" $widen)
       echo "$RUN lacks what preset ${PRESET:-default} has: resuming its weights (moved to $old) with: $widen"
     fi
   elif [ -f assets/model/transformer/config.json ] && [ -f assets/model/training.json ] &&
        widen=$("$PY" -c "import sys; from core.train.checkpoint import resume_flags as f; r = f('assets/model', '${PRESET:-default}'); print(' '.join(r)) if r is not None else sys.exit(1)"); then
-    # shellcheck disable=SC2206  # widen: '' or '--anchor-input on'
+    # shellcheck disable=SC2206  # widen: '', '--anchor-input on' and/or '--layers N'
     resume=(--resume assets/model $widen); stage=${STAGE:-3}
     if [ -n "$widen" ]; then echo "assets/model resumes into preset ${PRESET:-default} with: $widen"; fi
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"

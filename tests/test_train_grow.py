@@ -10,7 +10,7 @@ import torch
 from core.errors import InputError
 from core.model.pipeline import FourDModel
 from core.train.loop import train
-from tests.test_train_anchor import _cfg, _training
+from tests.test_train_anchor import ROOT, _cfg, _training
 
 torch.set_num_threads(1)
 
@@ -44,3 +44,22 @@ def test_resume_with_more_layers_grows_trains_and_saves_the_deeper_model(tmp_pat
 def test_fresh_start_takes_its_depth_from_layers(tmp_path):
     train(_cfg(tmp_path / "f", layers=3), log=lambda s: None)
     assert FourDModel.from_pretrained(tmp_path / "f" / "model").transformer.num_layers == 3
+
+
+def test_resume_decision_grows_shallower_default_weights(tmp_path):
+    import dataclasses
+
+    from core.model.config import preset
+    from core.train.checkpoint import resume_flags, same_architecture
+
+    base = preset("default")
+    depth = base.backbone["num_layers"]
+    shallow_cfg = dataclasses.replace(base, backbone={**base.backbone, "num_layers": depth - 2})
+    shallow = FourDModel.from_config(shallow_cfg).save_pretrained(tmp_path / "shallow")
+    assert resume_flags(shallow, "default") == ["--layers", str(depth)] and same_architecture(shallow, "default")
+    both = FourDModel.from_config(dataclasses.replace(shallow_cfg, anchor_input=False)).save_pretrained(tmp_path / "b")
+    assert resume_flags(both, "default") == ["--anchor-input", "on", "--layers", str(depth)]
+    deeper_cfg = dataclasses.replace(base, backbone={**base.backbone, "num_layers": depth + 1})
+    deeper = FourDModel.from_config(deeper_cfg).save_pretrained(tmp_path / "deeper")
+    assert resume_flags(deeper, "default") is None  # a resume never removes blocks
+    assert resume_flags(ROOT / "assets" / "model", "default") == []  # the shipped weights have its depth

@@ -83,8 +83,10 @@ def resume_flags(model_dir: str | os.PathLike, preset_name: str) -> list[str] | 
     """The ``launch.py train`` flags that resume a model folder into the shape of ``preset_name``:
     ``[]`` when it has that shape already (backbone sizes and the new layers' flags),
     ``["--anchor-input", "on"]`` when it has it but for the anchor input, which a resume adds by
-    widening (zero new channels; ``loop.load_model``), None when its weights cannot load into it
-    (other sizes or flags, an anchor the preset lacks, no readable configs)."""
+    widening (zero new channels; ``loop.load_model``), ``["--layers", "N"]`` (possibly with the
+    anchor flags) when it has fewer blocks than the preset's N, which a resume adds as identity
+    blocks (``FourDTransformer.grow_layers``), None when its weights cannot load into it (other
+    sizes or flags, more blocks or an anchor the preset lacks, no readable configs)."""
     import dataclasses
 
     from ..model.config import preset
@@ -101,17 +103,22 @@ def resume_flags(model_dir: str | os.PathLike, preset_name: str) -> list[str] | 
     fields = {f.name for f in dataclasses.fields(cfg)}
     flags_same = all(bool(layers.get(k, False)) == bool(getattr(cfg, k))
                      for k in ("reference_inputs", "residual") if k in fields)
+    grow = []
+    if isinstance(have.get("num_layers"), int) and isinstance(want.get("num_layers"), int) \
+            and have["num_layers"] < want["num_layers"]:
+        grow = ["--layers", str(want["num_layers"])]
+        have["num_layers"] = want["num_layers"]
     if have != want or not flags_same:
         return None
     anchor_have, anchor_want = bool(layers.get("anchor_input", False)), bool(getattr(cfg, "anchor_input", False))
     if anchor_have == anchor_want:
-        return []
-    return ["--anchor-input", "on"] if anchor_want else None
+        return grow
+    return ["--anchor-input", "on"] + grow if anchor_want else None
 
 
 def same_architecture(model_dir: str | os.PathLike, preset_name: str) -> bool:
     """Whether a model folder's weights resume into the shape a fresh model of ``preset_name``
     would have: the same backbone sizes and new-layer flags, or the same but for the anchor
-    input, which the resume adds (``resume_flags`` says with which flags); a resume across other
+    input or fewer blocks, which the resume adds (``resume_flags`` says with which flags); a resume across other
     architectures cannot load the weights."""
     return resume_flags(model_dir, preset_name) is not None

@@ -87,18 +87,21 @@ def draw_curve(curve: dict) -> np.ndarray:
         d.text((px - 8, PLOT_H - MARGIN + 8), f"{x:.0f}" if x1 >= 10 else f"{x:.2g}", fill=(0, 0, 0))
     d.text((PLOT_W // 2 - 60, PLOT_H - 18), "training minutes", fill=(0, 0, 0))
     d.text((MARGIN, 8), "PSNR (dB) on unknown cells, evaluation scenes", fill=(0, 0, 0))
-    ly = MARGIN + 6
+    legend = []  # one line above the plot box, so it never covers the curve
     for name, y in base.items():
         _, py = to_px(0, y)
         col = COLORS.get(name, (0, 160, 0))
         d.line([MARGIN, py, PLOT_W - MARGIN, py], fill=col, width=1)
-        d.text((PLOT_W - MARGIN - 150, ly), f"{name} {y:.1f}", fill=col)
-        ly += 14
+        legend.append((f"{name} {y:.1f}", col))
     if pts:
         xy = [to_px(x, y) for x, y in pts]
         if len(xy) > 1:
             d.line(xy, fill=COLORS["model"], width=2)
         for px, py in xy:
             d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=COLORS["model"])
-        d.text((PLOT_W - MARGIN - 150, ly), f"model {pts[-1][1]:.1f}", fill=COLORS["model"])
+        legend.append((f"model {pts[-1][1]:.1f}", COLORS["model"]))
+    lx = MARGIN
+    for text, col in legend:
+        d.text((lx, 22), text, fill=col)
+        lx += int(d.textlength(text)) + 18
     return np.asarray(img)
