@@ -130,6 +130,51 @@ def test_column_0_with_views_placed_by_guided_registration_defers_to_the_whole_g
         assert any("guided" in w or "ordinary" in w for w in warnings) == want_grid
 
 
+def test_affine_features_on_column_0_when_neither_column_0_nor_the_whole_grid_places_every_view(toy_grid, monkeypatch):
+    """Column 0 not complete and a whole grid that places every view by ordinary registration:
+    the whole grid, as before, and no affine features tried. A whole grid with guided views:
+    column 0 again with affine-simulated features (the fallback's settings), kept when they
+    place every view by ordinary registration; when they do not, the whole grid and column 0
+    compare as before; ``affine_fallback=0`` never tries them; a grid of one column tries them
+    without a whole grid."""
+    import core.recon.api as api
+
+    V = 6
+    col0 = _cams(toy_grid.viewmats, toy_grid.Ks)
+    col0.n_guided = 2
+    pool = _cams(toy_grid.viewmats, toy_grid.Ks)
+    affine = _cams(toy_grid.viewmats, toy_grid.Ks)
+    cfgs = []
+
+    def fake(images, cfg, log=None, usable=None):
+        cfgs.append(cfg)
+        return pool if images.ndim == 5 else (affine if cfg.affine_max_tilt > 1 else col0)
+
+    monkeypatch.setattr(api, "estimate_cameras", fake)
+    cfg = SfMConfig(threads=1)
+    train = np.ones((V, 2), bool)
+    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is pool and used_grid and not any(c.affine_max_tilt > 1 for c in cfgs)
+    pool.n_guided = 1
+    cfgs.clear()
+    est, times, used_grid, warnings = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is affine and not used_grid and times == [0] * V and any("affine" in w for w in warnings)
+    a = [c for c in cfgs if c.affine_max_tilt > 1]
+    assert len(a) == 1 and a[0].affine_max_tilt == 2 and not a[0].guided and not a[0].guided_register
+    assert a[0].chain_min_frac == 0.0 and a[0].pair_window == 3 and a[0].min_detect_side == 0
+    # affine features that leave a view unplaced: the whole grid (fewer guided views) as before
+    affine = _cams(toy_grid.viewmats[:5], toy_grid.Ks[:5])
+    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is pool and used_grid
+    affine = _cams(toy_grid.viewmats, toy_grid.Ks)
+    cfgs.clear()
+    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, SfMConfig(threads=1, affine_fallback=0))
+    assert est is pool and not any(c.affine_max_tilt > 1 for c in cfgs)
+    cfgs.clear()
+    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames[:, :1], train[:, :1], cfg)
+    assert est is affine and not used_grid and not any(c.whole_grid for c in cfgs)
+
+
 def _cams(viewmats, Ks):
     return CameraEstimate(viewmats=viewmats, Ks=Ks, points=np.zeros((0, 3)), colors=np.zeros((0, 3)),
                           source="test", fov_x_deg=55.0, n_registered=len(viewmats))

@@ -93,3 +93,35 @@ def test_affine_simulated_features_match_a_floor_seen_at_grazing_angles_better()
 
     plain, affine = good_matches(0), good_matches(2)
     assert affine > 1.5 * plain and affine >= 20, (plain, affine)
+
+
+def test_chain_check_without_a_minimum_share_keeps_a_far_pair_its_few_chains_confirm():
+    """Affine-simulated features find a point again under unlike descriptors, so few of a far
+    pair's matches have a chain through the neighbours: with ``min_frac=0`` a pair whose chains
+    confirm 4 of 40 matches (none contradicted) is kept whole, while the default quarter drops
+    it; a pair whose chains contradict more matches than they confirm is dropped either way."""
+    ids = np.arange(40)
+    pairs = {(0, 1): np.stack([ids[:4], ids[:4] + 100], 1), (1, 2): np.stack([ids[:4] + 100, ids[:4] + 200], 1),
+             (0, 2): np.stack([ids, ids + 200], 1)}
+    assert (0, 2) not in chain_check(pairs)
+    out = chain_check(pairs, min_frac=0.0)
+    assert np.array_equal(out[(0, 2)], pairs[(0, 2)])
+    # three of the four chained matches end elsewhere than the far pair says
+    wrong = dict(pairs)
+    wrong[(0, 2)] = np.concatenate([[[0, 200], [1, 901], [2, 902], [3, 903]], np.stack([ids[4:], ids[4:] + 200], 1)])
+    assert (0, 2) not in chain_check(wrong, min_frac=0.0)
+
+
+def test_fast_matching_of_large_keypoint_sets_gives_the_plain_matches():
+    """The matrix-product matcher that affine-simulated features use (``match_pair(fast=True)``)
+    returns the same mutual, ratio-tested matches as the plain one, here on 3000 x 2500 random
+    descriptors of which 400 have a noisy partner (and across its blocks of 2048 rows)."""
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 255, (3000, 128)).astype(np.float32)
+    b = rng.uniform(0, 255, (2500, 128)).astype(np.float32)
+    b[:400] = a[1000:1400] + rng.normal(0, 20, (400, 128)).astype(np.float32)
+    fa, fb = {"desc": a}, {"desc": b}
+    plain = match_pair(fa, fb, 0.8)
+    fast = match_pair(fa, fb, 0.8, fast=True)
+    assert len(plain) >= 390 and set(map(tuple, plain.tolist())) >= {(1000 + k, k) for k in range(0, 400, 50)}
+    assert len(fast) == len(plain) and set(map(tuple, fast.tolist())) == set(map(tuple, plain.tolist()))

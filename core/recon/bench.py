@@ -218,7 +218,7 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
             est = grid_cameras(grid.frames, np.ones(grid.frames.shape[:2], bool),
                                _sfm(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first,
                                     choose_heldout=choose_heldout, affine_max_tilt=affine_max_tilt),
-                               log=lambda m: print("  ", m, flush=True) if m.startswith(("held-out", "orbit")) else None)[0]
+                               log=lambda m: print("  ", m, flush=True) if m.startswith(("held-out", "orbit", "affine")) else None)[0]
         sec = time.perf_counter() - t0
         e = camera_errors(est.viewmats, gt)
         rows.append({"seed": s, "rot_deg_max": round(e["rot_deg_max"], 3), "tdir_deg_max": round(e["tdir_deg_max"], 3),

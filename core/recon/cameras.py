@@ -38,6 +38,10 @@ class SfMConfig:
     # 15, 18 and 19 (guided registration only on 11), 2.05-3.70 deg off (plain SIFT: 3.6-12.2
     # deg), at 8.5-135 s a grid on one CPU core instead of 2-17 s
     affine_max_tilt: int = 0
+    # when column 0's plain SIFT cannot place every view by ordinary registration, try column 0
+    # again with affine-simulated SIFT up to this tilt (``affine_fallback_config``; 0: off); see
+    # ``api.grid_cameras`` for which estimate is kept
+    affine_fallback: int = 2
     ratio: float = 0.8  # Lowe's ratio test
     # a match must also beat each keypoint's nearest look-alike in its own image by this ratio: a
     # checker corner looks like every other corner of its floor, and one period off still passes
@@ -45,6 +49,7 @@ class SfMConfig:
     # matches of neighbouring views 25% -> 45%, but seeds 01 and 04 lost (too few matches left)
     self_ratio: float | None = None
     chain_check: bool = True  # pairs beyond neighbours must agree with the chain of neighbours (``chain_check``)
+    chain_min_frac: float = 0.25  # ``chain_check``'s share of a pair's matches that the chain must confirm
     # the fundamental-matrix estimator of verified matches: "ransac" | "magsac" (MAGSAC: more right
     # inliers on checker floors, but 1000000017 2.22 deg instead of 1.49, and 15..19 no better)
     robust: str = "ransac"
@@ -142,7 +147,10 @@ def detect_features(images: np.ndarray, cfg: SfMConfig) -> list[dict]:
         xy = (np.array([k.pt for k in kps], dtype=np.float64) + 0.5) / up
         ij = np.clip(np.floor(xy).astype(int), 0, [W - 1, H - 1])
         desc = desc.astype(np.float32)
-        feats.append({"xy": xy, "desc": desc, "rgb": img[ij[:, 1], ij[:, 0]] / 255.0, "self": self_distance(desc)})
+        f = {"xy": xy, "desc": desc, "rgb": img[ij[:, 1], ij[:, 0]] / 255.0}
+        if cfg.self_ratio is not None:  # only the self-ratio test reads it (an n x n search)
+            f["self"] = self_distance(desc)
+        feats.append(f)
     return feats
 
 
@@ -242,12 +250,48 @@ def pooled_features(frames: np.ndarray, usable: np.ndarray, cfg: SfMConfig) -> l
     return out
 
 
-def match_pair(fa: dict, fb: dict, ratio: float, self_ratio: float | None = None) -> np.ndarray:
+def _nearest_two(A: torch.Tensor, B: torch.Tensor, block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of A [n, d]: the distances to its two nearest rows of B [m, d] ([n, 2],
+    ascending) and their indices ([n, 2]), from one matrix product per block of rows."""
+    nb = (B * B).sum(1)
+    vals, idx = [], []
+    for a0 in range(0, len(A), block):
+        Ab = A[a0:a0 + block]
+        d2 = torch.addmm(nb[None, :], Ab, B.T, alpha=-2.0) + (Ab * Ab).sum(1, keepdim=True)
+        two = d2.topk(2, dim=1, largest=False)
+        vals.append(two.values)
+        idx.append(two.indices)
+    return torch.cat(vals).clamp_min(0).sqrt(), torch.cat(idx)
+
+
+def _match_pair_fast(fa: dict, fb: dict, ratio: float) -> np.ndarray:
+    """``match_pair`` (no self-ratio) for large keypoint sets (affine-simulated SIFT: 6-14 thousand
+    an image): distances by matrix products, and the backward nearest neighbour searched only for
+    the keypoints of b that some keypoint of a chose (half the time on 8000 x 8000)."""
+    A, B = torch.from_numpy(fa["desc"]), torch.from_numpy(fb["desc"])
+    v, i = _nearest_two(A, B)
+    best_b = i[:, 0]
+    ok = v[:, 0] < ratio * v[:, 1]
+    cand = torch.unique(best_b[ok])
+    if len(cand) == 0:
+        return np.zeros((0, 2), int)
+    back = torch.full((len(B),), -1, dtype=torch.long)
+    back[cand] = _nearest_two(B[cand], A)[1][:, 0]
+    ok &= back[best_b] == torch.arange(len(A))
+    a = torch.nonzero(ok)[:, 0]
+    return torch.stack([a, best_b[a]], 1).numpy().astype(int).reshape(-1, 2)
+
+
+def match_pair(fa: dict, fb: dict, ratio: float, self_ratio: float | None = None, fast: bool = False) -> np.ndarray:
     """Mutual nearest neighbours passing the ratio test: [m, 2] index pairs (a, b). With
     ``self_ratio`` (and 'self' distances in both feature sets, ``self_distance``) a match must
-    also be closer than ``self_ratio`` x each keypoint's nearest look-alike in its own image."""
+    also be closer than ``self_ratio`` x each keypoint's nearest look-alike in its own image.
+    ``fast``: ``_match_pair_fast`` (without the self-ratio test; distances by matrix products,
+    so a near tie may fall the other way)."""
     if len(fa["desc"]) < 2 or len(fb["desc"]) < 2:
         return np.zeros((0, 2), int)
+    if fast and self_ratio is None:
+        return _match_pair_fast(fa, fb, ratio)
     d = torch.cdist(torch.from_numpy(fa["desc"]), torch.from_numpy(fb["desc"]))  # [na, nb] L2
     two = d.topk(2, dim=1, largest=False)
     best_b = two.indices[:, 0]
@@ -296,7 +340,7 @@ def verified_matches(feats: list[dict], cfg: SfMConfig, thr_px: float, coherence
                     u, cnt = np.unique(m[:, c], return_counts=True)
                     m = m[~np.isin(m[:, c], u[cnt > 1])]
             else:
-                m = match_pair(feats[i], feats[j], cfg.ratio, cfg.self_ratio)
+                m = match_pair(feats[i], feats[j], cfg.ratio, cfg.self_ratio, fast=cfg.affine_max_tilt > 1)
                 if len(m) < cfg.min_pair_inliers:
                     continue
                 m = m[coherent(feats[i]["xy"][m[:, 0]], feats[j]["xy"][m[:, 1]], coherence_px)]
@@ -321,7 +365,7 @@ def verified_matches(feats: list[dict], cfg: SfMConfig, thr_px: float, coherence
     return pairs
 
 
-def chain_check(pairs: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
+def chain_check(pairs: dict[tuple[int, int], np.ndarray], min_frac: float = 0.25) -> dict[tuple[int, int], np.ndarray]:
     """Pairs of views further apart than neighbours checked against the chain of neighbouring
     pairs between them: a match a -> c of views i, k (k > i + 1) is confirmed when following a
     through the matches of i -> i+1 -> ... -> k ends at c and contradicted when it ends elsewhere.
@@ -345,7 +389,7 @@ def chain_check(pairs: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int
         ends = np.array(ends)
         known = ends >= 0
         agree = known & (ends == m[:, 1])
-        if int(agree.sum()) < max(3, 0.25 * len(m), int((known & ~agree).sum())):
+        if int(agree.sum()) < max(3, min_frac * len(m), int((known & ~agree).sum())):
             continue
         out[(i, k)] = m[~known | agree]
     return out
@@ -1003,6 +1047,23 @@ def check_parallax(feats: list[dict], pairs: dict) -> float:
     return float(np.median(np.concatenate(d))) if d else float("nan")
 
 
+def affine_fallback_config(cfg: SfMConfig) -> SfMConfig:
+    """The settings of the affine-feature fallback (``SfMConfig.affine_fallback``, used by
+    ``api.grid_cameras``): affine-simulated SIFT at the frames' own size (upsampled to 360 rows as
+    plain SIFT is, 1000000019 came out 2.33 deg off instead of 1.24, 18 0.84 instead of 5.57, at
+    two to three times the time); pairs of views up to 3 apart (a window of 4 changed no pair kept
+    on 1000000015, 18, 19); a far pair kept when its chain confirms more matches than it
+    contradicts, however few it confirms (affine features find a point again under unlike
+    descriptors, so most matches have no chain through the neighbours: the usual quarter dropped
+    every far pair, and 1000000018 came out 2.45 deg off instead of 0.84); neither the guided
+    matching round (1000000015: 0.50 deg -> 2.39) nor guided registration (only an estimate that
+    places every view by ordinary registration is used)."""
+    from dataclasses import replace
+
+    return replace(cfg, affine_max_tilt=cfg.affine_fallback, min_detect_side=0, pair_window=min(cfg.pair_window, 3),
+                   chain_min_frac=0.0, guided=False, guided_register=False)
+
+
 def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
                      usable: np.ndarray | None = None) -> CameraEstimate:
     """Estimate the cameras of ``images``: uint8 [V, H, W, 3] (one per view, scene frozen), or a
@@ -1025,7 +1086,7 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
     thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
     pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
     if cfg.chain_check:
-        pairs = {k: m for k, m in chain_check(pairs).items() if len(m) >= cfg.min_pair_inliers}
+        pairs = {k: m for k, m in chain_check(pairs, cfg.chain_min_frac).items() if len(m) >= cfg.min_pair_inliers}
     warnings: list[str] = []
     par = check_parallax(feats, pairs)
     if pairs and par < 0.25:
@@ -1296,7 +1357,8 @@ def triangulate_with_cameras(images: np.ndarray, viewmats: np.ndarray, Ks: np.nd
             ij = np.clip(np.floor(f["xy"]).astype(int), 0, [W - 1, H - 1])
             keep = m[ij[:, 1], ij[:, 0]] if len(ij) else np.zeros(0, bool)
             for k in ("xy", "desc", "rgb", "self"):
-                f[k] = f[k][keep]
+                if k in f:
+                    f[k] = f[k][keep]
     thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
     pts, cols = [], []
     for i in range(n):
