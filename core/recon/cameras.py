@@ -42,6 +42,11 @@ class SfMConfig:
     # again with affine-simulated SIFT up to this tilt (``affine_fallback_config``; 0: off); see
     # ``api.grid_cameras`` for which estimate is kept
     affine_fallback: int = 2
+    # ... and also when the estimate about to be kept moved its field of view by more than this
+    # (degrees) from its first fit (``CameraEstimate.fov_first_deg``): guided matches that pulled
+    # the focal length away. 1000000015's whole grid: 59.3 -> 66.9 deg in the guided round, 12.2
+    # deg off (affine features: 1.1); passing seeds moved 0.2-2.2 deg (None: off)
+    affine_fallback_fov_shift: float | None = 5.0
     ratio: float = 0.8  # Lowe's ratio test
     # a match must also beat each keypoint's nearest look-alike in its own image by this ratio: a
     # checker corner looks like every other corner of its floor, and one period off still passes
@@ -114,6 +119,9 @@ class CameraEstimate:
     reproj_px: float = float("nan")  # RMS reprojection error after bundle adjustment
     n_registered: int = 0
     n_guided: int = 0  # of those, views placed by guided registration (``_register_guided``)
+    # the field of view of the first fit (before the guided round, guided registration and the
+    # orbit repair); far from ``fov_x_deg`` when those rounds pulled the focal length away
+    fov_first_deg: float = float("nan")
     warnings: list[str] = field(default_factory=list)
     scene_centre: np.ndarray = field(default_factory=lambda: np.zeros(3))
     scene_scale: float = 1.0  # radius that holds most of the points (after normalisation)
@@ -1113,6 +1121,7 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
             if len(rec.R) == V and rms < 0.5 * thr:  # every view placed, sub-pixel fit: done
                 break
     first = best
+    first_focal = best[1].focal if best is not None else float("nan")  # (later rounds may change ``first``)
     if best is not None and cfg.guided and len(best[1].R) >= 3:
         # 2. With the first cameras, match again where repeated textures defeated the ratio test.
         best, _ = _guided_round(best, pairs, feats, cfg, H, W, thr, log)
@@ -1152,7 +1161,9 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
         if n_registered < V:  # views that did not register: between their registered neighbours
             _fill_missing(rec, V)
             warnings.append(f"{V - n_registered} of {V} views placed from their neighbours, not from features")
-        return _package(rec, feats, V, H, W, "features", rms, n_registered, warnings)
+        est = _package(rec, feats, V, H, W, "features", rms, n_registered, warnings)
+        est.fov_first_deg = fov_from_focal(first_focal, W)
+        return est
     if best is not None and len(best[1].R) >= 2:
         # 3. Too few views for free structure from motion: repeat the motion between the views
         # that were placed (an orbit at constant speed), and let the fit refine it.
