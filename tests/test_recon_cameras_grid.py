@@ -161,7 +161,8 @@ def test_affine_features_on_column_0_when_neither_column_0_nor_the_whole_grid_pl
     assert est is affine and not used_grid and times == [0] * V and any("affine" in w for w in warnings)
     a = [c for c in cfgs if c.affine_max_tilt > 1]
     assert len(a) == 1 and a[0].affine_max_tilt == 2 and not a[0].guided and not a[0].guided_register
-    assert a[0].chain_min_frac == 0.0 and a[0].pair_window == 3 and a[0].min_detect_side == 0
+    assert a[0].chain_min_frac == 0.25 and a[0].pair_window == 3 and a[0].min_detect_side == 0
+    assert a[0].three_view_from > 10 ** 6  # two-view tracks
     # affine features that leave a view unplaced: the whole grid (fewer guided views) as before
     affine = _cams(toy_grid.viewmats[:5], toy_grid.Ks[:5])
     est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)

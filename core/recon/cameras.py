@@ -25,6 +25,8 @@ import torch
 from ..errors import InputError
 from .geometry import camera_centres, focal_from_fov, fov_from_focal, intrinsics, rodrigues
 
+TWO_VIEW_TRACKS = 1 << 30  # a ``SfMConfig.three_view_from`` no grid reaches: points seen by two views count
+
 
 @dataclass
 class SfMConfig:
@@ -1060,16 +1062,18 @@ def affine_fallback_config(cfg: SfMConfig) -> SfMConfig:
     ``api.grid_cameras``): affine-simulated SIFT at the frames' own size (upsampled to 360 rows as
     plain SIFT is, 1000000019 came out 2.33 deg off instead of 1.24, 18 0.84 instead of 5.57, at
     two to three times the time); pairs of views up to 3 apart (a window of 4 changed no pair kept
-    on 1000000015, 18, 19); a far pair kept when its chain confirms more matches than it
-    contradicts, however few it confirms (affine features find a point again under unlike
-    descriptors, so most matches have no chain through the neighbours: the usual quarter dropped
-    every far pair, and 1000000018 came out 2.45 deg off instead of 0.84); neither the guided
-    matching round (1000000015: 0.50 deg -> 2.39) nor guided registration (only an estimate that
-    places every view by ordinary registration is used)."""
+    on 1000000015, 18, 19); points seen by two views kept as well as those seen by three (affine
+    features find a point again under unlike descriptors, so few tracks reach a third view: with
+    three-view tracks only, about 300 points, 18 came out 5.57 deg off and 19 1.24; with two-view
+    tracks, about 1,300 points, 1.81 and 1.25, 14 1.09 -> 0.88, 15 1.11 -> 0.73); far pairs kept
+    only when their chain of neighbouring pairs confirms a quarter of their matches, as for plain
+    SIFT (two-view tracks with any far pair the chain does not contradict: 19 2.75 deg); neither
+    the guided matching round (1000000015: 0.50 deg -> 2.39, 18 3.08) nor guided registration
+    (only an estimate that places every view by ordinary registration is used)."""
     from dataclasses import replace
 
     return replace(cfg, affine_max_tilt=cfg.affine_fallback, min_detect_side=0, pair_window=min(cfg.pair_window, 3),
-                   chain_min_frac=0.0, guided=False, guided_register=False)
+                   three_view_from=TWO_VIEW_TRACKS, guided=False, guided_register=False)
 
 
 def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
