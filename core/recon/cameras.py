@@ -47,7 +47,7 @@ class SfMConfig:
     # ... and also when the estimate about to be kept moved its field of view by more than this
     # (degrees) from its first fit (``CameraEstimate.fov_first_deg``): guided matches that pulled
     # the focal length away. 1000000015's whole grid: 59.3 -> 66.9 deg in the guided round, 12.2
-    # deg off (affine features: 1.1); passing seeds moved 0.2-2.2 deg (None: off)
+    # deg off (affine features: 1.1); the kept estimates of the passing seeds moved 0-2.5 deg (None: off)
     affine_fallback_fov_shift: float | None = 5.0
     ratio: float = 0.8  # Lowe's ratio test
     # a match must also beat each keypoint's nearest look-alike in its own image by this ratio: a
