@@ -161,7 +161,8 @@ def test_affine_features_on_column_0_when_neither_column_0_nor_the_whole_grid_pl
     assert est is affine and not used_grid and times == [0] * V and any("affine" in w for w in warnings)
     a = [c for c in cfgs if c.affine_max_tilt > 1]
     assert len(a) == 1 and a[0].affine_max_tilt == 2 and not a[0].guided and not a[0].guided_register
-    assert a[0].chain_min_frac == 0.0 and a[0].pair_window == 3 and a[0].min_detect_side == 0
+    assert a[0].chain_min_frac == 0.25 and a[0].pair_window == 3 and a[0].min_detect_side == 0
+    assert a[0].three_view_from > 10 ** 6  # two-view tracks
     # affine features that leave a view unplaced: the whole grid (fewer guided views) as before
     affine = _cams(toy_grid.viewmats[:5], toy_grid.Ks[:5])
     est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
@@ -173,6 +174,53 @@ def test_affine_features_on_column_0_when_neither_column_0_nor_the_whole_grid_pl
     cfgs.clear()
     est, _, used_grid, _ = api.grid_cameras(toy_grid.frames[:, :1], train[:, :1], cfg)
     assert est is affine and not used_grid and not any(c.whole_grid for c in cfgs)
+
+
+def test_affine_features_when_the_kept_estimate_moved_its_focal_length_after_its_first_fit(toy_grid, monkeypatch):
+    """An estimate about to be kept (column 0 complete, or the whole grid after an incomplete
+    column 0) whose field of view moved more than ``affine_fallback_fov_shift`` after its first
+    fit: column 0 again with affine features, kept when they place every view; a small move, or
+    the setting off, tries nothing; affine features that leave a view unplaced keep the estimate."""
+    import core.recon.api as api
+
+    V = 6
+    col0 = _cams(toy_grid.viewmats, toy_grid.Ks)
+    pool = _cams(toy_grid.viewmats, toy_grid.Ks)
+    good_affine = _cams(toy_grid.viewmats, toy_grid.Ks)
+    affine = good_affine
+    cfgs = []
+
+    def fake(images, cfg, log=None, usable=None):
+        cfgs.append(cfg)
+        return pool if images.ndim == 5 else (affine if cfg.affine_max_tilt > 1 else col0)
+
+    monkeypatch.setattr(api, "estimate_cameras", fake)
+    monkeypatch.setattr(api, "choose_by_heldout", lambda *a, **k: None)
+    train = np.ones((V, 2), bool)
+    cfg = SfMConfig(threads=1)
+    tried = lambda: [c for c in cfgs if c.affine_max_tilt > 1]  # noqa: E731
+    col0.fov_first_deg = 52.0  # 55 at the end: 3 deg, under the default 5
+    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is col0 and not used_grid and not tried()
+    col0.fov_first_deg = 62.0  # 7 deg
+    est, times, used_grid, warnings = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is affine and not used_grid and times == [0] * V and len(tried()) == 1
+    assert any("moved 7.0 deg" in w for w in warnings)
+    cfgs.clear()
+    est, *_ = api.grid_cameras(toy_grid.frames, train, SfMConfig(threads=1, affine_fallback_fov_shift=None))
+    assert est is col0 and not tried()
+    affine = _cams(toy_grid.viewmats[:5], toy_grid.Ks[:5])  # leaves a view unplaced
+    est, *_ = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is col0 and len(tried()) == 1
+    # column 0 incomplete, the whole grid complete but moved: the same
+    col0.fov_first_deg, col0.n_registered = 55.0, 5
+    pool.fov_first_deg = 48.0
+    affine = good_affine
+    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is affine and not used_grid
+    pool.fov_first_deg = 54.0
+    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is pool and used_grid
 
 
 def _cams(viewmats, Ks):

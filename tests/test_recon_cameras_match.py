@@ -97,7 +97,8 @@ def test_affine_simulated_features_match_a_floor_seen_at_grazing_angles_better()
 
 def test_chain_check_without_a_minimum_share_keeps_a_far_pair_its_few_chains_confirm():
     """Affine-simulated features find a point again under unlike descriptors, so few of a far
-    pair's matches have a chain through the neighbours: with ``min_frac=0`` a pair whose chains
+    pair's matches have a chain through the neighbours (the affine fallback used ``min_frac=0``
+    while it kept only three-view tracks): with ``min_frac=0`` a pair whose chains
     confirm 4 of 40 matches (none contradicted) is kept whole, while the default quarter drops
     it; a pair whose chains contradict more matches than they confirm is dropped either way."""
     ids = np.arange(40)

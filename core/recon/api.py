@@ -146,6 +146,37 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
             return est, cam_times, False, warnings + ([col0_note] if col0_note else [])
         return pooled, None, True, warnings
     warnings += [col0_note] if col0_note else []
+    affine_on = cfg.affine_fallback > 1 and cfg.affine_max_tilt <= 1
+
+    def affine():
+        # column 0 again with affine-simulated features (floors seen at grazing angles,
+        # ``cameras.affine_fallback_config``); None unless they place every view by ordinary
+        # registration
+        if log:
+            log("trying affine-simulated features on column 0")
+        est_a = estimate_cameras(images, affine_fallback_config(cfg), log=log)
+        if log:
+            log(f"affine features: {est_a.n_registered} of {V} views placed ({est_a.n_guided} by guided registration)")
+        return est_a if est_a.n_registered == V and est_a.n_guided == 0 else None
+
+    def moved(e: CameraEstimate) -> bool:
+        # the later rounds (guided matching, guided registration, orbit repair) pulled the focal
+        # length far from the first fit: the affine features are tried (1000000015's whole grid)
+        shift = abs(e.fov_x_deg - e.fov_first_deg)
+        if log and np.isfinite(shift):
+            log(f"affine check: field of view {e.fov_first_deg:.1f} -> {e.fov_x_deg:.1f} deg in the later rounds")
+        return affine_on and cfg.affine_fallback_fov_shift is not None and bool(shift > cfg.affine_fallback_fov_shift)
+
+    def kept(e: CameraEstimate, result):
+        # ``result`` unless ``e`` moved its focal length and the affine features place every view
+        if moved(e):
+            est_a = affine()
+            if est_a is not None:
+                note = (f"the cameras' field of view moved {abs(e.fov_x_deg - e.fov_first_deg):.1f} deg after their "
+                        "first fit; they come from column 0 with affine-simulated features")
+                return est_a, cam_times, False, ([col0_note] if col0_note else []) + [note]
+        return result
+
     est = estimate_cameras(images, cfg, log=log)
     # column 0 is complete when ordinary registration placed every view; views it could place only
     # by guided registration (``cameras._register_guided``) send it to the whole grid as well, and
@@ -155,9 +186,10 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
     if cfg.choose_heldout and complete and T > 1:
         chosen = choose_by_heldout(frames, train, est, whole, cfg, log=log)
         if chosen is not None and chosen is not est:
-            return chosen, None, True, []  # the column-0 note is moot: no later time was used for it
+            # the column-0 note is moot: no later time was used for it
+            return kept(chosen, (chosen, None, True, []))
     if complete:
-        return est, cam_times, False, warnings
+        return kept(est, (est, cam_times, False, warnings))
     pooled = None
     if cfg.whole_grid_fallback and T > 1:
         if log:
@@ -165,20 +197,15 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
                 "registration); trying the whole grid")
         pooled = whole()
         if pooled.n_registered == V and pooled.n_guided == 0:
-            return pooled, None, True, warnings + [_pooled_note(est, V)]
-    if cfg.affine_fallback > 1 and cfg.affine_max_tilt <= 1:
-        # neither column 0 nor the whole grid placed every view by ordinary registration: column 0
-        # again with affine-simulated features (floors seen at grazing angles,
-        # ``cameras.affine_fallback_config``), kept when they place every view that way
-        # (1000000014, 19: 8.3 / 5.3 deg -> 1.1 / 1.2). Not held against a whole grid that places
-        # every view: held-out matches on checker floors (median 37 px) chose them on 1000000004,
-        # 3.4 deg where the whole grid passes
-        if log:
-            log("trying affine-simulated features on column 0")
-        est_a = estimate_cameras(images, affine_fallback_config(cfg), log=log)
-        if log:
-            log(f"affine features: {est_a.n_registered} of {V} views placed ({est_a.n_guided} by guided registration)")
-        if est_a.n_registered == V and est_a.n_guided == 0:
+            return kept(pooled, (pooled, None, True, warnings + [_pooled_note(est, V)]))
+    if affine_on:
+        # neither column 0 nor the whole grid placed every view by ordinary registration: the
+        # affine features, kept when they place every view that way (1000000014, 19: 8.3 / 5.3
+        # deg -> 1.1 / 1.2). Not held against a whole grid that places every view: held-out
+        # matches on checker floors (median 37 px) chose them on 1000000004, 3.4 deg where the
+        # whole grid passes
+        est_a = affine()
+        if est_a is not None:
             return est_a, cam_times, False, warnings + ["column 0 placed every view only with affine-simulated features"]
     if pooled is not None and (pooled.n_registered, -pooled.n_guided) > (est.n_registered, -est.n_guided):
         return pooled, None, True, warnings + [_pooled_note(est, V)]

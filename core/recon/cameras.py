@@ -25,6 +25,8 @@ import torch
 from ..errors import InputError
 from .geometry import camera_centres, focal_from_fov, fov_from_focal, intrinsics, rodrigues
 
+TWO_VIEW_TRACKS = 1 << 30  # a ``SfMConfig.three_view_from`` no grid reaches: points seen by two views count
+
 
 @dataclass
 class SfMConfig:
@@ -42,6 +44,11 @@ class SfMConfig:
     # again with affine-simulated SIFT up to this tilt (``affine_fallback_config``; 0: off); see
     # ``api.grid_cameras`` for which estimate is kept
     affine_fallback: int = 2
+    # ... and also when the estimate about to be kept moved its field of view by more than this
+    # (degrees) from its first fit (``CameraEstimate.fov_first_deg``): guided matches that pulled
+    # the focal length away. 1000000015's whole grid: 59.3 -> 66.9 deg in the guided round, 12.2
+    # deg off (affine features: 1.1); the kept estimates of the passing seeds moved 0-2.5 deg (None: off)
+    affine_fallback_fov_shift: float | None = 5.0
     ratio: float = 0.8  # Lowe's ratio test
     # a match must also beat each keypoint's nearest look-alike in its own image by this ratio: a
     # checker corner looks like every other corner of its floor, and one period off still passes
@@ -114,6 +121,9 @@ class CameraEstimate:
     reproj_px: float = float("nan")  # RMS reprojection error after bundle adjustment
     n_registered: int = 0
     n_guided: int = 0  # of those, views placed by guided registration (``_register_guided``)
+    # the field of view of the first fit (before the guided round, guided registration and the
+    # orbit repair); far from ``fov_x_deg`` when those rounds pulled the focal length away
+    fov_first_deg: float = float("nan")
     warnings: list[str] = field(default_factory=list)
     scene_centre: np.ndarray = field(default_factory=lambda: np.zeros(3))
     scene_scale: float = 1.0  # radius that holds most of the points (after normalisation)
@@ -1052,16 +1062,18 @@ def affine_fallback_config(cfg: SfMConfig) -> SfMConfig:
     ``api.grid_cameras``): affine-simulated SIFT at the frames' own size (upsampled to 360 rows as
     plain SIFT is, 1000000019 came out 2.33 deg off instead of 1.24, 18 0.84 instead of 5.57, at
     two to three times the time); pairs of views up to 3 apart (a window of 4 changed no pair kept
-    on 1000000015, 18, 19); a far pair kept when its chain confirms more matches than it
-    contradicts, however few it confirms (affine features find a point again under unlike
-    descriptors, so most matches have no chain through the neighbours: the usual quarter dropped
-    every far pair, and 1000000018 came out 2.45 deg off instead of 0.84); neither the guided
-    matching round (1000000015: 0.50 deg -> 2.39) nor guided registration (only an estimate that
-    places every view by ordinary registration is used)."""
+    on 1000000015, 18, 19); points seen by two views kept as well as those seen by three (affine
+    features find a point again under unlike descriptors, so few tracks reach a third view: with
+    three-view tracks only, about 300 points, 18 came out 5.57 deg off and 19 1.24; with two-view
+    tracks, about 1,300 points, 1.81 and 1.25, 14 1.09 -> 0.88, 15 1.11 -> 0.73); far pairs kept
+    only when their chain of neighbouring pairs confirms a quarter of their matches, as for plain
+    SIFT (two-view tracks with any far pair the chain does not contradict: 19 2.75 deg); neither
+    the guided matching round (1000000015: 0.50 deg -> 2.39, 18 3.08) nor guided registration
+    (only an estimate that places every view by ordinary registration is used)."""
     from dataclasses import replace
 
     return replace(cfg, affine_max_tilt=cfg.affine_fallback, min_detect_side=0, pair_window=min(cfg.pair_window, 3),
-                   chain_min_frac=0.0, guided=False, guided_register=False)
+                   three_view_from=TWO_VIEW_TRACKS, guided=False, guided_register=False)
 
 
 def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
@@ -1113,6 +1125,7 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
             if len(rec.R) == V and rms < 0.5 * thr:  # every view placed, sub-pixel fit: done
                 break
     first = best
+    first_focal = best[1].focal if best is not None else float("nan")  # (later rounds may change ``first``)
     if best is not None and cfg.guided and len(best[1].R) >= 3:
         # 2. With the first cameras, match again where repeated textures defeated the ratio test.
         best, _ = _guided_round(best, pairs, feats, cfg, H, W, thr, log)
@@ -1152,7 +1165,9 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
         if n_registered < V:  # views that did not register: between their registered neighbours
             _fill_missing(rec, V)
             warnings.append(f"{V - n_registered} of {V} views placed from their neighbours, not from features")
-        return _package(rec, feats, V, H, W, "features", rms, n_registered, warnings)
+        est = _package(rec, feats, V, H, W, "features", rms, n_registered, warnings)
+        est.fov_first_deg = fov_from_focal(first_focal, W)
+        return est
     if best is not None and len(best[1].R) >= 2:
         # 3. Too few views for free structure from motion: repeat the motion between the views
         # that were placed (an orbit at constant speed), and let the fit refine it.
