@@ -174,7 +174,7 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
             if est_a is not None:
                 note = (f"the cameras' field of view moved {abs(e.fov_x_deg - e.fov_first_deg):.1f} deg after their "
                         "first fit; they come from column 0 with affine-simulated features")
-                return est_a, cam_times, False, ([col0_note] if col0_note else []) + [note]
+                return est_a, cam_times, False, warnings + [note]  # warnings: the column-0 note alone here
         return result
 
     est = estimate_cameras(images, cfg, log=log)

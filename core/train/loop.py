@@ -116,8 +116,6 @@ def load_model(cfg: TrainConfig):
         tr.add_anchor_input()
         model.config.anchor_input = True
         widened.append("anchor_input")
-        record = {**record, "widened": list(record.get("widened", [])) + [
-            {"step": int(record.get("step", 0)), "added": "anchor_input"}]}
     if cfg.layers is not None and cfg.layers != tr.num_layers:
         if cfg.layers < tr.num_layers:
             raise InputError(f"--layers {cfg.layers}: the model in {src} has {tr.num_layers} blocks; "
@@ -129,8 +127,9 @@ def load_model(cfg: TrainConfig):
         tr.grow_layers(int(cfg.layers))
         model.config.backbone = {**model.config.backbone, "num_layers": int(cfg.layers)}
         widened.append(f"layers {before}->{cfg.layers}")
+    if widened:  # the history lists each change of shape with the step it came at
         record = {**record, "widened": list(record.get("widened", [])) + [
-            {"step": int(record.get("step", 0)), "added": f"layers {before}->{cfg.layers}"}]}
+            {"step": int(record.get("step", 0)), "added": w} for w in widened]}
     state = load_state(cfg.resume, "cpu") if has_state else None
     return model, state, record, widened
 
