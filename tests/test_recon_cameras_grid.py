@@ -127,7 +127,9 @@ def test_column_0_with_views_placed_by_guided_registration_defers_to_the_whole_g
                             pool if images.ndim == 5 else col0)
         est, _, used_grid, warnings = api.grid_cameras(toy_grid.frames, np.ones((V, 2), bool), SfMConfig(threads=1))
         assert used_grid == want_grid and est is (pool if want_grid else col0)
-        assert any("guided" in w or "ordinary" in w for w in warnings) == want_grid
+        assert any("pooled over the whole grid" in w for w in warnings) == want_grid
+        # column 0 kept: the affine features were tried on it and left views to guided registration
+        assert any("affine-simulated features on column 0 placed only 4 of 6" in w for w in warnings) != want_grid
 
 
 def test_affine_features_on_column_0_when_neither_column_0_nor_the_whole_grid_places_every_view(toy_grid, monkeypatch):
@@ -165,8 +167,9 @@ def test_affine_features_on_column_0_when_neither_column_0_nor_the_whole_grid_pl
     assert a[0].three_view_from > 10 ** 6  # two-view tracks
     # affine features that leave a view unplaced: the whole grid (fewer guided views) as before
     affine = _cams(toy_grid.viewmats[:5], toy_grid.Ks[:5])
-    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
+    est, _, used_grid, warnings = api.grid_cameras(toy_grid.frames, train, cfg)
     assert est is pool and used_grid
+    assert any("affine-simulated features on column 0 placed only 5 of 6 views" in w for w in warnings)
     affine = _cams(toy_grid.viewmats, toy_grid.Ks)
     cfgs.clear()
     est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, SfMConfig(threads=1, affine_fallback=0))
@@ -210,8 +213,10 @@ def test_affine_features_when_the_kept_estimate_moved_its_focal_length_after_its
     est, *_ = api.grid_cameras(toy_grid.frames, train, SfMConfig(threads=1, affine_fallback_fov_shift=None))
     assert est is col0 and not tried()
     affine = _cams(toy_grid.viewmats[:5], toy_grid.Ks[:5])  # leaves a view unplaced
-    est, *_ = api.grid_cameras(toy_grid.frames, train, cfg)
+    est, _, _, warnings = api.grid_cameras(toy_grid.frames, train, cfg)
     assert est is col0 and len(tried()) == 1
+    assert [w for w in warnings if "affine" in w] == [
+        "affine-simulated features on column 0 placed only 5 of 6 views by ordinary registration (not used)"]
     # column 0 incomplete, the whole grid complete but moved: the same
     col0.fov_first_deg, col0.n_registered = 55.0, 5
     pool.fov_first_deg = 48.0

@@ -147,6 +147,7 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
         return pooled, None, True, warnings
     warnings += [col0_note] if col0_note else []
     affine_on = cfg.affine_fallback > 1 and cfg.affine_max_tilt <= 1
+    tried: list[str] = []  # what the affine features did when they were tried and not kept
 
     def affine():
         # column 0 again with affine-simulated features (floors seen at grazing angles,
@@ -157,7 +158,11 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
         est_a = estimate_cameras(images, affine_fallback_config(cfg), log=log)
         if log:
             log(f"affine features: {est_a.n_registered} of {V} views placed ({est_a.n_guided} by guided registration)")
-        return est_a if est_a.n_registered == V and est_a.n_guided == 0 else None
+        if est_a.n_registered == V and est_a.n_guided == 0:
+            return est_a
+        tried.append(f"affine-simulated features on column 0 placed only {est_a.n_registered - est_a.n_guided} "
+                     f"of {V} views by ordinary registration (not used)")
+        return None
 
     def moved(e: CameraEstimate) -> bool:
         # the later rounds (guided matching, guided registration, orbit repair) pulled the focal
@@ -175,7 +180,7 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
                 note = (f"the cameras' field of view moved {abs(e.fov_x_deg - e.fov_first_deg):.1f} deg after their "
                         "first fit; they come from column 0 with affine-simulated features")
                 return est_a, cam_times, False, warnings + [note]  # warnings: the column-0 note alone here
-        return result
+        return (*result[:3], result[3] + tried)
 
     est = estimate_cameras(images, cfg, log=log)
     # column 0 is complete when ordinary registration placed every view; views it could place only
@@ -208,8 +213,8 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
         if est_a is not None:
             return est_a, cam_times, False, warnings + ["column 0 placed every view only with affine-simulated features"]
     if pooled is not None and (pooled.n_registered, -pooled.n_guided) > (est.n_registered, -est.n_guided):
-        return pooled, None, True, warnings + [_pooled_note(est, V)]
-    return est, cam_times, False, warnings
+        return pooled, None, True, warnings + [_pooled_note(est, V)] + tried
+    return est, cam_times, False, warnings + tried
 
 
 def _pooled_note(col0: CameraEstimate, V: int) -> str:
