@@ -184,7 +184,7 @@ def test_default_preset_carries_the_inductive_biases_and_fits_the_cpu_budget():
         D = b["num_attention_heads"] * b["attention_head_dim"]
         return b["num_layers"] * (6 * D * D + 2 * D * b["ffn_dim"] + 2 * 8 * 144 * D)
     # at most the first shipped model (6 blocks, FFN 768: 25 steps in 50.5 s on a 2-core CPU); the
-    # 6-block FFN-512 default is 0.9 of it (48 s a command on the 2-core CPU, README), the 4-block
+    # 6-block FFN-512 default is 0.9 of it (41-48 s a command on the 2-core CPU, README), the 4-block
     # one before it 0.6
     shipped = dict(bb, num_layers=6, ffn_dim=768)
     assert macs(bb) <= macs(shipped)
