@@ -389,9 +389,7 @@ class FourDTransformer(nn.Module):
     # -- tokens in and out -----------------------------------------------------------------------
     def _patchify(self, conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
         """``[B, V, T, C, h, w]`` -> tokens ``[B, V, T, P, D]`` through a Conv3d patch embedding."""
-        B, V, T, C, h, w = x.shape
-        y = conv(x.permute(0, 1, 3, 2, 4, 5).reshape(B * V, C, T, h, w).to(conv.weight.dtype))  # [B·V, D, T, hp, wp]
-        return y.flatten(3).permute(0, 2, 3, 1).reshape(B, V, T, -1, y.shape[1])
+        return FourDTransformer._patch_conv(x, conv.weight, conv.bias, conv.stride)
 
     def _reference_tokens(self, cond: torch.Tensor, mask_ch: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, V, T, P, D]`` of the reference inputs (``reference.py``). With the anchor,
@@ -413,6 +411,15 @@ class FourDTransformer(nn.Module):
     def _patch_conv(x: torch.Tensor, weight: torch.Tensor, bias, stride) -> torch.Tensor:
         """``_patchify`` with explicit weights: ``[B, V, T, C, h, w]`` -> ``[B, V, T, P, D]``."""
         B, V, T, C, h, w = x.shape
+        D, _, kt, kh, kw = weight.shape
+        if (x.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16)
+                and (kt, kh, kw) == (1, *tuple(stride)[1:]) and stride[0] == 1 and h % kh == 0 and w % kw == 0):
+            # torch's CPU conv3d in bf16 gives wrong results on a contiguous input with this
+            # stride (relative error ~1 against fp32, torch 2.13): the same patch embedding as a
+            # matmul, which is exact there (fp32 and CUDA keep the convolution)
+            p = x.to(weight.dtype).reshape(B, V, T, C, h // kh, kh, w // kw, kw).permute(0, 1, 2, 4, 6, 3, 5, 7)
+            y = nn.functional.linear(p.reshape(B, V, T, (h // kh) * (w // kw), C * kh * kw), weight.reshape(D, -1), bias)
+            return y
         y = nn.functional.conv3d(x.permute(0, 1, 3, 2, 4, 5).reshape(B * V, C, T, h, w).to(weight.dtype),
                                  weight, bias, stride)  # [B·V, D, T, hp, wp]
         return y.flatten(3).permute(0, 2, 3, 1).reshape(B, V, T, -1, y.shape[1])
