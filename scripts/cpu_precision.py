@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from core.eval.run import render_eval_scenes, score_scenes  # noqa: E402
 from core.model.pipeline import FourDModel  # noqa: E402
@@ -19,8 +20,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     scenes = render_eval_scenes(n, 8, 8, 72, 128)
     for dt in (torch.bfloat16, torch.float32):
-        m = FourDModel.from_pretrained(str(Path(__file__).resolve().parent.parent / "assets" / "model"),
-                                       device="cpu", dtype=dt)
+        m = FourDModel.from_pretrained(str(ROOT / "assets" / "model"), device="cpu", dtype=dt)
         m.transformer.fuse_projections()  # as the studio loads it
         r = score_scenes(m, scenes, "row0+col0", 25, "soft")
         print(f"{str(dt).replace('torch.', '')}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "

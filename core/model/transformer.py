@@ -416,10 +416,10 @@ class FourDTransformer(nn.Module):
                 and (kt, kh, kw) == (1, *tuple(stride)[1:]) and stride[0] == 1 and h % kh == 0 and w % kw == 0):
             # torch's CPU conv3d in bf16 gives wrong results on a contiguous input with this
             # stride (relative error ~1 against fp32, torch 2.13): the same patch embedding as a
-            # matmul, which is exact there (fp32 and CUDA keep the convolution)
+            # matmul, which is right there (fp32 and CUDA keep the convolution)
             p = x.to(weight.dtype).reshape(B, V, T, C, h // kh, kh, w // kw, kw).permute(0, 1, 2, 4, 6, 3, 5, 7)
-            y = nn.functional.linear(p.reshape(B, V, T, (h // kh) * (w // kw), C * kh * kw), weight.reshape(D, -1), bias)
-            return y
+            return nn.functional.linear(p.reshape(B, V, T, (h // kh) * (w // kw), C * kh * kw),
+                                        weight.reshape(D, -1), bias)
         y = nn.functional.conv3d(x.permute(0, 1, 3, 2, 4, 5).reshape(B * V, C, T, h, w).to(weight.dtype),
                                  weight, bias, stride)  # [B·V, D, T, hp, wp]
         return y.flatten(3).permute(0, 2, 3, 1).reshape(B, V, T, -1, y.shape[1])
