@@ -23,6 +23,8 @@ def _add_app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--viewer-port", type=int, default=8080, help="3D viewer port (default 8080)")
     p.add_argument("--model", default="default", help="'default' (embedded) or a model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default: bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16")
     p.add_argument("--runs", default=None, help="folder for run folders (default ./runs)")
 
 

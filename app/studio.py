@@ -52,13 +52,15 @@ class StudioConfig:
     viewer_port: int = 8080  # first viewer's port; each session's viewer takes the next free one
     model: str = "default"
     device: str = "auto"
+    precision: str = "auto"  # Engine's: auto, fp32 or bf16
     max_file_size: str = "500mb"  # per upload
     max_viewers: int = 8  # live 3D viewers (one per session); the least recent is closed beyond this
 
     @classmethod
     def from_args(cls, args) -> "StudioConfig":
         return cls(runs=Path(args.runs or "runs"), host=args.host, port=args.port,
-                   viewer_port=args.viewer_port, model=args.model, device=args.device)
+                   viewer_port=args.viewer_port, model=args.model, device=args.device,
+                   precision=getattr(args, "precision", "auto"))
 
 
 PREVIEW_MAX_WIDTH = 1280  # the live preview is only a glance: keep its PNGs small
@@ -103,7 +105,7 @@ class Studio:
             except ImportError as e:
                 raise InputError(f"the engine is not installed in this checkout ({e})") from None
             self._engine = None  # free the old model before loading the next
-            self._engine = Engine(model=model, device=self.config.device)
+            self._engine = Engine(model=model, device=self.config.device, precision=self.config.precision)
             self._engine_model = model
         return self._engine
 

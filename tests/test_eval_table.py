@@ -29,9 +29,11 @@ def test_eval_command_writes_the_table_with_true_baselines(tiny_folder, tmp_path
     out = tmp_path / "eval.json"
     rc = launch.main(["eval", "--model", str(tiny_folder), "--seeds", "2", "--size", "16x16", "--views", "2",
                       "--times", "3", "--steps", "1", "--modes", "soft,soft-untrained,fused,image,text",
-                      "--device", "cpu", "--json", str(out)])
+                      "--device", "cpu", "--precision", "bf16", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
+    assert res["model_info"]["precision"] == "bf16" and res["model_info"]["dtype"] == "bfloat16"
+    assert "--precision bf16" in res["command"]
     rows = {r["row"]: r for r in res["rows"]}
     assert set(rows) == {"ground truth", "copy_column0", "copy_row0", "parallel soft trained",
                          "parallel soft untrained", "fused", "image-to-4D", "text-to-4D"}

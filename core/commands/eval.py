@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
                    help="comma list of rows: " + ", ".join(ROW_KEYS) + " (default all)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance (default: the model's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default: bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16")
     p.add_argument("--no-consistency", action="store_true", help="skip the epipolar consistency figure")
     p.add_argument("--json", default="eval.json", help="where to write the result (default eval.json)")
 
@@ -43,14 +45,14 @@ def settings_from_args(args):
     if bad or not keys:
         raise InputError(f"unknown --modes entry {bad[0] if bad else args.modes!r}; allowed: all, "
                          + ", ".join(ROW_KEYS))
-    facts = Engine(args.model, args.device).facts()
+    facts = Engine(args.model, args.device, precision=args.precision).facts()
     cfg = facts["config"]
     check_grid_shape(args.views, args.times, h, w, multiple=facts["multiple"])
     if args.views > cfg.max_views or args.times > cfg.chunk_times:
         raise InputError(f"this model makes at most {cfg.max_views} views x {cfg.chunk_times} times in one pass, "
                          f"got {args.views} x {args.times}")
     return EvalSettings(model=args.model, seeds=args.seeds, views=args.views, times=args.times, height=h, width=w,
-                        steps=args.steps, rows=tuple(ROW_KEYS[k] for k in keys), device=args.device,
+                        steps=args.steps, rows=tuple(ROW_KEYS[k] for k in keys), device=args.device, precision=args.precision,
                         guidance=args.guidance, consistency=not args.no_consistency)
 
 
@@ -70,7 +72,7 @@ def run(args) -> int:
     result["command"] = (
         f"python launch.py eval --model {shlex.quote(args.model)} --seeds {args.seeds} --size {args.size} "
         f"--views {args.views} --times {args.times} --steps {args.steps} --modes {args.modes} "
-        f"--device {args.device}" + (f" --guidance {args.guidance}" if args.guidance is not None else "")
+        f"--device {args.device}" + (f" --precision {args.precision}" if args.precision != "auto" else "") + (f" --guidance {args.guidance}" if args.guidance is not None else "")
         + (" --no-consistency" if args.no_consistency else "") + f" --json {shlex.quote(str(out))}")
     table = format_table(result)
     result["table"] = table

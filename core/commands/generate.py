@@ -27,6 +27,8 @@ def add_arguments(p) -> None:
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (1 = none)")
     p.add_argument("--model", default="default", help="'default' (embedded) or a model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default: bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -34,7 +36,7 @@ def run(args) -> int:
     from ..engine import Engine, GenerateRequest
     from ..grid import parse_size
 
-    engine = Engine(model=args.model, device=args.device)
+    engine = Engine(model=args.model, device=args.device, precision=args.precision)
     cfg = engine.facts()["config"]
     h, w = parse_size(args.size) if args.size else (cfg.height, cfg.width)
     req = GenerateRequest(

@@ -158,6 +158,7 @@ class EvalSettings:
     steps: int = 25
     rows: tuple = ROWS + EXTRA_ROWS
     device: str = "auto"
+    precision: str = "auto"  # Engine's: auto, fp32 or bf16
     guidance: float | None = None
     consistency: bool = True
     extra: dict = field(default_factory=dict)
@@ -174,7 +175,7 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
         except ImportError:
             log("warning: OpenCV (cv2) is not installed: no consistency figure")
             es.consistency = False
-    eng = Engine(es.model, es.device)
+    eng = Engine(es.model, es.device, precision=es.precision)
     model = eng.load()
     dev = model.device
     # 2. Ground truth of the evaluation scenes
