@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import launch
 from core import engine as engine_mod
@@ -142,3 +143,32 @@ def test_engine_progress_cancel_and_info(files, tmp_path):
     assert info["loaded"] and info["parameters"]["transformer"] > 0 and info["hash"]
     with pytest.raises(InputError, match="multiple of 4"):
         eng.check(GenerateRequest(prompt="x", views=2, times=3, height=17, width=16))
+
+
+# -- precision (core.engine.resolve_precision; its rules in test_engine_precision.py) ----------------
+@pytest.mark.parametrize("flag, dtype", [("fp32", "float32"), ("bf16", "bfloat16")])
+def test_generate_runs_and_records_the_precision(files, tmp_path, flag, dtype):
+    out = tmp_path / "run"
+    rc = launch.main(["generate", "--fixed-view", files["fixed"], "--freeze-time", files["orbit"],
+                      "--model", files["model"], "--device", "cpu", "--precision", flag, "--quiet",
+                      "--out", str(out), *SIZE])
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["dtype"] == dtype
+
+
+def test_auto_follows_the_cpu(files, monkeypatch):
+    for native, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(engine_mod, "cpu_has_bf16", lambda native=native: native)
+        eng = Engine(model=files["model"], device="cpu")
+        assert eng.info()["precision"] == ("bf16" if native else "fp32")
+        assert eng.load().dtype == dtype
+        assert eng.info()["dtype"] == str(dtype).replace("torch.", "")
+
+
+def test_bad_precision_on_the_command_line_exits_2(files, tmp_path, capsys):
+    rc = launch.main(["generate", "--prompt", "a ball", "--model", files["model"], "--precision", "fp16",
+                      "--out", str(tmp_path / "run")])
+    assert rc == 2
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
