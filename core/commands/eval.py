@@ -52,8 +52,8 @@ def settings_from_args(args):
         raise InputError(f"this model makes at most {cfg.max_views} views x {cfg.chunk_times} times in one pass, "
                          f"got {args.views} x {args.times}")
     return EvalSettings(model=args.model, seeds=args.seeds, views=args.views, times=args.times, height=h, width=w,
-                        steps=args.steps, rows=tuple(ROW_KEYS[k] for k in keys), device=args.device, precision=args.precision,
-                        guidance=args.guidance, consistency=not args.no_consistency)
+                        steps=args.steps, rows=tuple(ROW_KEYS[k] for k in keys), device=args.device,
+                        precision=args.precision, guidance=args.guidance, consistency=not args.no_consistency)
 
 
 def run(args) -> int:
@@ -72,7 +72,8 @@ def run(args) -> int:
     result["command"] = (
         f"python launch.py eval --model {shlex.quote(args.model)} --seeds {args.seeds} --size {args.size} "
         f"--views {args.views} --times {args.times} --steps {args.steps} --modes {args.modes} "
-        f"--device {args.device}" + (f" --precision {args.precision}" if args.precision != "auto" else "") + (f" --guidance {args.guidance}" if args.guidance is not None else "")
+        f"--device {args.device}" + (f" --precision {args.precision}" if args.precision != "auto" else "")
+        + (f" --guidance {args.guidance}" if args.guidance is not None else "")
         + (" --no-consistency" if args.no_consistency else "") + f" --json {shlex.quote(str(out))}")
     table = format_table(result)
     result["table"] = table
