@@ -18,13 +18,14 @@ import warnings
 
 
 def _add_app_arguments(p: argparse.ArgumentParser) -> None:
+    from core.commands import add_precision_argument
+
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="studio port (default 7860)")
     p.add_argument("--viewer-port", type=int, default=8080, help="3D viewer port (default 8080)")
     p.add_argument("--model", default="default", help="'default' (embedded) or a model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto (default: bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16")
+    add_precision_argument(p)
     p.add_argument("--runs", default=None, help="folder for run folders (default ./runs)")
 
 

@@ -60,7 +60,7 @@ class StudioConfig:
     def from_args(cls, args) -> "StudioConfig":
         return cls(runs=Path(args.runs or "runs"), host=args.host, port=args.port,
                    viewer_port=args.viewer_port, model=args.model, device=args.device,
-                   precision=getattr(args, "precision", "auto"))
+                   precision=args.precision)
 
 
 PREVIEW_MAX_WIDTH = 1280  # the live preview is only a glance: keep its PNGs small

@@ -102,6 +102,7 @@ class Engine:
         _check_precision(precision)
         self.model_id = str(model)
         self.precision_name = precision
+        self._precision: str | None = None  # resolved on first use (``precision``)
         self.compile = compile  # torch.compile the blocks (about a minute of warm-up per mode)
         self.path = DEFAULT_MODEL_DIR if model == "default" else Path(model).expanduser()
         self.device_name = device
@@ -148,6 +149,13 @@ class Engine:
     def device(self) -> str:
         return resolve_device(self.device_name)
 
+    @property
+    def precision(self) -> str:
+        """'fp32' or 'bf16' (``resolve_precision``, worked out once: it may read /proc/cpuinfo)."""
+        if self._precision is None:
+            self._precision = resolve_precision(self.precision_name, self.device)
+        return self._precision
+
     def load(self):
         """The ``FourDModel`` (loaded once)."""
         if self._model is None:
@@ -157,7 +165,7 @@ class Engine:
 
             self._check_folder()
             dev = self.device
-            dtype = torch.bfloat16 if resolve_precision(self.precision_name, dev) == "bf16" else torch.float32
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             model = FourDModel.from_pretrained(self.path, device=dev, dtype=dtype)
             model.transformer.fuse_projections()  # inference only: one matmul for Q, K, V
             if self.compile:
@@ -170,7 +178,7 @@ class Engine:
         f = self.facts()
         cfg = f["config"]
         out = {"model": self.model_id, "path": str(self.path), "device": self.device,
-               "precision": resolve_precision(self.precision_name, self.device),
+               "precision": self.precision,
                "codec": cfg.codec, "size_multiple": f["multiple"], "max_views": cfg.max_views,
                "chunk_times": cfg.chunk_times, "modes": ["soft", "hard", "sequential", "fused"],
                "defaults": {"views": cfg.views, "times": cfg.times, "height": cfg.height, "width": cfg.width,

@@ -568,7 +568,7 @@ def test_page_queues_every_gpu_job_on_one_queue_and_binds_locally(tmp_path):
     from app.studio import GPU, Studio, StudioConfig, build_demo
 
     args = argparse.Namespace(host="127.0.0.1", port=7860, viewer_port=8080, model="default", device="auto",
-                              runs=str(tmp_path / "runs"))
+                              precision="auto", runs=str(tmp_path / "runs"))
     cfg = StudioConfig.from_args(args)
     assert cfg.host == "127.0.0.1" and cfg.max_file_size and cfg.precision == "auto"
     args.precision = "fp32"

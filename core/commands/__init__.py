@@ -8,6 +8,14 @@ import importlib
 import pkgutil
 
 
+def add_precision_argument(p) -> None:
+    """``--precision`` of every command that runs the model, and of the studio (``Engine``'s)."""
+    from ..engine import PRECISIONS
+
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="auto (default: bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16")
+
+
 def discover():
     """The command modules of this package, sorted by name."""
     mods = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import InputError
+from . import add_precision_argument
 
 NAME = "eval"
 HELP = "score a model against ground truth on evaluation scenes (PSNR/SSIM, consistency, baselines)"
@@ -24,8 +25,7 @@ def add_arguments(p) -> None:
                    help="comma list of rows: " + ", ".join(ROW_KEYS) + " (default all)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance (default: the model's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto (default: bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16")
+    add_precision_argument(p)
     p.add_argument("--no-consistency", action="store_true", help="skip the epipolar consistency figure")
     p.add_argument("--json", default="eval.json", help="where to write the result (default eval.json)")
 

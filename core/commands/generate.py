@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import add_precision_argument
+
 NAME = "generate"
 HELP = "generate a 4D grid (views x times) from two videos, one image, or a prompt"
 
@@ -27,8 +29,7 @@ def add_arguments(p) -> None:
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (1 = none)")
     p.add_argument("--model", default="default", help="'default' (embedded) or a model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto (default: bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16")
+    add_precision_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
