@@ -21,6 +21,9 @@
 #   scripts/gpu_train.sh collect OUT   stops training if it still runs (it checkpoints first),
 #       and copies into OUT: model.tar (the model folder; split into <= 15 MB parts if larger),
 #       learning_curve.json/.png, sample.png, log.jsonl, eval.json (if done), report.txt.
+#   scripts/gpu_train.sh snapshot OUT  the same files from the last checkpoint, training left
+#       running. End every waiting call with it ('sleep 540; scripts/gpu_train.sh snapshot $OUT'):
+#       if the machine is released between two calls, only what came after that checkpoint is lost.
 #
 # Environment: TRAIN_DIR (default /tmp/train), BATCH (32), COMPILE (1), RENDER_SHARE (0.25: the
 # replay pool renders fresh grids for a quarter of a step's time; 0.5 waited 1.46 s per 20 steps
@@ -35,6 +38,43 @@ PY=${PYTHON:-python}
 
 running() { [ -f "$DIR/train.pid" ] && kill -0 "$(cat "$DIR/train.pid")" 2>/dev/null; }
 busy() { [ -f "$DIR/job.pid" ] && kill -0 "$(cat "$DIR/job.pid")" 2>/dev/null; }
+
+# Copy the last checkpoint (and what goes with it) into $1; training is not touched.
+pack() {
+  local out=$1
+  mkdir -p "$out"
+  model=$RUN/model; [ -d "$model" ] || model=$RUN/model.old
+  [ -f "$model/transformer/config.json" ] || { echo "no model folder in $RUN"; return 1; }
+  # a checkpoint being saved swaps folders by renaming: try again if the tar saw the swap
+  local try
+  for try in 1 2 3; do
+    model=$RUN/model; [ -d "$model" ] || model=$RUN/model.old
+    tar -C "$(dirname "$model")" --transform "s,^$(basename "$model"),model," -cf "$out/model.tar" "$(basename "$model")" && break
+    [ "$try" = 3 ] && { echo "could not read a complete checkpoint in $RUN"; return 1; }
+    sleep 5
+  done
+  if [ "$(stat -c %s "$out/model.tar")" -gt 15728640 ]; then
+    split -b 15M -d "$out/model.tar" "$out/model.tar.part-" && rm "$out/model.tar"
+  fi
+  for f in learning_curve.json learning_curve.png log.jsonl summary.json; do
+    [ -f "$RUN/$f" ] && cp "$RUN/$f" "$out/"
+  done
+  last=$(ls -1 "$RUN"/samples/*.png 2>/dev/null | tail -n 1 || true)
+  [ -n "$last" ] && cp "$last" "$out/sample.png"
+  [ -f "$DIR/eval.json" ] && cp "$DIR/eval.json" "$out/"
+  {
+    echo "train: $(cat "$DIR/train.cmd" 2>/dev/null)"; echo "train exit: $(cat "$DIR/train.rc" 2>/dev/null)"
+    echo "eval: $(cat "$DIR/eval.cmd" 2>/dev/null)"; echo "eval exit: $(cat "$DIR/eval.rc" 2>/dev/null)"
+    nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null || true
+    echo "--- summary.json"; cat "$RUN/summary.json" 2>/dev/null || true
+    echo; echo "--- eval table"; cat "$DIR/eval.md" 2>/dev/null || true
+    echo "--- train.log (first 15 and last 60 lines)"; head -n 15 "$DIR/train.log"; echo "..."; tail -n 60 "$DIR/train.log"
+    echo "--- eval.log (last 30 lines)"; tail -n 30 "$DIR/eval.log" 2>/dev/null || true
+  } > "$out/report.txt"
+  # summary.json travels inside report.txt; keep at most 8 files
+  rm -f "$out/summary.json"
+  ls -la "$out"
+}
 
 cmd=${1:-}
 case "$cmd" in
@@ -115,32 +155,14 @@ collect)
     for _ in $(seq 1 120); do running || break; sleep 1; done
     running && { echo "training did not stop in 120 s; killing it (the last checkpoint stays valid)"; kill -KILL "$(cat "$DIR/train.pid")"; }
   fi
-  model=$RUN/model; [ -d "$model" ] || model=$RUN/model.old
-  [ -f "$model/transformer/config.json" ] || { echo "no model folder in $RUN"; exit 1; }
-  tar -C "$(dirname "$model")" --transform "s,^$(basename "$model"),model," -cf "$out/model.tar" "$(basename "$model")"
-  if [ "$(stat -c %s "$out/model.tar")" -gt 15728640 ]; then
-    split -b 15M -d "$out/model.tar" "$out/model.tar.part-" && rm "$out/model.tar"
-  fi
-  for f in learning_curve.json learning_curve.png log.jsonl summary.json; do
-    [ -f "$RUN/$f" ] && cp "$RUN/$f" "$out/"
-  done
-  last=$(ls -1 "$RUN"/samples/*.png 2>/dev/null | tail -n 1 || true)
-  [ -n "$last" ] && cp "$last" "$out/sample.png"
-  [ -f "$DIR/eval.json" ] && cp "$DIR/eval.json" "$out/"
-  {
-    echo "train: $(cat "$DIR/train.cmd" 2>/dev/null)"; echo "train exit: $(cat "$DIR/train.rc" 2>/dev/null)"
-    echo "eval: $(cat "$DIR/eval.cmd" 2>/dev/null)"; echo "eval exit: $(cat "$DIR/eval.rc" 2>/dev/null)"
-    nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null || true
-    echo "--- summary.json"; cat "$RUN/summary.json" 2>/dev/null || true
-    echo; echo "--- eval table"; cat "$DIR/eval.md" 2>/dev/null || true
-    echo "--- train.log (first 15 and last 60 lines)"; head -n 15 "$DIR/train.log"; echo "..."; tail -n 60 "$DIR/train.log"
-    echo "--- eval.log (last 30 lines)"; tail -n 30 "$DIR/eval.log" 2>/dev/null || true
-  } > "$out/report.txt"
-  # summary.json travels inside report.txt; keep at most 8 files
-  rm -f "$out/summary.json"
-  ls -la "$out"
+  pack "$out"
   echo "unpack here with: tar -xf model.tar -C assets/   (or: cat model.tar.part-* | tar -x -C assets/)"
   ;;
+snapshot)
+  out=${2:?usage: $0 snapshot OUT}
+  if running; then echo "training: running; copying its last checkpoint"; fi
+  pack "$out"
+  ;;
 *)
-  sed -n '2,22p' "$0"; exit 2 ;;
+  sed -n '2,32p' "$0"; exit 2 ;;
 esac

@@ -1,0 +1,95 @@
+"""scripts/gpu_train.sh's hand-back commands on a stand-in training folder: ``snapshot`` copies the
+last checkpoint and leaves training running, ``collect`` stops it first, and a checkpoint caught
+in its swap (only ``model.old`` there) is still handed back."""
+
+import json
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_train.sh"
+
+
+def _stand_in(tmp_path: Path, folder: str = "model") -> tuple[Path, subprocess.Popen]:
+    """A training dir whose run has a checkpoint in ``run/<folder>`` and a live 'training' process."""
+    d = tmp_path / "train"
+    model = d / "run" / folder
+    (model / "transformer").mkdir(parents=True)
+    (model / "transformer" / "config.json").write_text(json.dumps({"num_layers": 2}))
+    (model / "fourd.json").write_text(json.dumps({"name": "stand-in"}))
+    (d / "run" / "learning_curve.json").write_text(json.dumps({"points": [{"step": 1, "psnr": 20.0}]}))
+    (d / "run" / "samples").mkdir()
+    (d / "run" / "samples" / "step_000001.png").write_bytes(b"png")
+    (d / "train.log").write_text("step 1  loss 0.1\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaped at once when stopped, as a real run's parent does
+    (d / "train.pid").write_text(str(proc.pid))
+    return d, proc
+
+
+def _run(d: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env={"PATH": "/usr/bin:/bin", "TRAIN_DIR": str(d)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def _names(tar: Path) -> set[str]:
+    with tarfile.open(tar) as t:
+        return set(t.getnames())
+
+
+def test_snapshot_copies_the_checkpoint_and_leaves_training_running(tmp_path):
+    d, proc = _stand_in(tmp_path)
+    try:
+        out = tmp_path / "out"
+        r = _run(d, "snapshot", str(out))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "model/transformer/config.json" in _names(out / "model.tar")
+        assert json.loads((out / "learning_curve.json").read_text())["points"][0]["psnr"] == 20.0
+        assert (out / "sample.png").read_bytes() == b"png"
+        assert "step 1  loss 0.1" in (out / "report.txt").read_text()
+        assert proc.poll() is None  # still training
+        assert not (d / "skip-eval").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_collect_stops_training_first(tmp_path):
+    d, proc = _stand_in(tmp_path)
+    try:
+        out = tmp_path / "out"
+        r = _run(d, "collect", str(out))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert proc.wait(timeout=10) is not None  # stopped (by the script, before it packed)
+        assert (d / "skip-eval").exists()  # no eval after a stopped run
+        assert "model/fourd.json" in _names(out / "model.tar")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_snapshot_during_a_swap_hands_back_model_old(tmp_path):
+    d, proc = _stand_in(tmp_path, folder="model.old")
+    try:
+        out = tmp_path / "out"
+        r = _run(d, "snapshot", str(out))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "model/transformer/config.json" in _names(out / "model.tar")  # renamed to model/
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("cmd", ["snapshot", "collect"])
+def test_no_checkpoint_is_a_clear_failure(tmp_path, cmd):
+    d = tmp_path / "train"
+    (d / "run").mkdir(parents=True)
+    r = _run(d, cmd, str(tmp_path / "out"))
+    assert r.returncode != 0
+    assert "no model folder" in r.stdout
+    assert not (tmp_path / "out" / "model.tar").exists()
