@@ -443,6 +443,20 @@ def _section(num: int, title: str, hint: str = "") -> gr.HTML:
     return gr.HTML(f'<div class="section"><span class="num">{num}</span>{title}{h}</div>')
 
 
+def runtime_labels(device: str, precision: str) -> tuple[str, str]:
+    """What the header shows for the device and precision options: the device and number format
+    generation will run with ("auto" resolved, e.g. "cpu (auto)", "bf16 (auto)"), or the options
+    as given when they cannot be resolved here (the engine's error says why at the first run)."""
+    try:
+        from core.engine import resolve_device, resolve_precision
+
+        dev = resolve_device(device)
+        prec = resolve_precision(precision, dev)
+    except Exception:  # noqa: BLE001 - a header never stops the studio from starting
+        return device, precision
+    return (f"{dev} (auto)" if device == "auto" else dev), (f"{prec} (auto)" if precision == "auto" else prec)
+
+
 def build_demo(studio: Studio) -> gr.Blocks:
     """The page. Components are kept in ``studio.c`` by name for the handlers' dict updates."""
     cfg = studio.config
@@ -452,7 +466,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
     with gr.Blocks(title="4D Video Studio", analytics_enabled=False) as demo:
         state = gr.State(Session())  # deep-copied for each new session
-        gr.HTML(header_html(cfg.model, cfg.device))
+        gr.HTML(header_html(cfg.model, *runtime_labels(cfg.device, cfg.precision)))
 
         # ---- 1. inputs and 2. settings -------------------------------------------------------
         with gr.Row(equal_height=False):

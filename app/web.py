@@ -144,14 +144,15 @@ def status_html(text: str, kind: str = "info", step: int | None = None, total: i
     return f'<div class="status status-{kind}"><div class="status-text">{html.escape(text)}</div>{bar}{det}</div>'
 
 
-def header_html(model: str, device: str) -> str:
+def header_html(model: str, device: str, precision: str | None = None) -> str:
+    prec = f'\n    <span class="chip">precision · {html.escape(precision)}</span>' if precision else ""
     return f"""
 <div class="hero">
   <div class="hero-title"><span class="hero-mark">◆</span> 4D Video Studio</div>
   <div class="hero-sub">Two ordinary videos in, a grid of <b>views × times</b> out: scrub it, export it,
     and lift it into deformable 3D Gaussians.</div>
   <div class="hero-chips"><span class="chip">model · {html.escape(model)}</span>
-    <span class="chip">device · {html.escape(device)}</span></div>
+    <span class="chip">device · {html.escape(device)}</span>{prec}</div>
 </div>"""
 
 

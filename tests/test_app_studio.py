@@ -583,6 +583,24 @@ def test_page_queues_every_gpu_job_on_one_queue_and_binds_locally(tmp_path):
     # subclassed components at import time: the page must not need one
 
 
+def test_header_shows_the_device_and_precision_generation_runs_with(monkeypatch):
+    import core.engine as engine
+    from app.studio import runtime_labels
+    from app.web import header_html
+
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda *a: True)
+    assert runtime_labels("cpu", "auto") == ("cpu", "bf16 (auto)")
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda *a: False)
+    assert runtime_labels("cpu", "auto") == ("cpu", "fp32 (auto)")
+    assert runtime_labels("cpu", "bf16") == ("cpu", "bf16")
+    dev, prec = runtime_labels("auto", "fp32")
+    assert dev in ("cpu (auto)", "cuda (auto)") and prec == "fp32"
+    assert runtime_labels("tpu", "auto") == ("tpu", "auto")  # not resolvable: shown as given
+    page = header_html("default", "cpu", "bf16 (auto)")
+    assert "device · cpu" in page and "precision · bf16 (auto)" in page
+    assert "precision" not in header_html("default", "cpu")
+
+
 # -- with the engine (skipped until core.engine is in the checkout) ------------------------------
 def _engine_missing() -> str | None:
     try:
