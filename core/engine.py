@@ -40,6 +40,7 @@ class GenerateRequest:
     seed: int = 0
     mode: str = "soft"  # soft | hard | sequential | fused
     guidance: float = 1.0
+    shift: float | None = None  # the noise schedule's time shift (None: the model's)
 
     @property
     def kind(self) -> str:
@@ -182,7 +183,7 @@ class Engine:
                "codec": cfg.codec, "size_multiple": f["multiple"], "max_views": cfg.max_views,
                "chunk_times": cfg.chunk_times, "modes": ["soft", "hard", "sequential", "fused"],
                "defaults": {"views": cfg.views, "times": cfg.times, "height": cfg.height, "width": cfg.width,
-                            "steps": cfg.steps, "mode": cfg.mode, "guidance": cfg.guidance},
+                            "steps": cfg.steps, "mode": cfg.mode, "guidance": cfg.guidance, "shift": cfg.shift},
                "loaded": self._model is not None}
         if self._model is not None:
             out["hash"] = self._hash
@@ -207,7 +208,7 @@ class Engine:
             raise InputError("nothing to generate from: give two videos, an image, or a prompt")
         if req.mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {req.mode!r}")
-        SampleSettings(steps=req.steps, guidance=req.guidance, seed=req.seed, mode=req.mode).check()
+        SampleSettings(steps=req.steps, guidance=req.guidance, seed=req.seed, mode=req.mode, shift=req.shift).check()
         f = self.facts()
         cfg = f["config"]
         check_grid_shape(req.views, req.times, req.height, req.width, multiple=f["multiple"])
@@ -235,6 +236,8 @@ class Engine:
         t_start = time.perf_counter()
         # 1. Check the request and read the inputs (cheap; before any model weights load)
         self.check(req, out)
+        if req.shift is None:  # the manifest records the shift that ran
+            req = dataclasses.replace(req, shift=self.facts()["config"].shift)
         V, T, H, W = req.views, req.times, req.height, req.width
         frames = np.zeros((V, T, H, W, 3), np.uint8)
         fps, extra, inputs_used = 8.0, {}, {}
@@ -265,7 +268,7 @@ class Engine:
                           stacklevel=2)
 
         # 3. Sample
-        settings = SampleSettings(steps=req.steps, guidance=req.guidance, seed=req.seed, mode=req.mode,
+        settings = SampleSettings(steps=req.steps, guidance=req.guidance, seed=req.seed, mode=req.mode, shift=req.shift,
                                   preview_every=1 if model.codec.name == "pixels" else 0)
         step_times: list[float] = []
 

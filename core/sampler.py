@@ -10,6 +10,7 @@ frames back after decoding). A residual model (``FourDTransformer.residual``) st
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +33,7 @@ class SampleSettings:
     fused_backend: str = "auto"
     negative_prompt: str = ""
     preview_every: int = 1  # decode an x0 preview every N steps for the callback (0: never)
+    shift: float | None = None  # the noise schedule's time shift (None: the model's ``config.shift``)
 
     def check(self) -> None:
         if not 1 <= self.steps <= 1000:
@@ -42,13 +44,26 @@ class SampleSettings:
             raise InputError(f"guidance must be between 0 and 30, got {self.guidance}")
         if not 0 <= self.seed < 2**63:
             raise InputError(f"seed must be between 0 and 2^63-1, got {self.seed}")
+        check_shift(self.shift)
 
 
-def make_scheduler(model):
+MAX_SHIFT = 100.0
+
+
+def check_shift(shift: float | None) -> None:
+    """InputError unless ``shift`` is None (the model's) or in (0, MAX_SHIFT]: the flow-matching
+    time shift s, sigma -> s*sigma / (1 + (s - 1)*sigma); above 1 more steps go to high noise."""
+    if shift is not None and not (math.isfinite(shift) and 0 < shift <= MAX_SHIFT):
+        raise InputError(f"shift must be above 0 and at most {MAX_SHIFT:g} (1 = no shift; the default model "
+                         f"samples with 9), got {shift}")
+
+
+def make_scheduler(model, shift: float | None = None):
+    """The flow-matching Euler scheduler at ``shift`` (None: the model's ``config.shift``)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=model.config.num_train_timesteps,
-                                           shift=model.config.shift)
+                                           shift=model.config.shift if shift is None else float(shift))
 
 
 def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -88,7 +103,7 @@ def sample_grid(model, frames: torch.Tensor, known: torch.Tensor, prompt: str, s
     preview = None
     if on_step is not None and s.preview_every:
         preview = lambda x0: model.codec.decode(x0)[0]  # noqa: E731
-    x = denoise(model.transformer, make_scheduler(model), cond, mask, text_states.to(dev, model.dtype), s,
+    x = denoise(model.transformer, make_scheduler(model, s.shift), cond, mask, text_states.to(dev, model.dtype), s,
                 on_step=on_step, should_cancel=should_cancel, preview=preview, step_offset=step_offset,
                 total_steps=total_steps)
 

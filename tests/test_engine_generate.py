@@ -172,3 +172,50 @@ def test_bad_precision_on_the_command_line_exits_2(files, tmp_path, capsys):
     assert rc == 2
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# -- the noise schedule's shift (core.sampler.SampleSettings.shift) --------------------------------
+def _grid_with_shift(files, tmp_path, name, *shift):
+    out = tmp_path / name
+    rc = launch.main(["generate", "--fixed-view", files["fixed"], "--freeze-time", files["orbit"],
+                      "--model", files["model"], "--device", "cpu", "--precision", "fp32", "--quiet",
+                      "--out", str(out), *SIZE, *shift])
+    assert rc == 0
+    return json.loads((out / "manifest.json").read_text()), Grid.load_npz(out / "grid.npz")
+
+
+def test_shift_defaults_to_the_models_is_recorded_and_changes_the_grid(files, tmp_path):
+    from core.model.config import FourDConfig
+
+    own = FourDConfig.load(f"{files['model']}/fourd.json").shift
+    m0, g0 = _grid_with_shift(files, tmp_path, "own")
+    m1, g1 = _grid_with_shift(files, tmp_path, "same", "--shift", f"{own}")
+    m2, g2 = _grid_with_shift(files, tmp_path, "other", "--shift", f"{own + 8}")
+    assert m0["asked"]["shift"] == m1["asked"]["shift"] == own and m2["asked"]["shift"] == own + 8
+    assert np.array_equal(g0.frames, g1.frames)  # the model's own shift when none is given
+    assert not np.array_equal(g0.frames, g2.frames)  # another schedule, another grid
+    assert np.array_equal(g0.frames[g0.known], g2.frames[g2.known])  # the inputs stay as given
+    assert Engine(model=files["model"], device="cpu").info()["defaults"]["shift"] == own
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "101", "nan"])
+def test_bad_shift_exits_2_before_loading(files, tmp_path, capsys, bad):
+    rc = launch.main(["generate", "--prompt", "a ball", "--model", files["model"], "--shift", bad,
+                      "--out", str(tmp_path / "run")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "shift must be above 0 and at most 100" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "run").exists()
+
+
+def test_scheduler_takes_the_shift_or_the_models():
+    from core.sampler import make_scheduler
+
+    model = tiny_model()
+    model.config.shift = 2.0
+    own, nine = make_scheduler(model), make_scheduler(model, 9.0)
+    own.set_timesteps(4)
+    nine.set_timesteps(4)
+    assert float(own.sigmas[0]) == float(nine.sigmas[0]) == 1.0  # both from pure noise...
+    assert float(own.sigmas[-1]) == float(nine.sigmas[-1]) == 0.0  # ...to the clean grid
+    assert (nine.sigmas[1:-1] > own.sigmas[1:-1]).all()  # a larger shift stays at high noise longer

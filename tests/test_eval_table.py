@@ -46,6 +46,24 @@ def test_eval_command_writes_the_table_with_true_baselines(tiny_folder, tmp_path
     assert res["command"].startswith("python launch.py eval --model")
 
 
+def test_eval_shift_reaches_the_sampler_and_is_recorded(tiny_folder, tmp_path):
+    def soft_psnr(*shift):
+        out = tmp_path / f"eval{len(shift)}{'_'.join(shift)}.json"
+        rc = launch.main(["eval", "--model", str(tiny_folder), "--seeds", "1", "--size", "16x16", "--views", "2",
+                          "--times", "3", "--steps", "2", "--modes", "soft", "--device", "cpu", "--precision", "fp32",
+                          "--no-consistency", "--json", str(out), *shift])
+        assert rc == 0
+        res = json.loads(out.read_text())
+        return res, {r["row"]: r for r in res["rows"]}["parallel soft trained"]["psnr"]
+
+    own = FourDModel.from_pretrained(tiny_folder).config.shift
+    res0, p0 = soft_psnr()
+    res1, p1 = soft_psnr("--shift", "9")
+    assert res0["shift"] == own and res1["shift"] == 9.0
+    assert "--shift 9" in res1["command"] and "--shift" not in res0["command"]
+    assert p0 != p1  # another schedule samples other grids
+
+
 def test_untrained_soft_resets_only_the_soft_sync_layers(tiny_folder):
     m = FourDModel.from_pretrained(tiny_folder)
     with torch.no_grad():
@@ -63,6 +81,7 @@ def test_untrained_soft_resets_only_the_soft_sync_layers(tiny_folder):
     ["eval", "--seeds", "0"],
     ["eval", "--modes", "diagonal"],
     ["eval", "--size", "72by128"],
+    ["eval", "--shift", "0"],
     ["eval", "--model", "/nonexistent/model"],
     ["train", "--out", "X", "--minutes", "0"],
     ["train", "--out", "X", "--stage", "5"],
@@ -79,3 +98,19 @@ def test_bad_arguments_exit_2_with_one_line(argv, capsys, tmp_path, monkeypatch)
     assert err and err[-1].startswith(("error:", "launch.py")), err
     if argv != ["train"]:
         assert len(err) == 1, err
+
+
+def test_tune_shift_scores_each_shift_on_seeds_outside_the_evaluation_range(tiny_folder, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_shift.py"
+    spec = importlib.util.spec_from_file_location("tune_shift", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = ["--model", str(tiny_folder), "--device", "cpu", "--precision", "fp32", "--steps", "3"]
+    assert mod.main([*base, "--first", "1001000100", "--scenes", "1", "--shifts", "1,9"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("| 1 |", "| 9 |"))]
+    assert len(rows) == 2 and rows[0].split("|")[2] != rows[1].split("|")[2]  # each shift scored
+    assert mod.main([*base, "--first", "999999999", "--scenes", "2"]) == 2  # reaches an evaluation seed
+    assert "overlap the evaluation seeds" in capsys.readouterr().err

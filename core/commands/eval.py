@@ -24,6 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("--modes", default="all",
                    help="comma list of rows: " + ", ".join(ROW_KEYS) + " (default all)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance (default: the model's)")
+    p.add_argument("--shift", type=float, default=None, help="noise schedule time shift (default: the model's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_argument(p)
     p.add_argument("--no-consistency", action="store_true", help="skip the epipolar consistency figure")
@@ -45,6 +46,9 @@ def settings_from_args(args):
     if bad or not keys:
         raise InputError(f"unknown --modes entry {bad[0] if bad else args.modes!r}; allowed: all, "
                          + ", ".join(ROW_KEYS))
+    from ..sampler import check_shift
+
+    check_shift(args.shift)
     facts = Engine(args.model, args.device, precision=args.precision).facts()
     cfg = facts["config"]
     check_grid_shape(args.views, args.times, h, w, multiple=facts["multiple"])
@@ -53,7 +57,8 @@ def settings_from_args(args):
                          f"got {args.views} x {args.times}")
     return EvalSettings(model=args.model, seeds=args.seeds, views=args.views, times=args.times, height=h, width=w,
                         steps=args.steps, rows=tuple(ROW_KEYS[k] for k in keys), device=args.device,
-                        precision=args.precision, guidance=args.guidance, consistency=not args.no_consistency)
+                        precision=args.precision, guidance=args.guidance, shift=args.shift,
+                        consistency=not args.no_consistency)
 
 
 def run(args) -> int:
@@ -74,6 +79,7 @@ def run(args) -> int:
         f"--views {args.views} --times {args.times} --steps {args.steps} --modes {args.modes} "
         f"--device {args.device}" + (f" --precision {args.precision}" if args.precision != "auto" else "")
         + (f" --guidance {args.guidance}" if args.guidance is not None else "")
+        + (f" --shift {args.shift:g}" if args.shift is not None else "")
         + (" --no-consistency" if args.no_consistency else "") + f" --json {shlex.quote(str(out))}")
     table = format_table(result)
     result["table"] = table

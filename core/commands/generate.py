@@ -27,6 +27,8 @@ def add_arguments(p) -> None:
     p.add_argument("--mode", default=None, choices=["soft", "hard", "sequential", "fused"],
                    help="stream mode (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (1 = none)")
+    p.add_argument("--shift", type=float, default=None,
+                   help="noise schedule time shift; higher spends more steps at high noise (default: the model's)")
     p.add_argument("--model", default="default", help="'default' (embedded) or a model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_argument(p)
@@ -46,6 +48,7 @@ def run(args) -> int:
         times=args.times if args.times is not None else cfg.times, height=h, width=w,
         steps=args.steps if args.steps is not None else cfg.steps, seed=args.seed,
         mode=args.mode or cfg.mode, guidance=args.guidance if args.guidance is not None else cfg.guidance,
+        shift=args.shift if args.shift is not None else cfg.shift,
     )
     engine.check(req, args.out)
     bar = None

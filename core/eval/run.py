@@ -110,7 +110,7 @@ def untrained_soft(model):
 
 def score_scenes(model, scenes: list[EvalScene], mask_kind: str, steps: int, mode: str,
                  guidance: float | None = None, consistency: bool = False, keep_first: bool = False,
-                 should_cancel=None) -> dict:
+                 should_cancel=None, shift: float | None = None) -> dict:
     """Generate each scene's grid from its known cells and score it against the ground truth."""
     from ..model.codec import frames_to_model
     from ..sampler import SampleSettings, sample_grid, to_uint8
@@ -122,7 +122,7 @@ def score_scenes(model, scenes: list[EvalScene], mask_kind: str, steps: int, mod
         known = known_mask(V, T, mask_kind)
         x = frames_to_model(sc.frames)[0]  # [V, T, 3, H, W]
         s = SampleSettings(steps=steps, guidance=model.config.guidance if guidance is None else guidance,
-                           seed=k, mode=mode, preview_every=0)
+                           seed=k, mode=mode, preview_every=0, shift=shift)
         t = time.perf_counter()
         y = sample_grid(model, x, torch.from_numpy(known), sc.caption, s, should_cancel=should_cancel)
         if model.device.type == "cuda":
@@ -160,6 +160,7 @@ class EvalSettings:
     device: str = "auto"
     precision: str = "auto"  # Engine's: auto, fp32 or bf16
     guidance: float | None = None
+    shift: float | None = None  # the noise schedule's time shift (None: the model's)
     consistency: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -197,7 +198,7 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
         mode = ROW_MODE[row] or trained_mode
         m = untrained_soft(model) if row == "parallel soft untrained" else model
         r = score_scenes(m, scenes, ROW_MASK.get(row, "row0+col0"), es.steps, mode, guidance=es.guidance,
-                         consistency=es.consistency, should_cancel=should_cancel)
+                         consistency=es.consistency, should_cancel=should_cancel, shift=es.shift)
         r.pop("first")
         was = None if trained is None else (mode in trained and row != "parallel soft untrained")
         rows.append({"row": row, "mode": mode, "trained_in_mode": was, **r})
@@ -208,6 +209,7 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
             "training": training_facts(eng.path),
             "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in es.__dict__.items()},
+            "shift": model.config.shift if es.shift is None else es.shift,
             "seeds": [sc.seed for sc in scenes], "rows": rows}
 
 
