@@ -135,9 +135,12 @@ def preset(name: str) -> FourDConfig:
         # blocks put in, outputs unchanged, then trained).
         # Reference inputs + residual flow: it starts at the copy-column-0 baseline. The anchor
         # (0, 0) input shows each cell what moved (a shipped model without it widens into it).
+        # Sampling shift 9 (the shipped weights: 21.29 -> 21.65 dB on the evaluation scenes against
+        # shift 2, chosen on other seeds, where PSNR rose steadily from shift 1 to 9; more of the
+        # 25 steps at high noise: the last step starts at sigma 0.075 instead of 0.004).
         return FourDConfig(
             name="default", codec="pixels", max_text_len=32, views=8, times=8, height=72, width=128,
-            chunk_times=8, max_views=8, steps=25, shift=2.0,
+            chunk_times=8, max_views=8, steps=25, shift=9.0,
             backbone=_wan((1, 8, 8), 4, 48, 3, 64, 512, 6, rope_len=256),
             text=_tiny_text(64, 16, 128, 2, 4), sync_rank=32, sync_embed_dim=64,
             reference_inputs=True, residual=True, anchor_input=True,
