@@ -11,8 +11,10 @@
 #       the preset (same sizes, reference inputs, residual flow; stage 3 only; weights without
 #       the anchor input resume into a preset with it: '--anchor-input on' widens them by zero
 #       channels; weights with fewer blocks: '--layers N' puts identity blocks in; outputs
-#       unchanged, optimizer fresh, training.json history kept), else from
-#       scratch with preset $PRESET (all stages). After training it runs
+#       unchanged, optimizer fresh, training.json history kept; '--layers N' among the extra
+#       arguments is the depth asked for in place of the preset's), else from scratch with preset
+#       $PRESET (all stages) when assets/model holds no trained weights; trained weights that do
+#       not fit stop it with a message (FRESH=1 trains from scratch anyway). After training it runs
 #       'launch.py eval' on $EVAL_SEEDS evaluation scenes. MINUTES (default 16) is the training
 #       loop's budget; loading, compiling and the final eval come on top (about 2-4 minutes).
 #   scripts/gpu_train.sh status        running or not, the last log lines, the curve so far
@@ -82,6 +84,14 @@ start)
   minutes=${2:-16}
   [[ "$minutes" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "MINUTES must be a number (give it before extra arguments), got '$minutes'"; exit 2; }
   shift $(( $# >= 2 ? 2 : $# ))
+  # the depth asked for ('--layers N' among the extra arguments) replaces the preset's in the shape checks
+  layers=None; prev=
+  for a in "$@"; do
+    [ "$prev" = --layers ] && layers=$a
+    case "$a" in --layers=*) layers=${a#--layers=} ;; esac
+    prev=$a
+  done
+  [[ "$layers" = None || "$layers" =~ ^[0-9]+$ ]] || { echo "--layers must be a whole number, got '$layers'"; exit 2; }
   if busy; then echo "already running (pid $(cat "$DIR/job.pid")); see: $0 status"; exit 1; fi
   mkdir -p "$DIR"
   rm -f "$DIR"/train.rc "$DIR"/eval.rc "$DIR"/skip-eval
@@ -91,7 +101,7 @@ start)
   elif [ -f "$RUN/state.pt" ]; then
     resume=(--resume "$RUN"); stage=${STAGE:-3}
     # a run left without the anchor input or blocks that the preset has: go on from its weights, widened
-    widen=$("$PY" -c "from core.train.checkpoint import model_dir_of as d, resume_flags as f; m = d('$RUN'); print(' '.join((f(m, '${PRESET:-default}') or []) if m else []))" || true)
+    widen=$("$PY" -c "from core.train.checkpoint import model_dir_of as d, resume_flags as f; m = d('$RUN'); print(' '.join((f(m, '${PRESET:-default}', $layers) or []) if m else []))" || true)
     if [ -n "$widen" ]; then
       old="$RUN.old.$(date +%s)"; mv "$RUN" "$old"
       src=$old/model; [ -d "$src" ] || src=$old/model.old
@@ -100,13 +110,17 @@ start)
       echo "$RUN lacks what preset ${PRESET:-default} has: resuming its weights (moved to $old) with: $widen"
     fi
   elif [ -f assets/model/transformer/config.json ] && [ -f assets/model/training.json ] &&
-       widen=$("$PY" -c "import sys; from core.train.checkpoint import resume_flags as f; r = f('assets/model', '${PRESET:-default}'); print(' '.join(r)) if r is not None else sys.exit(1)"); then
+       widen=$("$PY" -c "import sys; from core.train.checkpoint import resume_flags as f; r = f('assets/model', '${PRESET:-default}', $layers); print(' '.join(r)) if r is not None else sys.exit(1)"); then
     # shellcheck disable=SC2206  # widen: '', '--anchor-input on' and/or '--layers N'
     resume=(--resume assets/model $widen); stage=${STAGE:-3}
     if [ -n "$widen" ]; then echo "assets/model resumes into preset ${PRESET:-default} with: $widen"; fi
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
   else
-    [ -f assets/model/training.json ] && echo "assets/model is not the shape of preset ${PRESET:-default}: training from scratch"
+    if [ -f assets/model/training.json ]; then
+      echo "assets/model holds trained weights that do not resume into preset ${PRESET:-default}$([ "$layers" != None ] && echo " with --layers $layers"):"
+      echo "nothing started. Give the depth they have ('--layers N'), or FRESH=1 to train from scratch."
+      exit 2
+    fi
     resume=(); stage=${STAGE:-all}
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
   fi

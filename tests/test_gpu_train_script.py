@@ -93,3 +93,52 @@ def test_no_checkpoint_is_a_clear_failure(tmp_path, cmd):
     assert r.returncode != 0
     assert "no model folder" in r.stdout
     assert not (tmp_path / "out" / "model.tar").exists()
+
+
+def _checkout_with_deeper_weights(tmp_path: Path) -> tuple[Path, int]:
+    """A stand-in checkout: the real script and core/, and assets/model holding trained weights one
+    block deeper than the default preset."""
+    import dataclasses
+
+    from core.model.config import preset
+    from core.model.pipeline import FourDModel
+
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    (root / "scripts" / "gpu_train.sh").write_text(SCRIPT.read_text())
+    (root / "core").symlink_to(ROOT / "core")
+    base = preset("default")
+    depth = base.backbone["num_layers"] + 1
+    cfg = dataclasses.replace(base, backbone={**base.backbone, "num_layers": depth})
+    FourDModel.from_config(cfg).save_pretrained(root / "assets" / "model")
+    (root / "assets" / "model" / "training.json").write_text("{}")
+    # 'python' here runs the script's shape checks for real and only records the launch.py calls
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\n'
+                    f'echo "$@" >> {tmp_path}/calls; sleep 1\n')
+    fake.chmod(0o755)
+    return root, depth
+
+
+def _start(root: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "TRAIN_DIR": str(tmp_path / "train"), "PYTHON": str(tmp_path / "python"),
+           "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "COMPILE": "0"}
+    return subprocess.run(["bash", str(root / "scripts" / "gpu_train.sh"), "start", "1", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_start_refuses_weights_that_do_not_fit_instead_of_training_from_scratch(tmp_path):
+    root, depth = _checkout_with_deeper_weights(tmp_path)
+    r = _start(root, tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "nothing started" in r.stdout and "--layers N" in r.stdout
+    assert not (tmp_path / "train" / "job.pid").exists() and not (tmp_path / "calls").exists()
+
+
+def test_start_resumes_deeper_weights_at_the_depth_asked_for(tmp_path):
+    root, depth = _checkout_with_deeper_weights(tmp_path)
+    r = _start(root, tmp_path, "--layers", str(depth))
+    assert r.returncode == 0, r.stdout + r.stderr
+    cmd = (tmp_path / "train" / "train.cmd").read_text()
+    assert "--resume assets/model" in cmd and "--stage 3" in cmd and f"--layers {depth}" in cmd
+    assert "--preset" not in cmd

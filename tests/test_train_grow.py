@@ -62,4 +62,8 @@ def test_resume_decision_grows_shallower_default_weights(tmp_path):
     deeper_cfg = dataclasses.replace(base, backbone={**base.backbone, "num_layers": depth + 1})
     deeper = FourDModel.from_config(deeper_cfg).save_pretrained(tmp_path / "deeper")
     assert resume_flags(deeper, "default") is None  # a resume never removes blocks
+    # ... unless the training asks for that depth ('--layers N'): then it resumes as it is, or grows to it
+    assert resume_flags(deeper, "default", layers=depth + 1) == []
+    assert resume_flags(shallow, "default", layers=depth + 1) == ["--layers", str(depth + 1)]
+    assert resume_flags(deeper, "default", layers=depth) is None
     assert resume_flags(ROOT / "assets" / "model", "default") == []  # the shipped weights have its depth

@@ -79,14 +79,15 @@ ARCH_KEYS = ("patch_size", "num_attention_heads", "attention_head_dim", "in_chan
              "text_dim")
 
 
-def resume_flags(model_dir: str | os.PathLike, preset_name: str) -> list[str] | None:
+def resume_flags(model_dir: str | os.PathLike, preset_name: str, layers: int | None = None) -> list[str] | None:
     """The ``launch.py train`` flags that resume a model folder into the shape of ``preset_name``:
     ``[]`` when it has that shape already (backbone sizes and the new layers' flags),
     ``["--anchor-input", "on"]`` when it has it but for the anchor input, which a resume adds by
     widening (zero new channels; ``loop.load_model``), ``["--layers", "N"]`` (possibly with the
     anchor flags) when it has fewer blocks than the preset's N, which a resume adds as identity
     blocks (``FourDTransformer.grow_layers``), None when its weights cannot load into it (other
-    sizes or flags, more blocks or an anchor the preset lacks, no readable configs)."""
+    sizes or flags, more blocks or an anchor the preset lacks, no readable configs). ``layers``:
+    the depth the training asks for (``--layers N``) in place of the preset's."""
     import dataclasses
 
     from ..model.config import preset
@@ -94,14 +95,16 @@ def resume_flags(model_dir: str | os.PathLike, preset_name: str) -> list[str] | 
     folder = Path(model_dir)
     try:
         bb = json.loads((folder / "transformer" / "config.json").read_text())
-        layers = json.loads((folder / "fourd_layers" / "config.json").read_text())
+        flags = json.loads((folder / "fourd_layers" / "config.json").read_text())
     except (OSError, ValueError):
         return None
     cfg = preset(preset_name)
     want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.backbone.items() if k in ARCH_KEYS}
+    if layers is not None:
+        want["num_layers"] = int(layers)
     have = {k: bb.get(k) for k in want}
     fields = {f.name for f in dataclasses.fields(cfg)}
-    flags_same = all(bool(layers.get(k, False)) == bool(getattr(cfg, k))
+    flags_same = all(bool(flags.get(k, False)) == bool(getattr(cfg, k))
                      for k in ("reference_inputs", "residual") if k in fields)
     grow = []
     if isinstance(have.get("num_layers"), int) and isinstance(want.get("num_layers"), int) \
@@ -110,7 +113,7 @@ def resume_flags(model_dir: str | os.PathLike, preset_name: str) -> list[str] | 
         have["num_layers"] = want["num_layers"]
     if have != want or not flags_same:
         return None
-    anchor_have, anchor_want = bool(layers.get("anchor_input", False)), bool(getattr(cfg, "anchor_input", False))
+    anchor_have, anchor_want = bool(flags.get("anchor_input", False)), bool(getattr(cfg, "anchor_input", False))
     if anchor_have == anchor_want:
         return grow
     return ["--anchor-input", "on"] + grow if anchor_want else None
