@@ -183,12 +183,13 @@ def test_default_preset_carries_the_inductive_biases_and_fits_the_cpu_budget():
     def macs(b):
         D = b["num_attention_heads"] * b["attention_head_dim"]
         return b["num_layers"] * (6 * D * D + 2 * D * b["ffn_dim"] + 2 * 8 * 144 * D)
-    # at most the first shipped model (6 blocks, FFN 768: 25 steps in 50.5 s on a 2-core CPU); the
-    # 6-block FFN-512 default is 0.9 of it (41-48 s a command on the 2-core CPU, README), the 4-block
-    # one before it 0.6
+    # against the first shipped model (6 blocks, FFN 768: 25 steps in 50.5 s in fp32 on a 2-core
+    # CPU): the 4-block FFN-512 default was 0.6 of it, the 6-block 0.9, the 8-block 1.2 (40-44 s a
+    # command in bf16 on the 2-core CPU, 1.36-1.51 s a step, README). A bigger preset than 1.25 of
+    # it must be timed against the 60 s target first.
     shipped = dict(bb, num_layers=6, ffn_dim=768)
-    assert macs(bb) <= macs(shipped)
-    assert np.isclose(macs(bb) / macs(shipped), 0.9, atol=0.02)
+    assert macs(bb) <= 1.25 * macs(shipped)
+    assert np.isclose(macs(bb) / macs(shipped), 1.2, atol=0.02)
 
 
 def test_reference_and_residual_run_with_the_wan_vae_codec():
