@@ -30,6 +30,7 @@ class Settings:
     seed: int
     mode: str
     guidance: float
+    shift: float | None = None  # the noise schedule's time shift (None: the model's own)
 
 
 def _as_int(value, name: str) -> int:
@@ -42,7 +43,7 @@ def _as_int(value, name: str) -> int:
     return int(f)
 
 
-def check_settings(views, times, size, steps, seed, mode, guidance) -> Settings:
+def check_settings(views, times, size, steps, seed, mode, guidance, shift=0) -> Settings:
     """Raise InputError (one line) unless the settings describe a grid we can make."""
     V, T = _as_int(views, "views"), _as_int(times, "times")
     H, W = parse_size(str(size or ""))
@@ -61,7 +62,13 @@ def check_settings(views, times, size, steps, seed, mode, guidance) -> Settings:
         raise InputError(f"guidance must be a number, got {guidance!r}") from None
     if not 0.0 <= g <= 30.0:
         raise InputError(f"guidance must be between 0 and 30, got {g}")
-    return Settings(V, T, H, W, n, s, mode, g)
+    try:  # 0 (or empty) asks for the model's own shift
+        sh = float(shift) if shift not in (None, "") else 0.0
+    except (TypeError, ValueError):
+        raise InputError(f"noise shift must be a number, got {shift!r}") from None
+    if not (np.isfinite(sh) and 0.0 <= sh <= 100.0):
+        raise InputError(f"noise shift must be between 0 and 100 (0: the model's own), got {shift}")
+    return Settings(V, T, H, W, n, s, mode, g, sh or None)
 
 
 def _upscale(frame: np.ndarray, height: int) -> np.ndarray:

@@ -167,10 +167,10 @@ class Studio:
 
     # -- handlers: generate ----------------------------------------------------------------
     def check_generate(self, state: Session, fixed, freeze, prompt, views, times, size, steps, seed, stream,
-                       guidance):
+                       guidance, shift=0):
         """Runs before the job is queued, so bad input is refused at once with the reason."""
         try:
-            s = check_settings(views, times, size, steps, seed, stream, guidance)
+            s = check_settings(views, times, size, steps, seed, stream, guidance, shift)
             check_sources(state.mode, fixed, freeze, state.image, prompt, s.height, s.width)
         except InputError as e:
             raise gr.Error(str(e), title="Cannot generate yet", duration=None, print_exception=False) from None
@@ -186,7 +186,7 @@ class Studio:
             fixed_view=fixed if mode == "videos" else None, freeze_time=freeze if mode == "videos" else None,
             image=image if mode == "image" else None, prompt=(prompt or "").strip() if mode == "prompt" else "",
             views=s.views, times=s.times, height=s.height, width=s.width, steps=s.steps, seed=s.seed,
-            mode=s.mode, guidance=s.guidance)
+            mode=s.mode, guidance=s.guidance, shift=s.shift)
 
     def _generate_job(self, state: Session, req, model: str, kind: str, session_hash: str | None):
         """Stream one generation to the page; return (run folder, seconds), or None if cancelled."""
@@ -225,11 +225,11 @@ class Studio:
         return Path(run), job.elapsed
 
     def _request_or_error(self, mode, fixed, freeze, image, prompt, views, times, size, steps, seed, stream,
-                          guidance):
+                          guidance, shift):
         """The engine's request for these settings; gr.Error if they changed into something bad
         since the check, or if the engine is missing."""
         try:
-            s = check_settings(views, times, size, steps, seed, stream, guidance)
+            s = check_settings(views, times, size, steps, seed, stream, guidance, shift)
             return s, self._request(mode, fixed, freeze, image, prompt, s)
         except InputError as e:
             raise gr.Error(str(e), title="Cannot generate", duration=None, print_exception=False) from None
@@ -237,9 +237,9 @@ class Studio:
             raise gr.Error(f"The engine is not installed in this checkout ({e}).") from None
 
     def generate(self, state: Session, fixed, freeze, prompt, views, times, size, steps, seed, stream, guidance,
-                 model, request: gr.Request):
+                 shift, model, request: gr.Request):
         s, req = self._request_or_error(state.mode, fixed, freeze, state.image, prompt, views, times, size, steps,
-                                        seed, stream, guidance)
+                                        seed, stream, guidance, shift)
         done = yield from self._generate_job(state, req, model, "grid", request.session_hash)
         if done is None:
             return
@@ -249,11 +249,11 @@ class Studio:
             f"Done in {clock(seconds)}: a {s.views} × {s.times} grid at {s.height}×{s.width}. "
             "Drag the sliders to explore it.", "ok", detail=str(run)))
 
-    def generate_inputs(self, state: Session, prompt, views, times, size, steps, seed, stream, guidance, model,
-                        request: gr.Request):
+    def generate_inputs(self, state: Session, prompt, views, times, size, steps, seed, stream, guidance, shift,
+                        model, request: gr.Request):
         """Make the two input videos from the prompt: row 0 and column 0 of a text-to-4D grid."""
         _, req = self._request_or_error("prompt", None, None, None, prompt, views, times, size, steps, seed,
-                                        stream, guidance)
+                                        stream, guidance, shift)
         done = yield from self._generate_job(state, req, model, "prompt-inputs", request.session_hash)
         if done is None:
             return
@@ -267,9 +267,10 @@ class Studio:
                                         "video, column 0 the freeze-time video. Press Generate to fill the grid.",
                                         "ok")}
 
-    def check_prompt(self, state: Session, prompt, views, times, size, steps, seed, stream, guidance):
+    def check_prompt(self, state: Session, prompt, views, times, size, steps, seed, stream, guidance, shift=0):
         state.mode = "prompt"
-        return self.check_generate(state, None, None, prompt, views, times, size, steps, seed, stream, guidance)
+        return self.check_generate(state, None, None, prompt, views, times, size, steps, seed, stream, guidance,
+                                   shift)
 
     def on_cancel(self, state: Session):
         state.cancel = True
@@ -526,6 +527,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                            info="soft/hard: two synced streams · sequential: ablation · "
                                                 "fused: one stream (V2)")
                     c["guidance"] = gr.Slider(0.0, 10.0, value=1.0, step=0.5, label="Text guidance")
+                    c["shift"] = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label="Noise shift", elem_id="shift",
+                                           info="0 = the model's own (9 for the default); higher spends more "
+                                                "steps at high noise: smoother grids")
                     c["model"] = gr.Textbox(cfg.model, label="Model", info="'default' (embedded) or a model folder")
                     c["recon_iters"] = gr.Slider(0, 5000, value=0, step=10, label="3D fit iterations",
                                                  info="0 = the engine's default", elem_id="recon_iters")
@@ -575,7 +579,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             c["dl_splats"] = gr.DownloadButton("splats.zip", elem_id="dl_splats", **dl)
 
         # ---- wiring ----------------------------------------------------------------------------
-        settings = [c["views"], c["times"], c["size"], c["steps"], c["seed"], c["stream"], c["guidance"]]
+        settings = [c["views"], c["times"], c["size"], c["steps"], c["seed"], c["stream"], c["guidance"], c["shift"]]
         sources = [c["fixed"], c["freeze"], c["prompt"]]  # the start image is in the session (on_image)
         explore_outputs = [c[k] for k in ("scrub", "preview", "row_video", "col_video", "spiral", "dl_grid",
                                           "dl_videos", "dl_frames", "dl_manifest", "run_pick", "videos_row", "recon",

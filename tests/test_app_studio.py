@@ -336,6 +336,32 @@ def test_generate_refuses_bad_settings_before_queueing(studio, tmp_path, views, 
     assert needle in e.value.message
 
 
+@pytest.mark.parametrize("shift,needle", [
+    (-1, "noise shift must be between 0 and 100 (0: the model's own), got -1"),
+    (101, "noise shift must be between 0 and 100 (0: the model's own), got 101"),
+    (float("nan"), "noise shift must be between 0 and 100"),
+    ("fast", "noise shift must be a number, got 'fast'"),
+])
+def test_generate_refuses_a_bad_noise_shift_before_queueing(studio, tmp_path, shift, needle):
+    import gradio as gr
+
+    from app.session import Session
+
+    fixed, freeze = write_input_videos(tmp_path / "in")
+    with pytest.raises(gr.Error) as e:
+        studio.check_generate(Session(), str(fixed), str(freeze), "", 8, 8, "72x128", 25, 0, "soft", 1.0, shift)
+    assert needle in e.value.message
+
+
+def test_check_settings_reads_the_noise_shift():
+    from app.inputs import check_settings
+
+    assert check_settings(8, 8, "72x128", 25, 0, "soft", 1.0, 0).shift is None  # the model's own
+    assert check_settings(8, 8, "72x128", 25, 0, "soft", 1.0, "").shift is None
+    assert check_settings(8, 8, "72x128", 25, 0, "soft", 1.0, 3.5).shift == 3.5
+    assert check_settings(8, 8, "72x128", 25, 0, "soft", 1.0).shift is None
+
+
 def test_generate_refuses_missing_sources_per_tab(studio):
     import gradio as gr
 
@@ -613,10 +639,25 @@ def _engine_missing() -> str | None:
 needs_engine = pytest.mark.skipif(_engine_missing() is not None, reason=str(_engine_missing()))
 
 
-def _generate(studio, state, fixed, freeze, session, size="72x128", views=4, times=4, steps=2):
+def _generate(studio, state, fixed, freeze, session, size="72x128", views=4, times=4, steps=2, shift=0):
     state.mode = "videos"
     return list(studio.generate(state, str(fixed), str(freeze), "", views, times, size, steps, 0, "soft", 1.0,
-                                "default", gr_request(session)))
+                                shift, "default", gr_request(session)))
+
+
+@needs_engine
+def test_the_noise_shift_control_reaches_the_engine(studio, tmp_path):
+    from app.session import Session
+    from core.model.config import preset
+
+    fixed, freeze = write_input_videos(tmp_path / "in")
+    asked = []
+    for shift in (0, 12.5):
+        state = Session()
+        _generate(studio, state, fixed, freeze, f"shift{shift}", shift=shift)
+        manifest = json.loads((Path(state.current) / "manifest.json").read_text())
+        asked.append(manifest["asked"]["shift"])
+    assert asked == [preset("default").shift, 12.5]  # 0 = the model's own, recorded as what ran
 
 
 @needs_engine
