@@ -62,12 +62,14 @@ def check_settings(views, times, size, steps, seed, mode, guidance, shift=0) -> 
         raise InputError(f"guidance must be a number, got {guidance!r}") from None
     if not 0.0 <= g <= 30.0:
         raise InputError(f"guidance must be between 0 and 30, got {g}")
+    from core.sampler import MAX_SHIFT  # the engine's bound (torch is loaded by the studio already)
+
     try:  # 0 (or empty) asks for the model's own shift
         sh = float(shift) if shift not in (None, "") else 0.0
     except (TypeError, ValueError):
         raise InputError(f"noise shift must be a number, got {shift!r}") from None
-    if not (np.isfinite(sh) and 0.0 <= sh <= 100.0):
-        raise InputError(f"noise shift must be between 0 and 100 (0: the model's own), got {shift}")
+    if not (np.isfinite(sh) and 0.0 <= sh <= MAX_SHIFT):
+        raise InputError(f"noise shift must be between 0 and {MAX_SHIFT:g} (0: the model's own), got {shift}")
     return Settings(V, T, H, W, n, s, mode, g, sh or None)
 
 
