@@ -35,10 +35,9 @@ class Truth:
     """Where a pixel of view i at time t lands in view j, from the rendered z-depth."""
 
     def __init__(self, run: Path):
-        cams = json.loads((run / "cameras.json").read_text())
-        self.vm = np.array([v["viewmat"] for v in cams["views"]])
-        self.K = np.array(cams["views"][0]["K"])
         self.depth = np.load(run / "depth.npz")["depth"]  # [V, T, H, W]
+        self.vm = load_gt_cameras(run / "cameras.json", self.depth.shape[0])  # world -> camera
+        self.K = np.array(json.loads((run / "cameras.json").read_text())["views"][0]["K"])
 
     def project(self, i: int, j: int, t: int, xy: np.ndarray) -> np.ndarray:
         H, W = self.depth.shape[-2:]
@@ -72,8 +71,8 @@ def main(argv=None) -> int:
     if not (run / "grid.npz").is_file():
         synth_run(run, args.seed, 8, 8, 288, 512, videos=False)
     grid = Grid.load_npz(run / "grid.npz")
-    gt = load_gt_cameras(run / "cameras.json", grid.V)
     truth = Truth(run)
+    gt = truth.vm
     images = grid.frames if args.whole_grid else grid.frames[:, 0]
 
     verified = C.verified_matches
