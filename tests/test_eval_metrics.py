@@ -131,3 +131,34 @@ def test_psnr_regions_split_what_changes_since_time_zero_from_what_stays():
     # a grid where nothing changes has no changing region
     still = np.repeat(gt[:, :1], T, axis=1)
     assert psnr_unknown_regions(still, still, known) == (None, PSNR_CAP)
+
+
+def test_ssim_equals_the_2d_gaussian_window_computation():
+    """The separable blur gives what an 11x11 Gaussian window (sigma 1.5) by 2-D depthwise
+    convolution gives, the usual way of writing SSIM, on textured frames of two sizes."""
+    import torch.nn.functional as F
+
+    from core.eval.metrics import ssim_frames
+
+    def reference(a, b):
+        size = min(11, *a.shape[-2:])
+        x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        g = torch.exp(-(x**2) / (2 * 1.5**2))
+        win = (g[:, None] * g[None, :] / g.sum() ** 2).expand(3, 1, size, size)
+
+        def blur(t):
+            return F.conv2d(t, win, groups=3)
+
+        mu_a, mu_b = blur(a), blur(b)
+        s_aa, s_bb, s_ab = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+        c1, c2 = 0.01**2, 0.03**2
+        return ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2) / ((mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2))).mean(dim=(1, 2, 3))
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((5, 3, 72, 128), (2, 3, 9, 20)):
+        a = torch.rand(shape, generator=gen, dtype=torch.float64)
+        b = (a + 0.2 * torch.randn(shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+        got, want = ssim_frames(a, b), reference(a, b)
+        assert got.shape == (shape[0],)
+        assert torch.allclose(got, want, rtol=0, atol=1e-12)
+        assert (got < 0.99).all()
