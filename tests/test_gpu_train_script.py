@@ -120,9 +120,9 @@ def _checkout_with_deeper_weights(tmp_path: Path) -> tuple[Path, int]:
     return root, depth
 
 
-def _start(root: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _start(root: Path, tmp_path: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "TRAIN_DIR": str(tmp_path / "train"), "PYTHON": str(tmp_path / "python"),
-           "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "COMPILE": "0"}
+           "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "COMPILE": "0", **env_extra}
     return subprocess.run(["bash", str(root / "scripts" / "gpu_train.sh"), "start", "1", *args], env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -142,3 +142,27 @@ def test_start_resumes_deeper_weights_at_the_depth_asked_for(tmp_path):
     cmd = (tmp_path / "train" / "train.cmd").read_text()
     assert "--resume assets/model" in cmd and "--stage 3" in cmd and f"--layers {depth}" in cmd
     assert "--preset" not in cmd
+
+
+def test_start_with_compare_plans_a_paired_check_against_the_starting_weights(tmp_path):
+    root, depth = _checkout_with_deeper_weights(tmp_path)
+    r = _start(root, tmp_path, "--layers", str(depth), COMPARE="64")
+    assert r.returncode == 0, r.stdout + r.stderr
+    train = tmp_path / "train"
+    # the starting weights are kept as they were before training touches anything
+    start = train / "start_model" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert start.read_bytes() == (root / "assets" / "model" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
+    cmds = (train / "compare.cmd").read_text().splitlines()
+    assert len(cmds) == 3
+    assert f"--model {train / 'start_model'} --seeds 64 --device cpu --modes soft --no-consistency" in cmds[0]
+    assert f"--model {train / 'run' / 'model'} --seeds 64" in cmds[1]
+    assert cmds[2].endswith(f"scripts/compare_evals.py {train / 'compare_old.json'} {train / 'compare_new.json'}")
+
+
+def test_start_without_compare_plans_none_and_a_bad_count_is_refused(tmp_path):
+    root, depth = _checkout_with_deeper_weights(tmp_path)
+    r = _start(root, tmp_path, "--layers", str(depth))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (tmp_path / "train" / "compare.cmd").exists() and not (tmp_path / "train" / "start_model").exists()
+    r = _start(root, tmp_path, "--layers", str(depth), COMPARE="many")
+    assert r.returncode == 2 and "COMPARE must be a number" in r.stdout
