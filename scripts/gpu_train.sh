@@ -21,7 +21,9 @@
 #       trained ones are both scored ('launch.py eval --modes soft --no-consistency') on the same N
 #       evaluation scenes and 'scripts/compare_evals.py' says whether the new ones are measurably
 #       better (compare.txt, in report.txt). On an H200 one such eval of 64 scenes took about
-#       4.5 minutes, 41 s of it sampling (0.64 s a grid; where the rest goes was not looked into).
+#       4.5 minutes, 41 s of it sampling (0.64 s a grid); most of the rest was likely SSIM on the
+#       CPU (over half of an eval's time outside sampling on the development CPU), since made
+#       about 10 x faster; not yet re-timed on a GPU machine.
 #   scripts/gpu_train.sh status        running or not, the last log lines, the curve so far
 #       (the GPU machine is given back ~30 s after a call ends, killing the background job: chain
 #       calls back to back, e.g. 'sleep 540; scripts/gpu_train.sh status', until collect)
