@@ -3,24 +3,14 @@ rest on it): a pixel carried from one view to another by the rendered depth and 
 and back again by the other view's depth, lands where it started wherever both views see the
 same surface; and the oracle keeps only matches that ground truth calls right."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 
 from core.commands.synth import synth_run
 
 
-def _load():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "camera_oracle.py"
-    spec = importlib.util.spec_from_file_location("camera_oracle", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_truth_round_trip_and_errors(tmp_path):
-    mod = _load()
+def test_truth_round_trip_and_errors(tmp_path, load_script):
+    mod = load_script("camera_oracle")
     run = tmp_path / "scene"
     synth_run(run, 1_000_000_002, 3, 2, 72, 128, videos=False)
     truth = mod.Truth(run)

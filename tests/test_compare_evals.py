@@ -3,9 +3,7 @@ two ``launch.py eval`` results. It reads the files the eval command writes, call
 gain "better", scene-level noise "not measurably different", and refuses results of other scenes."""
 
 import copy
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,14 +13,6 @@ import launch
 from core.model.pipeline import FourDModel
 
 torch.set_num_threads(1)
-
-
-def _load():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_evals.py"
-    spec = importlib.util.spec_from_file_location("compare_evals", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +37,8 @@ def _with_scores(res, scores, path):
     return path
 
 
-def test_sign_test_exact_values():
-    mod = _load()
+def test_sign_test_exact_values(load_script):
+    mod = load_script("compare_evals")
     assert mod.sign_test_p(8, 0) == pytest.approx(2 / 256)
     assert mod.sign_test_p(0, 8) == pytest.approx(2 / 256)
     assert mod.sign_test_p(4, 4) == 1.0
@@ -56,8 +46,8 @@ def test_sign_test_exact_values():
     assert mod.sign_test_p(0, 0) == 1.0
 
 
-def test_verdicts_on_the_eval_commands_own_files(real_eval, tmp_path, capsys):
-    mod = _load()
+def test_verdicts_on_the_eval_commands_own_files(real_eval, tmp_path, capsys, load_script):
+    mod = load_script("compare_evals")
     per = real_eval["rows"][[r["row"] for r in real_eval["rows"]].index("parallel soft trained")]["psnr_per_scene"]
     assert len(per) == len(real_eval["seeds"]) == 3
     # the real file against itself: nothing changed
@@ -86,8 +76,8 @@ def test_verdicts_on_the_eval_commands_own_files(real_eval, tmp_path, capsys):
     assert "verdict: not measurably different" in capsys.readouterr().out
 
 
-def test_refuses_results_it_cannot_pair(real_eval, tmp_path, capsys):
-    mod = _load()
+def test_refuses_results_it_cannot_pair(real_eval, tmp_path, capsys, load_script):
+    mod = load_script("compare_evals")
     a = _with_scores(real_eval, [20.0, 21.0, 22.0], tmp_path / "a.json")
     other = copy.deepcopy(real_eval)
     other["seeds"] = [s + 1 for s in other["seeds"]]

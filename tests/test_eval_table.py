@@ -100,14 +100,8 @@ def test_bad_arguments_exit_2_with_one_line(argv, capsys, tmp_path, monkeypatch)
         assert len(err) == 1, err
 
 
-def test_tune_shift_scores_each_shift_on_seeds_outside_the_evaluation_range(tiny_folder, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_shift.py"
-    spec = importlib.util.spec_from_file_location("tune_shift", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_tune_shift_scores_each_shift_on_seeds_outside_the_evaluation_range(tiny_folder, capsys, load_script):
+    mod = load_script("tune_shift")
     base = ["--model", str(tiny_folder), "--device", "cpu", "--precision", "fp32", "--steps", "3"]
     assert mod.main([*base, "--first", "1001000100", "--scenes", "1", "--shifts", "1,9"]) == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("| 1 |", "| 9 |"))]
