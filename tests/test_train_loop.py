@@ -85,6 +85,9 @@ def test_resume_continues_the_step_count_from_saved_weights(tmp_path):
     rec2 = json.loads((out / "model" / "training.json").read_text())
     assert rec2["step"] == s2["step"] and len(rec2["curve"]["points"]) == 2
     assert len(rec2["sessions"]) == 2 and rec2["sessions"][1]["start_step"] == s1["step"]
+    # noise levels: shift 3 from scratch, then the model's own sampling shift (the tiny preset's 1)
+    assert FourDModel.from_preset("tiny").config.shift == 1.0
+    assert [s["config"]["sigma_shift"] for s in rec2["sessions"]] == [3.0, 1.0]
     log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert len(log) > lines_before and log[lines_before]["step"] == s1["step"] + 1
     assert (out / "learning_curve.png").is_file() and list((out / "samples").glob("*.png"))
@@ -167,6 +170,10 @@ def test_render_share_sets_how_many_fresh_chunks_a_step_renders():
     assert isinstance(it, ReplayPool) and it.ratio == 0.3
     with pytest.raises(InputError, match="render share"):
         check_config(TrainConfig(out="x", render_share=0))
+    for bad in (0.0, -1.0, 1000.0):
+        with pytest.raises(InputError, match="sigma shift"):
+            check_config(TrainConfig(out="x", sigma_shift=bad))
+    check_config(TrainConfig(out="x", sigma_shift=9.0))
 
 
 def test_phase_batches_keep_pixels_per_step_within_caps():

@@ -51,7 +51,9 @@ def add_arguments(p) -> None:
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["cosine", "constant"])
     p.add_argument("--warmup", type=int, default=d.warmup_steps, help="warm-up steps of the learning rate")
     p.add_argument("--ema", type=float, default=d.ema_decay, help="EMA decay")
-    p.add_argument("--sigma-shift", type=float, default=d.sigma_shift)
+    p.add_argument("--sigma-shift", type=float, default=None,
+                   help="time shift of the training noise levels (default: the model's sampling shift when "
+                        "resuming, 3 from scratch)")
     p.add_argument("--masks", default=d.masks, help="known-cell families and weights for stages 2-3")
     p.add_argument("--views", type=int, default=d.views)
     p.add_argument("--times", type=int, default=d.times)

@@ -10,6 +10,7 @@ a training folder's ``state.pt``, or from the weights of any model folder), walk
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -22,7 +23,7 @@ from torch import nn
 
 from ..errors import InputError
 from .checkpoint import load_state, model_dir_of, read_training, save_model_folder, save_state
-from .config import STAGE_NAMES, Phase, TrainConfig
+from .config import FRESH_SIGMA_SHIFT, STAGE_NAMES, Phase, TrainConfig
 from .curve import draw_curve, save_curve, save_png
 from .data import Batch, stage_batches
 from .ema import EMA
@@ -47,6 +48,9 @@ def check_config(cfg: TrainConfig) -> list[Phase]:
         raise InputError(f"lr schedule must be cosine or constant, got {cfg.lr_schedule!r}")
     if not 0 < cfg.render_share <= 10:
         raise InputError(f"render share must be in (0, 10] (a share of a step's time), got {cfg.render_share}")
+    if cfg.sigma_shift is not None and not 0 < cfg.sigma_shift <= 100:
+        raise InputError(f"sigma shift must be in (0, 100] (1 = no shift; the default model samples at 9), "
+                         f"got {cfg.sigma_shift:g}")
     if not 0 <= cfg.text_drop <= 1:
         raise InputError(f"text drop must be in [0, 1], got {cfg.text_drop}")
     try:
@@ -180,6 +184,14 @@ def batch_masks(b: Batch, stage: int, families: dict, gen: torch.Generator) -> t
     return sample_grid_masks(B, V, T, families, generator=gen)[0]
 
 
+def noise_shift(cfg: TrainConfig, model) -> float:
+    """The time shift of the training noise levels: the setting, else the model's own sampling shift
+    when resuming (train where the sampler spends its steps), else FRESH_SIGMA_SHIFT from scratch."""
+    if cfg.sigma_shift is not None:
+        return float(cfg.sigma_shift)
+    return float(model.config.shift) if cfg.resume else FRESH_SIGMA_SHIFT
+
+
 def train_step(model, net: nn.Module, opt: torch.optim.Optimizer, batches: list[Batch], stage: int,
                cfg: TrainConfig, families: dict, gen: torch.Generator, device: torch.device,
                mode: str | None = None) -> dict:
@@ -195,7 +207,7 @@ def train_step(model, net: nn.Module, opt: torch.optim.Optimizer, batches: list[
         B = b.x0.shape[0]
         x0 = b.x0.to(device, torch.float32)
         noise = torch.randn(x0.shape, generator=None, device=device)
-        sigma = sample_sigmas(B, cfg.sigma_shift, cfg.sigma_mean, cfg.sigma_std, generator=gen).to(device)
+        sigma = sample_sigmas(B, noise_shift(cfg, model), cfg.sigma_mean, cfg.sigma_std, generator=gen).to(device)
         ref = model.transformer.flow_reference(x0, known)  # residual flow: x_1 = ref + ε
         xt = add_noise(x0, noise if ref is None else noise + ref, sigma)
         drop = (torch.rand(B, generator=gen) < cfg.text_drop).tolist()
@@ -263,6 +275,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
                              f"(e.g. 40x72 or 72x128)")
     ref_hw = (model.config.height, model.config.width)
     model.config.mode = cfg.modes()[0]  # what generate uses by default: the mode it was trained in
+    cfg = dataclasses.replace(cfg, sigma_shift=noise_shift(cfg, model))  # recorded with the session
     net = trainable(model).to(device).train()
     model.device, model.dtype = device, torch.float32
     ema_model = copy.deepcopy(model)
@@ -301,7 +314,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
         session["widened"] = widened
     n_params = sum(p.numel() for p in net.parameters())
     log(f"training {model.config.name}: {n_params / 1e6:.2f} M parameters on {device}, "
-        f"{cfg.minutes:g} min, resume={'exact' if state else ('weights' if cfg.resume else 'no')}, step {step}"
+        f"{cfg.minutes:g} min, noise shift {cfg.sigma_shift:g}, resume={'exact' if state else ('weights' if cfg.resume else 'no')}, step {step}"
         + (f", widened with {', '.join(widened)} (new weights zero: outputs unchanged)" if widened else ""))
 
     # 3. Fixed evaluation scenes and their baselines
