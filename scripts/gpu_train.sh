@@ -34,6 +34,9 @@
 #       running. End every waiting call with it ('sleep 540; scripts/gpu_train.sh snapshot $OUT'):
 #       if the machine is released between two calls, only what came after that checkpoint is lost.
 #
+# A resume draws the training noise levels at the model's own sampling shift (9 for the default
+# model; '--sigma-shift S' among the extra arguments overrides it).
+#
 # Environment: TRAIN_DIR (default /tmp/train), BATCH (32), COMPILE (1), RENDER_SHARE (0.25: the
 # replay pool renders fresh grids for a quarter of a step's time; 0.5 waited 1.46 s per 20 steps
 # on an H200, 0.25 0.8-0.9 s), STAGE (auto), FRESH (0; 1
@@ -209,5 +212,5 @@ snapshot)
   pack "$out"
   ;;
 *)
-  sed -n '2,32p' "$0"; exit 2 ;;
+  sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
 esac
