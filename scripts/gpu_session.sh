@@ -6,7 +6,7 @@
 #   scripts/gpu_session.sh collect-and-recon         # stop/collect training, then the reconstruction bench
 #
 # The GPU machine is given back about 30 s after a call ends, and background jobs die with it:
-# make the next call (e.g. `sleep 540; scripts/gpu_train.sh status`) at once, back to back, until
+# make the next call (e.g. `scripts/gpu_train.sh wait $OUT`) at once, back to back, until
 # training is collected. One command may run at most 10 minutes.
 #
 # Run from the repository root on the GPU machine, with the wheels of .whl/ carried along

@@ -33,6 +33,15 @@
 #   scripts/gpu_train.sh snapshot OUT  the same files from the last checkpoint, training left
 #       running. End every waiting call with it ('sleep 540; scripts/gpu_train.sh snapshot $OUT'):
 #       if the machine is released between two calls, only what came after that checkpoint is lost.
+#   scripts/gpu_train.sh wait OUT      waits for the job (training, eval, paired check) to end, at
+#       most until DEADLINE seconds after the command began (default 560, under one call's
+#       10-minute limit), then hands back what 'snapshot' does; exit status 3 if the job still
+#       runs then (call 'wait' again at once, or 'collect').
+#   scripts/gpu_train.sh run MINUTES OUT [extra arguments]   'start' then 'wait' in one call, so a
+#       machine released between calls loses nothing: size MINUTES so training, the evals and the
+#       compile fit in DEADLINE (e.g. 'COMPARE=64 EVAL_SEEDS=2 ... run 5 $OUT' on an H100: about
+#       1 minute loading and compiling, 5 training, 2 scoring). If the machine is still held, a
+#       second 'run' resumes the first's run exactly.
 #
 # A resume draws the training noise levels at the model's own sampling shift (9 for the default
 # model; '--sigma-shift S' among the extra arguments overrides it).
@@ -43,6 +52,8 @@
 # starts from scratch whatever exists), PRESET (default; the model of a fresh start), EVAL_SEEDS
 # (8), PYTHON (python), DEVICE (cuda; cpu for a local dry run), EVAL_ARGS (extra eval arguments).
 set -euo pipefail
+SELF=$(realpath "$0")
+T0=${GPU_TRAIN_T0:-$(date +%s)}  # when the command began (a run passes it on to its wait)
 cd "$(dirname "$0")/.."
 DIR=${TRAIN_DIR:-/tmp/train}
 RUN=$DIR/run
@@ -188,7 +199,7 @@ status)
   else echo "training: not started"; fi
   if busy && ! running; then echo "eval: running"; fi
   [ -f "$DIR/eval.rc" ] && echo "eval: finished, exit status $(cat "$DIR/eval.rc")"
-  [ -f "$DIR/train.log" ] && { echo "--- train.log (last lines)"; grep -v '^\s*$' "$DIR/train.log" | tail -n "${LINES_SHOWN:-12}"; }
+  [ -f "$DIR/train.log" ] && { echo "--- train.log (last lines)"; grep -v '^\s*$' "$DIR/train.log" | tail -n "${LINES_SHOWN:-12}" || true; }
   [ -f "$DIR/eval.md" ] && { echo "--- eval"; cat "$DIR/eval.md"; }
   [ -f "$DIR/eval.log" ] && [ ! -f "$DIR/eval.rc" ] && tail -n 3 "$DIR/eval.log"
   exit 0
@@ -210,6 +221,26 @@ snapshot)
   out=${2:?usage: $0 snapshot OUT}
   if running; then echo "training: running; copying its last checkpoint"; fi
   pack "$out"
+  ;;
+wait)
+  out=${2:?usage: $0 wait OUT}
+  deadline=${DEADLINE:-560}
+  [[ "$deadline" =~ ^[0-9]+$ ]] || { echo "DEADLINE must be whole seconds, got '$deadline'"; exit 2; }
+  [ -f "$DIR/job.pid" ] || { echo "no job started in $DIR (see: $0 start)"; exit 2; }
+  while busy && [ $(( $(date +%s) - T0 )) -lt "$deadline" ]; do sleep 2; done
+  if busy; then
+    echo "the job still runs after ${deadline} s: handing back its last checkpoint; call '$0 wait OUT' again at once"
+    pack "$out"; LINES_SHOWN=5 bash "$SELF" status || true; exit 3
+  fi
+  echo "the job ended after $(( $(date +%s) - T0 )) s"
+  pack "$out"; LINES_SHOWN=5 bash "$SELF" status || true
+  ;;
+run)
+  minutes=${2:?usage: $0 run MINUTES OUT [extra train arguments]}
+  out=${3:?usage: $0 run MINUTES OUT [extra train arguments]}
+  shift 3
+  bash "$SELF" start "$minutes" "$@"
+  GPU_TRAIN_T0=$T0 bash "$SELF" wait "$out"
   ;;
 *)
   sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;

@@ -166,3 +166,63 @@ def test_start_without_compare_plans_none_and_a_bad_count_is_refused(tmp_path):
     assert not (tmp_path / "train" / "compare.cmd").exists() and not (tmp_path / "train" / "start_model").exists()
     r = _start(root, tmp_path, "--layers", str(depth), COMPARE="many")
     assert r.returncode == 2 and "COMPARE must be a number" in r.stdout
+
+
+def _checkout_with_a_fake_trainer(tmp_path: Path, train_seconds: float) -> Path:
+    """A stand-in checkout whose 'python' fakes a training run: 'launch.py train --out RUN ...' sleeps,
+    then writes a checkpoint into RUN/model; every other launch.py call is only recorded."""
+    root, _ = _checkout_with_deeper_weights(tmp_path)
+    fake = tmp_path / "python"
+    fake.write_text(
+        f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\n'
+        f'echo "$@" >> {tmp_path}/calls\n'
+        'if [ "$2" = train ]; then\n'
+        f'  sleep {train_seconds}; mkdir -p "$4/model/transformer"; echo "{{}}" > "$4/model/transformer/config.json"\n'
+        '  echo "step 9  loss 0.05" \nfi\n')
+    fake.chmod(0o755)
+    return root
+
+
+def _script(root: Path, tmp_path: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "TRAIN_DIR": str(tmp_path / "train"), "PYTHON": str(tmp_path / "python"),
+           "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "COMPILE": "0", **env_extra}
+    return subprocess.run(["bash", str(root / "scripts" / "gpu_train.sh"), *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_run_trains_scores_and_hands_back_in_one_call(tmp_path):
+    root = _checkout_with_a_fake_trainer(tmp_path, train_seconds=1)
+    out = tmp_path / "out"
+    r = _script(root, tmp_path, "run", "1", str(out), "--layers", "9")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "the job ended after" in r.stdout
+    assert "model/transformer/config.json" in _names(out / "model.tar")
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0].startswith("launch.py train --out") and "--resume assets/model" in calls[0]
+    assert calls[1].startswith("launch.py eval --model")  # scored after training, before handing back
+    assert "train exit: 0" in (out / "report.txt").read_text()
+
+
+def test_wait_stops_at_its_deadline_with_the_last_checkpoint(tmp_path):
+    root = _checkout_with_a_fake_trainer(tmp_path, train_seconds=30)
+    train = tmp_path / "train"
+    r = _script(root, tmp_path, "start", "1", "--layers", "9")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # a checkpoint from earlier in the run, as training saves every few minutes
+    (train / "run" / "model" / "transformer").mkdir(parents=True)
+    (train / "run" / "model" / "transformer" / "config.json").write_text("{}")
+    try:
+        out = tmp_path / "out"
+        r = _script(root, tmp_path, "wait", str(out), DEADLINE="2")
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert "still runs after 2 s" in r.stdout
+        assert "model/transformer/config.json" in _names(out / "model.tar")
+        assert "training: running" in r.stdout  # left running for the next call
+    finally:
+        subprocess.run(["kill", "--", f"-{(train / 'job.pid').read_text().strip()}"], capture_output=True)
+
+
+def test_wait_without_a_job_is_a_clear_failure(tmp_path):
+    root = _checkout_with_a_fake_trainer(tmp_path, train_seconds=1)
+    r = _script(root, tmp_path, "wait", str(tmp_path / "out"))
+    assert r.returncode == 2 and "no job started" in r.stdout
