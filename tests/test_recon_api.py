@@ -11,6 +11,7 @@ import torch
 from core.errors import Cancelled, InputError
 from core.grid import Grid
 from core.recon.api import choose_holdout, holdout_mask, reconstruct_run
+from core.recon.cameras import SfMConfig
 from core.recon.checks import check_grid_for_recon
 from core.recon.fit import FitConfig
 from core.recon.model import DeformableGaussians, Scene
@@ -149,3 +150,28 @@ def test_a_slow_camera_estimate_comes_out_of_the_loop_budget_not_on_top():
     assert loop_budget(42.0, 5.0) == 42.0  # within the allowance: the preset's budget
     assert loop_budget(42.0, SETUP_ALLOWANCE_S + 6.0) == 36.0  # 6 s over: 6 s less loop
     assert loop_budget(42.0, 500.0) == 21.0  # never below half the budget
+
+
+def test_a_known_field_of_view_is_held_fixed_through_the_fit(toy_run, tmp_path):
+    run = tmp_path / "toy"
+    shutil.copytree(toy_run, run)
+    shutil.rmtree(run / "splats", ignore_errors=True)
+    (run / "recon.json").unlink(missing_ok=True)
+    K = np.array(json.loads((run / "cameras.json").read_text())["views"][0]["K"])
+    fov = float(np.degrees(2 * np.arctan(128 / 2 / K[0, 0])))
+    out = reconstruct_run(run, device="cpu", config=TINY, sfm=SfMConfig(fov_x_deg=fov))
+    assert out["sfm"]["fov_x_deg"] == pytest.approx(fov, abs=1e-3)
+    assert out["sfm"]["fov_x_deg_refined"] == pytest.approx(fov, abs=1e-3)  # the fit did not move it
+    assert out["camera_errors"]["rot_deg_max"] < 3.0
+
+
+def test_cli_refuses_an_absurd_field_of_view_before_writing_anything(toy_run, tmp_path, capsys):
+    from launch import main
+
+    run = tmp_path / "toy"
+    shutil.copytree(toy_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["reconstruct", str(run), "--fov", "200", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field of view" in err[0] and "between 10 and 150" in err[0]
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -1,7 +1,7 @@
 """``launch.py reconstruct DIR``: fit deformable 3D Gaussians to a run folder's grid and export splats.
 
     python launch.py reconstruct DIR [--iters N] [--holdout N] [--device auto|cpu|cuda] [--seed S]
-                                     [--gt-cameras PATH] [--whole-grid]
+                                     [--gt-cameras PATH] [--whole-grid] [--fov DEG]
 
 Writes ``DIR/splats/`` (canonical.ply, frame_XXX.ply, model.safetensors, renders) and
 ``DIR/recon.json``. Cameras are estimated from the frames; ground-truth cameras (``--gt-cameras``,
@@ -29,6 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--whole-grid", action="store_true",
                    help="estimate cameras from every training cell, not column 0 alone (slower; more robust on "
                         "repetitive floors; column 0 falls back to it anyway when it cannot place every view)")
+    p.add_argument("--fov", type=float, default=None, metavar="DEG",
+                   help="the frames' horizontal field of view in degrees, when known (e.g. the renderer's or "
+                        "the camera's); held fixed instead of estimated (default: estimated from the frames)")
 
 
 def run(args) -> int:
@@ -53,7 +56,7 @@ def run(args) -> int:
     try:
         out = reconstruct_run(args.dir, iters=args.iters, holdout=args.holdout, device=args.device,
                               on_progress=on_progress, seed=args.seed, gt_cameras=args.gt_cameras,
-                              sfm=SfMConfig(whole_grid=args.whole_grid))
+                              sfm=SfMConfig(whole_grid=args.whole_grid, fov_x_deg=args.fov))
     finally:
         for bar in bars:
             bar.close()

@@ -314,6 +314,10 @@ def reconstruct_run(
     held = holdout_mask(V, T, holdout)
     train = ~held
     warnings: list[str] = []
+    if sfm is not None and sfm.fov_x_deg is not None:
+        if not 10.0 <= sfm.fov_x_deg <= 150.0:
+            raise InputError(f"the field of view must be between 10 and 150 degrees, got {sfm.fov_x_deg:g}")
+        cfg = replace(cfg, lr_focal=0.0)  # a known field of view stays as given in the fit too
 
     # 2. Cameras from the frames (never from ground truth)
     t0 = time.perf_counter()

@@ -185,14 +185,17 @@ def _seed_range(text: str) -> list[int]:
 
 def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Path, column0: bool = False,
                  threads: int = 0, whole_grid: bool = False, whole_grid_first: bool = False,
-                 choose_heldout: bool | None = None, affine_max_tilt: int = 0) -> list[dict]:
+                 choose_heldout: bool | None = None, affine_max_tilt: int = 0,
+                 fov: float | None = None, true_fov: bool = False) -> list[dict]:
     """The camera estimate alone (CPU) on synthetic scenes, against their ground-truth cameras
     (read only to measure): per seed the rotation / translation-direction errors (max over view
     pairs), the fov error, pass (rotation <= 2 deg and direction <= 5 deg) and the seconds the
     estimate took. Grids are rendered once into ``cache`` (``launch.py synth``) and reused.
     The estimate is ``reconstruct``'s default (``grid_cameras``, every cell usable), or from
     column 0 alone (``column0``), or from the whole grid alone (``whole_grid``); ``affine_max_tilt``
-    > 1 detects affine-simulated SIFT features (``SfMConfig.affine_max_tilt``)."""
+    > 1 detects affine-simulated SIFT features (``SfMConfig.affine_max_tilt``). ``fov`` holds the
+    field of view at that value (``SfMConfig.fov_x_deg``); ``true_fov`` at each scene's true one, an
+    experiment that reads ground truth on purpose: how much of the error the focal length makes."""
     import numpy as np
 
     from ..commands.synth import synth_run
@@ -211,13 +214,15 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
         gt = load_gt_cameras(run / "cameras.json", grid.V)
         K = np.array(json.loads((run / "cameras.json").read_text())["views"][0]["K"])
         fov_true = math.degrees(2 * math.atan(W / 2 / K[0, 0]))
+        fov_x = round(fov_true, 3) if true_fov else fov
         t0 = time.perf_counter()
         if column0:
-            est = estimate_cameras(grid.frames[:, 0], SfMConfig(threads=threads, affine_max_tilt=affine_max_tilt))
+            est = estimate_cameras(grid.frames[:, 0], SfMConfig(threads=threads, affine_max_tilt=affine_max_tilt,
+                                                                fov_x_deg=fov_x))
         else:
             est = grid_cameras(grid.frames, np.ones(grid.frames.shape[:2], bool),
                                _sfm(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first,
-                                    choose_heldout=choose_heldout, affine_max_tilt=affine_max_tilt),
+                                    choose_heldout=choose_heldout, affine_max_tilt=affine_max_tilt, fov_x_deg=fov_x),
                                log=lambda m: print("  ", m, flush=True) if m.startswith(("held-out", "orbit", "affine")) else None)[0]
         sec = time.perf_counter() - t0
         e = camera_errors(est.viewmats, gt)
@@ -272,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="column 0 and the whole grid both, the better on held-out matches (default: SfMConfig's)")
     p.add_argument("--affine-tilt", type=int, default=0,
                    help="with --cameras-only: affine-simulated SIFT up to this tilt (e.g. 2; default 0: plain SIFT)")
+    fov = p.add_mutually_exclusive_group()
+    fov.add_argument("--fov", type=float, default=None, metavar="DEG",
+                     help="with --cameras-only: hold the field of view at DEG (default: estimated)")
+    fov.add_argument("--true-fov", action="store_true",
+                     help="with --cameras-only: hold it at each scene's true one (reads ground truth on purpose: "
+                          "an experiment on how much of the error the focal length makes, not a method)")
     p.add_argument("--toy", action="store_true", help="also fit the built-in toy scene (8x8 at 288x512)")
     args = p.parse_args(argv)
     if args.cameras_only:
@@ -281,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
             rows = camera_bench(_seed_range(args.seeds), args.size, args.views, args.times, cache,
                                 column0=args.column0, threads=args.threads, whole_grid=args.whole_grid,
                                 whole_grid_first=args.whole_grid_first, choose_heldout=args.choose_heldout,
-                                affine_max_tilt=args.affine_tilt)
+                                affine_max_tilt=args.affine_tilt, fov=args.fov, true_fov=args.true_fov)
         print(_camera_table(rows))
         if args.json:
             args.json.write_text(json.dumps({"cameras": rows, "threads": args.threads or None,
                                              "column0": args.column0, "whole_grid": args.whole_grid,
                                              "choose_heldout": args.choose_heldout,
-                                             "affine_max_tilt": args.affine_tilt}, indent=2))
+                                             "affine_max_tilt": args.affine_tilt, "fov": args.fov,
+                                             "true_fov": args.true_fov}, indent=2))
             print(f"wrote {args.json}")
         return 0
     if args.json is None:
