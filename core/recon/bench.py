@@ -214,7 +214,7 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
         gt = load_gt_cameras(run / "cameras.json", grid.V)
         K = np.array(json.loads((run / "cameras.json").read_text())["views"][0]["K"])
         fov_true = math.degrees(2 * math.atan(W / 2 / K[0, 0]))
-        fov_x = round(fov_true, 3) if true_fov else fov
+        fov_x = fov_true if true_fov else fov
         t0 = time.perf_counter()
         if column0:
             est = estimate_cameras(grid.frames[:, 0], SfMConfig(threads=threads, affine_max_tilt=affine_max_tilt,
