@@ -4,6 +4,9 @@
 #
 #   scripts/gpu_session.sh bench-and-train MINUTES   # benches + GPU tests, then training in the background
 #   scripts/gpu_session.sh collect-and-recon         # stop/collect training, then the reconstruction bench
+#   scripts/gpu_session.sh train MINUTES [train args] # train, score and hand back within this one call
+#                                                    # ('gpu_train.sh run'; e.g. COMPARE=64 EVAL_SEEDS=2
+#                                                    # BATCH=48 ... train 5 --lr 3e-4 --eval-every 5)
 #
 # The GPU machine is given back about 30 s after a call ends, and background jobs die with it:
 # make the next call (e.g. `scripts/gpu_train.sh wait $OUT`) at once, back to back, until
@@ -50,6 +53,13 @@ collect-and-recon)
     time python3 -m core.recon.bench --json "$OUT/bench_recon.json" --holdout 8 "${grids[@]}" 2>&1 | tail -40
   } 2>&1 | tee "$log"
   ;;
+train)
+  minutes=${2:?usage: $0 train MINUTES [extra train arguments]}
+  shift 2
+  # at most 8 files come back: the 7 of a hand-back and this log
+  scripts/gpu_train.sh run "$minutes" "$OUT" "$@" 2>&1 | tee "$log"
+  exit "${PIPESTATUS[0]}"
+  ;;
 *)
-  echo "usage: $0 bench-and-train MINUTES | collect-and-recon" >&2; exit 2 ;;
+  echo "usage: $0 bench-and-train MINUTES | collect-and-recon | train MINUTES [train args]" >&2; exit 2 ;;
 esac
