@@ -290,11 +290,52 @@ def test_choose_heldout_keeps_the_estimate_that_fits_held_out_matches(toy_grid):
     assert times == (None if used_grid else [0] * 6)
 
 
-def test_choose_heldout_without_held_out_pairs_keeps_column_0_and_skips_the_pool(toy_grid):
+def test_choose_heldout_without_held_out_pairs_keeps_column_0_when_the_fields_of_view_agree(toy_grid):
     from core.recon.api import grid_cameras
 
     logs = []
     cfg = SfMConfig(threads=1, pair_window=5, choose_heldout=True)
-    est, times, used_grid, _ = grid_cameras(toy_grid.frames, np.ones((6, 2), bool), cfg, log=logs.append)
+    est, times, used_grid, warnings = grid_cameras(toy_grid.frames, np.ones((6, 2), bool), cfg, log=logs.append)
     assert not used_grid and times == [0] * 6 and est.n_registered == 6
     assert not any("held-out" in line for line in logs)
+    # the whole grid was made for the cross-check of the focal length, and agreed
+    check = [line for line in logs if line.startswith("field of view cross-check")]
+    assert len(check) == 1 and not any("field of view" in w for w in warnings)
+
+
+def test_whole_grid_replaces_column_0_when_their_fields_of_view_disagree(toy_grid, monkeypatch):
+    """Column 0 complete and kept, the whole grid complete too: more than ``fov_cross_check``
+    degrees between their fields of view sends the choice to the whole grid, with a warning;
+    within it, or a whole grid with guided views, column 0 stays. Off, or the field of view
+    given, the whole grid is not even made."""
+    import core.recon.api as api
+
+    V = 6
+    col0 = _cams(toy_grid.viewmats, toy_grid.Ks)
+    col0.fov_x_deg = 66.6
+    pool = _cams(toy_grid.viewmats, toy_grid.Ks)
+    pool.fov_x_deg = 53.7
+    calls = []
+
+    def fake(images, cfg, log=None, usable=None):
+        calls.append(images.ndim)
+        return pool if images.ndim == 5 else col0
+
+    monkeypatch.setattr(api, "estimate_cameras", fake)
+    train = np.ones((V, 2), bool)
+    cfg = SfMConfig(threads=1, choose_heldout=False)
+    est, times, used_grid, warnings = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is pool and used_grid and times is None
+    assert any("disagree on the field of view (66.6 against 53.7 deg" in w and "--fov" in w for w in warnings)
+    pool.fov_x_deg = 63.0  # 3.6 deg apart
+    est, times, used_grid, warnings = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is col0 and not used_grid and times == [0] * V and not any("field of view" in w for w in warnings)
+    pool.fov_x_deg, pool.n_guided = 53.7, 1
+    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is col0 and not used_grid
+    pool.n_guided = 0
+    for off in (SfMConfig(threads=1, choose_heldout=False, fov_cross_check=None),
+                SfMConfig(threads=1, choose_heldout=False, fov_x_deg=60.0)):
+        calls.clear()
+        est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, off)
+        assert est is col0 and not used_grid and 5 not in calls

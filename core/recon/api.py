@@ -123,10 +123,14 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
     V, T = frames.shape[:2]
     warnings: list[str] = []
 
+    pooled_once: list[CameraEstimate] = []
+
     def whole():
         # every time column is a frozen multi-view snapshot with the same cameras: match within
-        # each (training cells only) and pool the matches
-        return estimate_cameras(frames, replace(cfg, whole_grid=True), log=log, usable=train)
+        # each (training cells only) and pool the matches; made at most once
+        if not pooled_once:
+            pooled_once.append(estimate_cameras(frames, replace(cfg, whole_grid=True), log=log, usable=train))
+        return pooled_once[0]
 
     if cfg.whole_grid:
         return whole(), None, True, warnings
@@ -164,6 +168,14 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
                      f"of {V} views by ordinary registration (not used)")
         return None
 
+    def fov_disagreement(kept_est: CameraEstimate, other: CameraEstimate) -> list[str]:
+        # the two estimates' focal lengths far apart: the cameras may be several degrees off
+        if cfg.fov_cross_check is None or abs(kept_est.fov_x_deg - other.fov_x_deg) <= cfg.fov_cross_check:
+            return []
+        return [f"column 0 and the whole grid disagree on the field of view ({other.fov_x_deg:.1f} against "
+                f"{kept_est.fov_x_deg:.1f} deg; the whole grid's is used): the cameras may be several degrees "
+                "off; give the field of view if it is known (reconstruct --fov)"]
+
     def moved(e: CameraEstimate) -> bool:
         # the later rounds (guided matching, guided registration, orbit repair) pulled the focal
         # length far from the first fit: the affine features are tried (1000000015's whole grid)
@@ -192,7 +204,15 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
         chosen = choose_by_heldout(frames, train, est, whole, cfg, log=log)
         if chosen is not None and chosen is not est:
             # the column-0 note is moot: no later time was used for it
-            return kept(chosen, (chosen, None, True, []))
+            return kept(chosen, (chosen, None, True, fov_disagreement(chosen, est)))
+    if complete and T > 1 and cfg.fov_cross_check is not None and cfg.fov_x_deg is None:
+        pooled = whole()
+        if pooled.n_registered == V and pooled.n_guided == 0:
+            gap = abs(pooled.fov_x_deg - est.fov_x_deg)
+            if log:
+                log(f"field of view cross-check: column 0 {est.fov_x_deg:.1f} deg, whole grid {pooled.fov_x_deg:.1f} deg")
+            if gap > cfg.fov_cross_check:
+                return kept(pooled, (pooled, None, True, fov_disagreement(pooled, est)))
     if complete:
         return kept(est, (est, cam_times, False, warnings))
     pooled = None

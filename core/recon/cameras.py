@@ -81,6 +81,14 @@ class SfMConfig:
     # to); a grid without such matches (e.g. V <= pair_window + 1, the 4x2 toy) keeps column 0.
     # Evaluation seeds 1000000000..09 at 8x8, 288x512: 8/10 pass (column 0 first: 6/10)
     choose_heldout: bool = True
+    # ... and when column 0 is kept (no held-out matches, or they chose it), the whole grid's
+    # estimate is made anyway and replaces it when it places every view by ordinary registration
+    # and the two fields of view differ by more than this (degrees; None: off). A focal length
+    # off by 5-15 deg turns every rotation step by 10-30 %; where the two disagreed that much on
+    # seeds 1000000000..39 the whole grid was right or both were wrong (1000000020: column 0
+    # 66.6 deg, 7.44 deg off; whole grid 53.7, true 51.4, passes). A grid whose estimate still
+    # disagrees with the other that much is warned about.
+    fov_cross_check: float | None = 5.0
     guided: bool = True  # a second round of matching guided by the first cameras
     guided_window: float = 0.02  # its search radius around the predicted position, x image size
     # the guided round is kept only when it places more views or its RMS error stays within this
