@@ -216,21 +216,24 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
         fov_true = math.degrees(2 * math.atan(W / 2 / K[0, 0]))
         fov_x = fov_true if true_fov else fov
         t0 = time.perf_counter()
+        warns: list[str] = []
         if column0:
             est = estimate_cameras(grid.frames[:, 0], SfMConfig(threads=threads, affine_max_tilt=affine_max_tilt,
                                                                 fov_x_deg=fov_x))
         else:
-            est = grid_cameras(grid.frames, np.ones(grid.frames.shape[:2], bool),
-                               _sfm(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first,
-                                    choose_heldout=choose_heldout, affine_max_tilt=affine_max_tilt, fov_x_deg=fov_x),
-                               log=lambda m: print("  ", m, flush=True) if m.startswith(("held-out", "orbit", "affine")) else None)[0]
+            est, _, _, warns = grid_cameras(
+                grid.frames, np.ones(grid.frames.shape[:2], bool),
+                _sfm(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first,
+                     choose_heldout=choose_heldout, affine_max_tilt=affine_max_tilt, fov_x_deg=fov_x),
+                log=lambda m: print("  ", m, flush=True) if m.startswith(("held-out", "orbit", "affine")) else None)
+        warnings = list(warns) + list(est.warnings)  # what reconstruct would tell the user
         sec = time.perf_counter() - t0
         e = camera_errors(est.viewmats, gt)
         rows.append({"seed": s, "rot_deg_max": round(e["rot_deg_max"], 3), "tdir_deg_max": round(e["tdir_deg_max"], 3),
                      "fov_est": round(est.fov_x_deg, 2), "fov_true": round(fov_true, 2),
                      "fov_err": round(est.fov_x_deg - fov_true, 2), "source": est.source,
                      "registered": est.n_registered, "guided": est.n_guided, "points": len(est.points),
-                     "seconds": round(sec, 2),
+                     "seconds": round(sec, 2), "warnings": warnings,
                      "pass": bool(e["rot_deg_max"] <= 2.0 and e["tdir_deg_max"] <= 5.0)})
         r = rows[-1]
         print(f"{s} {'PASS' if r['pass'] else 'FAIL'} rot {r['rot_deg_max']:.2f} tdir {r['tdir_deg_max']:.2f} "
