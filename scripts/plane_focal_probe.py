@@ -68,8 +68,9 @@ def _normals(H: np.ndarray, K: np.ndarray) -> list[np.ndarray]:
 
 def normal_spread(Hs: list[np.ndarray], W: int, H: int, fov: float) -> float:
     """RMS angle (deg) between each view's best-agreeing floor normal and their common mean."""
-    f = W / 2 / math.tan(math.radians(fov) / 2)
-    K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]])
+    from core.recon.geometry import focal_from_fov, intrinsics
+
+    K = intrinsics(focal_from_fov(fov, W), H, W)
     cands = [_normals(h, K) for h in Hs]
     best = float("inf")
     for start in [n for c in cands for n in c]:
@@ -95,6 +96,16 @@ def true_floor_hs(cams: dict, V: int) -> list[np.ndarray]:
     return [cv2.findHomography(proj(i), proj(i + 1))[0] for i in range(V - 1)]
 
 
+FOVS = np.arange(30, 95, 0.5)  # the scanned fields of view (deg)
+
+
+def best_fov(links: list[np.ndarray], W: int, H: int) -> float:
+    """The scanned field of view at which the chained homographies ``links`` (view i -> i + 1)
+    agree best on one floor normal."""
+    Hs = _chain(links)
+    return float(FOVS[int(np.argmin([normal_spread(Hs, W, H, f) for f in FOVS]))])
+
+
 def _chain(links: list[np.ndarray]) -> list[np.ndarray]:
     out, acc = [], np.eye(3)
     for h in links:
@@ -112,9 +123,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from core.commands.synth import synth_run
     from core.grid import Grid
+    from core.recon.geometry import fov_from_focal
 
     sift = cv2.SIFT_create(nfeatures=4000)
-    fovs = np.arange(30, 95, 0.5)
     for s in (int(x) for x in args.seeds.split(",")):
         run = args.cache / f"s{s}_8x8_288x512"
         if not (run / "grid.npz").is_file():
@@ -122,7 +133,7 @@ def main(argv=None) -> int:
         frames = Grid.load_npz(run / "grid.npz").frames[:, 0]
         cams = json.loads((run / "cameras.json").read_text())
         V, H, W = frames.shape[:3]
-        fov_true = math.degrees(2 * math.atan(W / 2 / cams["views"][0]["K"][0][0]))
+        fov_true = fov_from_focal(cams["views"][0]["K"][0][0], W)
         truth = true_floor_hs(cams, V)
         links = [_sift_h(frames[v], frames[v + 1], sift) if args.matcher == "sift"
                  else _flow_h(frames[v], frames[v + 1], args.texture) for v in range(V - 1)]
@@ -135,12 +146,9 @@ def main(argv=None) -> int:
                 continue
             a, b = h @ q, t @ q
             off.append(float(np.linalg.norm(a[:2] / a[2] - b[:2] / b[2], axis=0).mean()))
-        from_truth = fovs[int(np.argmin([normal_spread(_chain(truth), W, H, f) for f in fovs]))]
-        if any(h is None for h in links):
-            measured = "no homography for every link"
-        else:
-            cost = [normal_spread(_chain(links), W, H, f) for f in fovs]
-            measured = f"{fovs[int(np.argmin(cost))]:.1f} deg"
+        from_truth = best_fov(truth, W, H)
+        measured = ("no homography for every link" if any(h is None for h in links)
+                    else f"{best_fov(links, W, H):.1f} deg")
         print(f"{s}: true fov {fov_true:.1f} deg; from the true floor homographies {from_truth:.1f} deg, "
               f"from {args.matcher} {measured}; measured links off the true floor homography by "
               f"{', '.join(f'{o:.2f}' for o in off)} px", flush=True)

@@ -208,11 +208,11 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
     if complete and T > 1 and cfg.fov_cross_check is not None and cfg.fov_x_deg is None:
         pooled = whole()
         if pooled.n_registered == V and pooled.n_guided == 0:
-            gap = abs(pooled.fov_x_deg - est.fov_x_deg)
             if log:
                 log(f"field of view cross-check: column 0 {est.fov_x_deg:.1f} deg, whole grid {pooled.fov_x_deg:.1f} deg")
-            if gap > cfg.fov_cross_check:
-                return kept(pooled, (pooled, None, True, fov_disagreement(pooled, est)))
+            notes = fov_disagreement(pooled, est)
+            if notes:
+                return kept(pooled, (pooled, None, True, notes))
     if complete:
         return kept(est, (est, cam_times, False, warnings))
     pooled = None
