@@ -43,8 +43,7 @@ def probe(run: Path, affine: bool = False) -> list[dict]:
     """Per band of true depth: matches, share wrong (> 2 px), median transfer and Sampson px."""
     from core.grid import Grid
     from core.recon.api import load_gt_cameras
-    from core.recon.cameras import (SfMConfig, _detect_many, affine_fallback_config, chain_check, sampson_px,
-                                    verified_matches)
+    from core.recon.cameras import SfMConfig, _detect_many, affine_fallback_config, checked_matches, sampson_px
 
     grid = Grid.load_npz(run / "grid.npz")
     V, _, H, W = grid.frames.shape[:4]
@@ -55,10 +54,7 @@ def probe(run: Path, affine: bool = False) -> list[dict]:
     if affine:
         cfg = affine_fallback_config(cfg)
     feats = _detect_many(list(grid.frames[:, 0]), cfg)
-    thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
-    pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
-    if cfg.chain_check:
-        pairs = {k: m for k, m in chain_check(pairs, cfg.chain_min_frac).items() if len(m) >= cfg.min_pair_inliers}
+    _, pairs = checked_matches(feats, cfg, H, W)
     err, zs, samp = [], [], []
     for (a, b), m in sorted(pairs.items()):
         xa, xb = feats[a]["xy"][m[:, 0]], feats[b]["xy"][m[:, 1]]

@@ -6,6 +6,7 @@ camera estimate (``cameras``), the model (``model``) and the loop (``fit``) know
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, replace
@@ -123,14 +124,11 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
     V, T = frames.shape[:2]
     warnings: list[str] = []
 
-    pooled_once: list[CameraEstimate] = []
-
+    @functools.cache
     def whole():
         # every time column is a frozen multi-view snapshot with the same cameras: match within
         # each (training cells only) and pool the matches; made at most once
-        if not pooled_once:
-            pooled_once.append(estimate_cameras(frames, replace(cfg, whole_grid=True), log=log, usable=train))
-        return pooled_once[0]
+        return estimate_cameras(frames, replace(cfg, whole_grid=True), log=log, usable=train)
 
     if cfg.whole_grid:
         return whole(), None, True, warnings

@@ -1084,6 +1084,16 @@ def affine_fallback_config(cfg: SfMConfig) -> SfMConfig:
                    three_view_from=TWO_VIEW_TRACKS, guided=False, guided_register=False)
 
 
+def checked_matches(feats: list[dict], cfg: SfMConfig, H: int, W: int) -> tuple[float, dict[tuple[int, int], np.ndarray]]:
+    """The matches the camera estimate starts from: ``verified_matches`` at the epipolar threshold
+    scaled to the frame size, then the chain check. Returns (threshold px, pairs)."""
+    thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
+    pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
+    if cfg.chain_check:
+        pairs = {k: m for k, m in chain_check(pairs, cfg.chain_min_frac).items() if len(m) >= cfg.min_pair_inliers}
+    return thr, pairs
+
+
 def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
                      usable: np.ndarray | None = None) -> CameraEstimate:
     """Estimate the cameras of ``images``: uint8 [V, H, W, 3] (one per view, scene frozen), or a
@@ -1103,10 +1113,7 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
         feats = pooled_features(images, usable, cfg)
     else:
         feats = _detect_many(list(images), cfg)
-    thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
-    pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
-    if cfg.chain_check:
-        pairs = {k: m for k, m in chain_check(pairs, cfg.chain_min_frac).items() if len(m) >= cfg.min_pair_inliers}
+    thr, pairs = checked_matches(feats, cfg, H, W)
     warnings: list[str] = []
     par = check_parallax(feats, pairs)
     if pairs and par < 0.25:
