@@ -386,6 +386,10 @@ class Studio:
         psnr = (info or {}).get("psnr_db", recon.info.get("psnr_db"))
         done = ("The saved reconstruction" if seconds is None else f"Reconstructed in {clock(seconds)}") + \
             (f" · PSNR {psnr:.2f} dB" if isinstance(psnr, (int, float)) else "")
+        # the camera estimate's doubts (views placed by a prior, an unusual field of view, ...) stay on the page
+        source = info if info is not None and "warnings" in info else recon.info
+        warns = [str(w) for w in source.get("warnings") or []]
+        kind, detail = ("warn", "Check the cameras: " + " · ".join(warns)) if warns else ("ok", "")
         upd = {
             c["dl_canonical"]: gr.update(value=str(recon.canonical), interactive=True,
                                          label=f"canonical.ply · {_size_mb(recon.canonical)}"),
@@ -397,7 +401,7 @@ class Studio:
         if viewer is None:
             upd[c["viewer"]] = viewer_html(None, note="The 3D viewer is not available (viser is not installed); "
                                                       "the .ply files below open in any 3DGS viewer.")
-            upd[c["recon_status"]] = status_html(done + ".", "ok")
+            upd[c["recon_status"]] = status_html(done + ".", kind, detail=detail)
             yield upd
             return
         yield {c["recon_status"]: status_html(done + " · sending the Gaussians to the viewer…", "busy")}
@@ -406,7 +410,8 @@ class Studio:
                            title=run.name)
         upd[c["viewer"]] = viewer_html(viewer.port, self.config.host)
         upd[c["recon_status"]] = status_html(
-            done + ". Drag in the viewer to orbit; use its time slider, Play, and the camera buttons.", "ok")
+            done + ". Drag in the viewer to orbit; use its time slider, Play, and the camera buttons.", kind,
+            detail=detail)
         yield upd
 
     # -- session end -----------------------------------------------------------------------

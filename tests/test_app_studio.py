@@ -558,6 +558,25 @@ def test_reconstruction_reaches_this_sessions_viewer_and_unload_stops_it(studio,
     assert "abc" not in studio._viewers
 
 
+def test_the_camera_estimates_warnings_stay_in_the_reconstruction_status(studio, run_dir):
+    from app.session import Session
+
+    write_procedural_splats(run_dir, T=5)
+    state = Session(key="w", runs=[str(run_dir)], current=str(run_dir))
+    assert studio.viewer_factory is None  # the no-viewer branch of the page
+    warned = list(studio._show_reconstruction(state, run_dir, "w", {"psnr_db": 21.5, "warnings": [
+        "only 4 of 8 views could be placed from features"]}, 3.0))[-1][studio.c["recon_status"]]
+    assert "status-warn" in warned and "Check the cameras: only 4 of 8 views" in warned
+    # a saved reconstruction brings its warnings back from recon.json; none: an "ok" line
+    info = json.loads((run_dir / "recon.json").read_text())
+    (run_dir / "recon.json").write_text(json.dumps({**info, "warnings": ["the estimated field of view"]}))
+    saved = list(studio._show_reconstruction(state, run_dir, "w", None, None))[-1][studio.c["recon_status"]]
+    assert "status-warn" in saved and "the estimated field of view" in saved
+    clean = list(studio._show_reconstruction(state, run_dir, "w", {"psnr_db": 21.5, "warnings": []}, 3.0)
+                 )[-1][studio.c["recon_status"]]
+    assert "status-ok" in clean and "Check the cameras" not in clean
+
+
 def test_unload_removes_an_empty_session_folder_but_keeps_runs(studio, tmp_path):
     from app.session import Session, new_run_path
 

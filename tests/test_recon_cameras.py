@@ -1,12 +1,14 @@
 """Cameras from frames alone: a known orbit is recovered, errors are measured gauge-free, and a
 grid whose views do not move is refused."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from core.errors import InputError
-from core.recon.cameras import SfMConfig, coherent, estimate_cameras, orbit_prior
+from core.recon.cameras import SfMConfig, coherent, estimate_cameras, orbit_prior, unusual_fov_warnings
 from core.recon.geometry import camera_centres, se3_exp
 from core.recon.metrics import camera_errors
 from core.recon.toyscene import render_toy
@@ -32,6 +34,12 @@ def test_camera_estimate_recovers_a_known_orbit_from_frames(toy_column):
     # normalised: scene centre at the origin, mean camera distance 1, points around the centre
     assert abs(np.linalg.norm(camera_centres(est.viewmats), axis=1).mean() - 1.0) < 1e-6
     assert len(est.points) > 30 and np.median(np.linalg.norm(est.points, axis=1)) < 1.0
+    # a usual field of view raises no doubt; the same cameras at 92 deg or 16 deg do, unless it was given
+    assert unusual_fov_warnings(est, SfMConfig()) == []
+    for fov in (92.4, 16.2):
+        (w,) = unusual_fov_warnings(dataclasses.replace(est, fov_x_deg=fov), SfMConfig())
+        assert f"{fov:.1f} deg" in w and "--fov" in w
+    assert unusual_fov_warnings(dataclasses.replace(est, fov_x_deg=92.4), SfMConfig(fov_x_deg=92.4)) == []
 
 
 def test_camera_errors_ignore_the_world_frame_and_scale():

@@ -201,7 +201,7 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
     from ..commands.synth import synth_run
     from ..grid import Grid, parse_size
     from .api import grid_cameras, load_gt_cameras
-    from .cameras import SfMConfig, estimate_cameras
+    from .cameras import SfMConfig, estimate_cameras, unusual_fov_warnings
     from .metrics import camera_errors
 
     H, W = parse_size(size)
@@ -226,7 +226,8 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
                 _sfm(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first,
                      choose_heldout=choose_heldout, affine_max_tilt=affine_max_tilt, fov_x_deg=fov_x),
                 log=lambda m: print("  ", m, flush=True) if m.startswith(("held-out", "orbit", "affine")) else None)
-        warnings = list(warns) + list(est.warnings)  # what reconstruct would tell the user
+        # what reconstruct would tell the user
+        warnings = list(warns) + list(est.warnings) + unusual_fov_warnings(est, SfMConfig(fov_x_deg=fov_x))
         sec = time.perf_counter() - t0
         e = camera_errors(est.viewmats, gt)
         rows.append({"seed": s, "rot_deg_max": round(e["rot_deg_max"], 3), "tdir_deg_max": round(e["tdir_deg_max"], 3),
