@@ -337,23 +337,28 @@ class Studio:
                                                  recon_info, None)
 
     # -- handlers: reconstruct -------------------------------------------------------------
-    def check_reconstruct(self, state: Session):
+    def check_reconstruct(self, state: Session, fov=0):
         if not state.current:
             raise gr.Error("Generate a grid first, then reconstruct it.", title="Nothing to reconstruct")
+        if fov and not 10.0 <= float(fov) <= 150.0:
+            raise gr.Error(f"The camera field of view must be between 10 and 150 degrees across (or 0 to estimate "
+                           f"it from the frames), got {float(fov):g}.", title="Check the settings")
         state.cancel = False
         c = self.c
         return {c["recon_status"]: status_html("Waiting for the GPU…", "busy"),
                 c["recon"]: gr.update(interactive=False)}
 
-    def reconstruct(self, state: Session, iters, model, request: gr.Request):
+    def reconstruct(self, state: Session, iters, fov, model, request: gr.Request):
         c = self.c
         run = Path(state.current)
         iters = int(iters) if iters else None
+        fov = float(fov) if fov else None  # 0: estimated from the frames
         key = state.key or session_key(request.session_hash)
 
         def work(on_progress, should_cancel):
             engine = self.engine(model)
-            return engine.reconstruct(run, iters=iters, on_progress=on_progress, should_cancel=should_cancel)
+            return engine.reconstruct(run, iters=iters, fov_x_deg=fov, on_progress=on_progress,
+                                      should_cancel=should_cancel)
 
         yield {c["recon_status"]: status_html("Loading the model…", "busy")}
         with Job(work, lambda: state.cancel, self._gpu) as job:
@@ -538,6 +543,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     c["model"] = gr.Textbox(cfg.model, label="Model", info="'default' (embedded) or a model folder")
                     c["recon_iters"] = gr.Slider(0, 5000, value=0, step=10, label="3D fit iterations",
                                                  info="0 = the engine's default", elem_id="recon_iters")
+                    c["recon_fov"] = gr.Number(0, label="3D camera field of view (degrees across)", minimum=0,
+                                               maximum=150, elem_id="recon_fov",
+                                               info="0 = estimated from the frames; set it when the camera's "
+                                                    "is known (as reconstruct --fov)")
                 with gr.Row():
                     c["go"] = gr.Button("Generate", variant="primary", size="lg", scale=3, elem_id="generate")
                     c["cancel"] = gr.Button("Cancel", variant="secondary", size="lg", scale=1, elem_id="cancel")
@@ -618,8 +627,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                            show_progress="hidden", trigger_mode="multiple")
         c["run_pick"].input(studio.on_pick_run, [state, c["run_pick"]], explore_outputs, concurrency_limit=4)
 
-        c["recon"].click(studio.check_reconstruct, state, [c["recon_status"], c["recon"]], **quick).success(
-            studio.reconstruct, [state, c["recon_iters"], c["model"]],
+        c["recon"].click(studio.check_reconstruct, [state, c["recon_fov"]], [c["recon_status"], c["recon"]],
+                         **quick).success(
+            studio.reconstruct, [state, c["recon_iters"], c["recon_fov"], c["model"]],
             [c["recon_status"], c["viewer"], c["dl_canonical"], c["dl_splats"]],
             concurrency_id=GPU, concurrency_limit=1, show_progress="hidden",
         ).then(lambda: gr.update(interactive=True), None, c["recon"], **quick)

@@ -317,13 +317,19 @@ class Engine:
             return write_run(out, grid, manifest, inputs=paths, extra_files=extra_files)
 
     # -- reconstruct -----------------------------------------------------------------------------
-    def reconstruct(self, run, iters=None, holdout=None, on_progress=None, should_cancel=None) -> dict:
-        """Fit deformable Gaussians to a run folder's grid (``core.recon.api.reconstruct_run``)."""
+    def reconstruct(self, run, iters=None, holdout=None, on_progress=None, should_cancel=None,
+                    fov_x_deg: float | None = None) -> dict:
+        """Fit deformable Gaussians to a run folder's grid (``core.recon.api.reconstruct_run``);
+        ``fov_x_deg``: the frames' field of view across when known, held fixed (None: estimated)."""
         import inspect
 
         from .recon.api import reconstruct_run
 
         kwargs = dict(iters=iters, holdout=holdout, on_progress=on_progress, should_cancel=should_cancel)
+        if fov_x_deg is not None:
+            from .recon.cameras import SfMConfig
+
+            kwargs["sfm"] = SfMConfig(fov_x_deg=float(fov_x_deg))
         if "device" in inspect.signature(reconstruct_run).parameters:
             kwargs["device"] = self.device
         return reconstruct_run(run, **kwargs)

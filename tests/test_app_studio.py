@@ -577,6 +577,35 @@ def test_the_camera_estimates_warnings_stay_in_the_reconstruction_status(studio,
     assert "status-ok" in clean and "Check the cameras" not in clean
 
 
+def test_the_field_of_view_control_reaches_the_reconstruction_and_absurd_values_are_refused(
+        studio, run_dir, monkeypatch):
+    import gradio as gr
+
+    from app.session import Session
+    from core.engine import Engine
+    from core.recon import api
+
+    asked = []
+
+    def fake_reconstruct_run(run, iters=None, holdout=None, device="auto", sfm=None, **kw):
+        asked.append(None if sfm is None else sfm.fov_x_deg)
+        if not (Path(run) / "splats").is_dir():
+            write_procedural_splats(Path(run), T=5)
+        return {"psnr_db": 30.0, "warnings": []}
+
+    monkeypatch.setattr(api, "reconstruct_run", fake_reconstruct_run)
+    monkeypatch.setattr(studio, "engine", lambda model: Engine("default", "cpu"))  # not loaded: no weights read
+    state = Session(key="fov", runs=[str(run_dir)], current=str(run_dir))
+    for fov in (0, 47.5):
+        studio.check_reconstruct(state, fov)
+        final = list(studio.reconstruct(state, 0, fov, "default", gr_request("fov")))[-1]
+        assert "status-ok" in final[studio.c["recon_status"]]
+    assert asked == [None, 47.5]  # 0 = estimated from the frames
+    for bad in (5, 200):
+        with pytest.raises(gr.Error, match="between 10 and 150 degrees"):
+            studio.check_reconstruct(state, bad)
+
+
 def test_unload_removes_an_empty_session_folder_but_keeps_runs(studio, tmp_path):
     from app.session import Session, new_run_path
 
