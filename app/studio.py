@@ -25,6 +25,7 @@ import numpy as np
 from core.errors import InputError
 from core.export import mosaic
 from core.grid import Grid, parse_size
+from core.recon.checks import check_fov
 
 from .explore import prepare_run, scrub_html
 from .inputs import Example, check_image_input, check_settings, check_sources, compare_first_frames, find_examples
@@ -340,9 +341,12 @@ class Studio:
     def check_reconstruct(self, state: Session, fov=0):
         if not state.current:
             raise gr.Error("Generate a grid first, then reconstruct it.", title="Nothing to reconstruct")
-        if fov and not 10.0 <= float(fov) <= 150.0:
-            raise gr.Error(f"The camera field of view must be between 10 and 150 degrees across (or 0 to estimate "
-                           f"it from the frames), got {float(fov):g}.", title="Check the settings")
+        if fov:  # 0: estimated from the frames
+            try:
+                check_fov(fov)
+            except InputError as e:
+                raise gr.Error(f"{str(e)[0].upper()}{str(e)[1:]} (or 0 to estimate it from the frames).",
+                               title="Check the settings") from None
         state.cancel = False
         c = self.c
         return {c["recon_status"]: status_html("Waiting for the GPU…", "busy"),

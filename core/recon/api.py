@@ -19,7 +19,7 @@ import torch
 from ..errors import InputError
 from .cameras import (CameraEstimate, SfMConfig, affine_fallback_config, estimate_cameras, heldout_error,
                       heldout_matches, unusual_fov_warnings)
-from .checks import check_grid_for_recon
+from .checks import check_fov, check_grid_for_recon
 from .fit import FitConfig, build_model, fit, preset_for, render_all
 from .metrics import camera_errors, psnr
 from .ply import write_splat_ply
@@ -333,8 +333,7 @@ def reconstruct_run(
     train = ~held
     warnings: list[str] = []
     if sfm is not None and sfm.fov_x_deg is not None:
-        if not 10.0 <= sfm.fov_x_deg <= 150.0:
-            raise InputError(f"the field of view must be between 10 and 150 degrees, got {sfm.fov_x_deg:g}")
+        check_fov(sfm.fov_x_deg)
         cfg = replace(cfg, lr_focal=0.0)  # a known field of view stays as given in the fit too
 
     # 2. Cameras from the frames (never from ground truth)

@@ -38,3 +38,15 @@ def check_grid_for_recon(frames: np.ndarray) -> None:
     if corr and float(np.median(corr)) < 0.3:
         raise InputError("the frames look like random noise (neighbouring pixels are unrelated); "
                          "there is no scene to reconstruct")
+
+
+FOV_RANGE_DEG = (10.0, 150.0)  # a field of view given for the frames (across)
+
+
+def check_fov(fov_x_deg: float) -> float:
+    """A given field of view across, in degrees, as a float; InputError outside ``FOV_RANGE_DEG``."""
+    lo, hi = FOV_RANGE_DEG
+    if not lo <= float(fov_x_deg) <= hi:
+        raise InputError(f"the field of view must be between {lo:g} and {hi:g} degrees across, "
+                         f"got {float(fov_x_deg):g}")
+    return float(fov_x_deg)
