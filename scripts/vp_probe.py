@@ -1,0 +1,136 @@
+"""Do the camera estimate's rotations agree with the frames' dominant vanishing point?
+
+    python scripts/vp_probe.py SEEDS [--cache DIR] [--min-inliers N]
+
+SEEDS: A..B or A,B,C (evaluation scenes of the synthetic world). For each seed's column 0, the
+line segments of every view (OpenCV's LSD) vote for one dominant vanishing point (RANSAC over
+pairs of segments, weighted by length, refined by least squares): on a striped floor, the stripes'
+direction. A vanishing point is the image of a 3D direction, so with right cameras every view's
+ray towards it, rotated into the world (``R_v^T K_v^-1 vp_v``), is the same direction. Printed per
+seed: the inlier segments of the weakest view, the largest angle of those world directions from
+their mean under the true cameras (how well the vanishing points were found) and under the
+default camera estimate (``api.grid_cameras``, as ``reconstruct`` makes it), next to that
+estimate's errors against ground truth. Grids are the camera bench's
+(``python -m core.recon.bench --cameras-only --cache DIR``; rendered here when missing).
+A diagnostic for the camera estimate (core/recon/cameras.py); reconstruction never reads ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def segments(image: np.ndarray, min_len: float = 25.0) -> np.ndarray:
+    """Line segments ``[n, 4]`` (x0, y0, x1, y1) at least ``min_len`` px long, of an RGB uint8 image."""
+    import cv2
+
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    segs = cv2.createLineSegmentDetector(cv2.LSD_REFINE_STD).detect(gray)[0]
+    if segs is None:
+        return np.zeros((0, 4))
+    segs = segs.reshape(-1, 4).astype(np.float64)
+    return segs[np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1]) >= min_len]
+
+
+def vanishing_point(segs: np.ndarray, rng: np.random.Generator, iters: int = 3000,
+                    tol_deg: float = 1.0) -> tuple[np.ndarray | None, int]:
+    """The point most of the segments' length points at (homogeneous [3], unit norm, so it may lie
+    at infinity), and how many segments point at it within ``tol_deg``; (None, 0) with < 2 segments."""
+    if len(segs) < 2:
+        return None, 0
+    p1, p2 = np.c_[segs[:, :2], np.ones(len(segs))], np.c_[segs[:, 2:], np.ones(len(segs))]
+    lines = np.cross(p1, p2)
+    length = np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1])
+    mid = (segs[:, :2] + segs[:, 2:]) / 2
+    dirs = (segs[:, 2:] - segs[:, :2]) / length[:, None]
+
+    def pointing(v: np.ndarray) -> np.ndarray:
+        to = v[:2] - mid * v[2]  # towards v (a direction when v is at infinity)
+        cos = np.abs((to * dirs).sum(1)) / np.maximum(np.linalg.norm(to, axis=1), 1e-12)
+        return np.degrees(np.arccos(np.clip(cos, 0.0, 1.0))) < tol_deg
+
+    best, best_score = None, 0.0
+    for _ in range(iters):
+        i, j = rng.choice(len(segs), 2, replace=False)
+        v = np.cross(lines[i], lines[j])
+        if not np.any(v):
+            continue
+        v = v / np.linalg.norm(v)
+        score = length[pointing(v)].sum()
+        if score > best_score:
+            best, best_score = v, score
+    if best is None:
+        return None, 0
+    inl = pointing(best)
+    a = lines[inl] / np.linalg.norm(lines[inl, :2], axis=1, keepdims=True) * length[inl, None]
+    v = np.linalg.svd(a)[2][-1]  # the point closest to every inlier line
+    return v / np.linalg.norm(v), int(pointing(v).sum())
+
+
+def direction_spread(viewmats: np.ndarray, Ks: np.ndarray, vps: list[np.ndarray]) -> float:
+    """Largest angle (degrees) between the world directions ``R_v^T K_v^-1 vp_v`` and their mean
+    (each direction's sign chosen to agree with the first): 0 when the cameras' rotations and
+    intrinsics agree with the vanishing points."""
+    ds = []
+    for vm, K, vp in zip(viewmats, Ks, vps):
+        r = np.linalg.solve(K, vp)
+        d = vm[:3, :3].T @ (r / np.linalg.norm(r))
+        ds.append(d if not ds or d @ ds[0] >= 0 else -d)
+    ds = np.array(ds)
+    m = ds.mean(0) / np.linalg.norm(ds.mean(0))
+    return float(np.degrees(np.arccos(np.clip(ds @ m, -1.0, 1.0))).max())
+
+
+def probe(run: Path) -> dict:
+    from core.grid import Grid
+    from core.recon.api import grid_cameras, load_gt_cameras
+    from core.recon.cameras import SfMConfig
+    from core.recon.metrics import camera_errors
+
+    grid = Grid.load_npz(run / "grid.npz")
+    V = grid.V
+    gt = load_gt_cameras(run / "cameras.json", V)
+    K = np.array([v["K"] for v in json.loads((run / "cameras.json").read_text())["views"]], dtype=np.float64)
+    rng = np.random.default_rng(0)
+    found = [vanishing_point(segments(grid.frames[v, 0]), rng) for v in range(V)]
+    est, *_ = grid_cameras(grid.frames, np.ones(grid.frames.shape[:2], bool), SfMConfig(threads=1))
+    e = camera_errors(est.viewmats, gt)
+    out = {"inliers_min": min(n for _, n in found), "rot_deg_max": e["rot_deg_max"], "tdir_deg_max": e["tdir_deg_max"],
+           "pass": bool(e["rot_deg_max"] <= 2.0 and e["tdir_deg_max"] <= 5.0), "spread_true": None, "spread_est": None}
+    if all(vp is not None for vp, _ in found):
+        vps = [vp for vp, _ in found]
+        out["spread_true"] = direction_spread(gt, K, vps)
+        out["spread_est"] = direction_spread(est.viewmats, est.Ks, vps)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("seeds", help="A..B or A,B,C")
+    p.add_argument("--cache", type=Path, default=Path("/tmp/camera_bench"), help="the camera bench's grid folder")
+    args = p.parse_args(argv)
+    from core.commands.synth import synth_run
+    from core.recon.bench import _seed_range
+
+    print("seed        inliers  spread true  spread est  estimate rot / tdir")
+    for s in _seed_range(args.seeds):
+        run = args.cache / f"s{s}_8x8_288x512"
+        if not (run / "grid.npz").is_file():
+            synth_run(run, s, 8, 8, 288, 512, videos=False)
+        r = probe(run)
+        f = lambda x: "     -" if x is None else f"{x:6.2f}"  # noqa: E731
+        print(f"{s}  {r['inliers_min']:7d}  {f(r['spread_true'])}°     {f(r['spread_est'])}°    "
+              f"{r['rot_deg_max']:6.2f}° / {r['tdir_deg_max']:6.2f}°  {'pass' if r['pass'] else 'FAIL'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
