@@ -37,16 +37,21 @@ def test_rope_without_stack_is_bitwise_the_stacked_rope(dtype):
     assert torch.equal(A.apply_rope(x, cos, sin), stacked_rope(x, cos, sin))
 
 
+def _traced_rope(x, cos, sin):
+    """``apply_rope`` as torch.compile traces it (the eager backend: the traced ops, run eagerly)."""
+    torch._dynamo.reset()
+    try:
+        return torch.compile(A.apply_rope, backend="eager")(x, cos, sin)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_pointwise_rope_under_compile_is_bitwise_the_stacked_rope_in_half():
     # on the CPU eager takes the complex path; under compile the flip form runs (as on CUDA)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3, 40, 4, 16, generator=g).to(torch.bfloat16)
     cos, sin = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g)
-    torch._dynamo.reset()
-    try:
-        out = torch.compile(A.apply_rope, backend="eager")(x, cos, sin)
-    finally:
-        torch._dynamo.reset()
+    out = _traced_rope(x, cos, sin)
     assert torch.equal(out, stacked_rope(x, cos, sin))
 
 
@@ -55,11 +60,7 @@ def test_compiled_rope_is_the_stacked_rope_in_float32():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 24, 2, 8, generator=g)
     cos, sin = torch.randn(24, 4, generator=g), torch.randn(24, 4, generator=g)
-    torch._dynamo.reset()
-    try:
-        out = torch.compile(A.apply_rope, backend="eager")(x, cos, sin)
-    finally:
-        torch._dynamo.reset()
+    out = _traced_rope(x, cos, sin)
     assert (out - stacked_rope(x, cos, sin)).abs().max() < 1e-6
     assert (A.apply_rope(x, cos, sin) - stacked_rope(x, cos, sin)).abs().max() < 1e-5
 

@@ -4,16 +4,7 @@ where that view sees the same 3D point; a match one stripe off is measured that 
 import numpy as np
 
 from core.recon.geometry import focal_from_fov
-
-
-def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    f = (target - eye) / np.linalg.norm(target - eye)
-    r = np.cross(f, [0.0, 0.0, 1.0])
-    r /= np.linalg.norm(r)
-    m = np.eye(4)
-    m[:3, :3] = np.stack([r, np.cross(f, r), f])  # OpenCV: x right, y down, z forward
-    m[:3, 3] = -m[:3, :3] @ eye
-    return m
+from core.recon.toyscene import look_at
 
 
 def _project(X: np.ndarray, vm: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -26,8 +17,8 @@ def test_transfer_carries_keypoints_with_their_true_depth(load_script):
     H, W = 96, 160
     f = focal_from_fov(55.0, W)
     K = np.array([[f, 0, W / 2 - 0.5], [0, f, H / 2 - 0.5], [0, 0, 1.0]])  # the synthetic world's intrinsics
-    a = _look_at(np.array([6.0, -1.0, 2.0]), np.zeros(3))
-    b = _look_at(np.array([5.5, 1.5, 2.3]), np.zeros(3))
+    a = look_at(np.array([6.0, -1.0, 2.0]), np.zeros(3))
+    b = look_at(np.array([5.5, 1.5, 2.3]), np.zeros(3))
     X = np.random.default_rng(0).uniform(-1.5, 1.5, (50, 3))
     xa, za = _project(X, a, K)
     xb, _ = _project(X, b, K)

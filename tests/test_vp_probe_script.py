@@ -4,16 +4,7 @@ direction at their vanishing points agree on it, and a rotation 3 degrees off sh
 import numpy as np
 
 from core.recon.geometry import focal_from_fov
-
-
-def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    f = (target - eye) / np.linalg.norm(target - eye)
-    r = np.cross(f, [0.0, 0.0, 1.0])
-    r /= np.linalg.norm(r)
-    m = np.eye(4)
-    m[:3, :3] = np.stack([r, np.cross(f, r), f])  # OpenCV: x right, y down, z forward
-    m[:3, 3] = -m[:3, :3] @ eye
-    return m
+from core.recon.toyscene import look_at
 
 
 def test_segments_drawn_towards_a_point_vote_for_it(load_script):
@@ -43,7 +34,7 @@ def test_right_rotations_agree_on_the_direction_and_a_wrong_one_does_not(load_sc
     f = focal_from_fov(56.0, W)
     K = np.array([[f, 0, W / 2], [0, f, 144.0], [0, 0, 1.0]])
     d = np.array([0.8, 0.6, 0.0])  # the stripes' direction, on the floor
-    vms = [_look_at(np.array([6 * np.cos(a), 6 * np.sin(a), 2.0]), np.zeros(3)) for a in np.radians([0, 9, 18, 27])]
+    vms = [look_at(np.array([6 * np.cos(a), 6 * np.sin(a), 2.0]), np.zeros(3)) for a in np.radians([0, 9, 18, 27])]
     vps = [K @ (vm[:3, :3] @ d) for vm in vms]  # homogeneous: also right for a point far off the frame
     Ks = np.stack([K] * 4)
     assert probe.direction_spread(np.stack(vms), Ks, vps) < 1e-6
