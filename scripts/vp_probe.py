@@ -27,52 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def segments(image: np.ndarray, min_len: float = 25.0) -> np.ndarray:
-    """Line segments ``[n, 4]`` (x0, y0, x1, y1) at least ``min_len`` px long, of an RGB uint8 image."""
-    import cv2
-
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    segs = cv2.createLineSegmentDetector(cv2.LSD_REFINE_STD).detect(gray)[0]
-    if segs is None:
-        return np.zeros((0, 4))
-    segs = segs.reshape(-1, 4).astype(np.float64)
-    return segs[np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1]) >= min_len]
-
-
-def vanishing_point(segs: np.ndarray, rng: np.random.Generator, iters: int = 3000,
-                    tol_deg: float = 1.0) -> tuple[np.ndarray | None, int]:
-    """The point most of the segments' length points at (homogeneous [3], unit norm, so it may lie
-    at infinity), and how many segments point at it within ``tol_deg``; (None, 0) with < 2 segments."""
-    if len(segs) < 2:
-        return None, 0
-    p1, p2 = np.c_[segs[:, :2], np.ones(len(segs))], np.c_[segs[:, 2:], np.ones(len(segs))]
-    lines = np.cross(p1, p2)
-    length = np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1])
-    mid = (segs[:, :2] + segs[:, 2:]) / 2
-    dirs = (segs[:, 2:] - segs[:, :2]) / length[:, None]
-
-    def pointing(v: np.ndarray) -> np.ndarray:
-        to = v[:2] - mid * v[2]  # towards v (a direction when v is at infinity)
-        cos = np.abs((to * dirs).sum(1)) / np.maximum(np.linalg.norm(to, axis=1), 1e-12)
-        return np.degrees(np.arccos(np.clip(cos, 0.0, 1.0))) < tol_deg
-
-    best, best_score = None, 0.0
-    for _ in range(iters):
-        i, j = rng.choice(len(segs), 2, replace=False)
-        v = np.cross(lines[i], lines[j])
-        if not np.any(v):
-            continue
-        v = v / np.linalg.norm(v)
-        score = length[pointing(v)].sum()
-        if score > best_score:
-            best, best_score = v, score
-    if best is None:
-        return None, 0
-    inl = pointing(best)
-    a = lines[inl] / np.linalg.norm(lines[inl, :2], axis=1, keepdims=True) * length[inl, None]
-    v = np.linalg.svd(a)[2][-1]  # the point closest to every inlier line
-    return v / np.linalg.norm(v), int(pointing(v).sum())
+from core.recon.vanishing import view_vanishing_points  # noqa: E402
 
 
 def direction_spread(viewmats: np.ndarray, Ks: np.ndarray, vps: list[np.ndarray]) -> float:
@@ -99,8 +54,7 @@ def probe(run: Path) -> dict:
     V = grid.V
     gt = load_gt_cameras(run / "cameras.json", V)
     K = np.array([v["K"] for v in json.loads((run / "cameras.json").read_text())["views"]], dtype=np.float64)
-    rng = np.random.default_rng(0)
-    found = [vanishing_point(segments(grid.frames[v, 0]), rng) for v in range(V)]
+    found = view_vanishing_points(list(grid.frames[:, 0]))
     est, *_ = grid_cameras(grid.frames, np.ones(grid.frames.shape[:2], bool), SfMConfig(threads=1))
     e = camera_errors(est.viewmats, gt)
     out = {"inliers_min": min(n for _, n in found), "rot_deg_max": e["rot_deg_max"], "tdir_deg_max": e["tdir_deg_max"],

@@ -1,7 +1,7 @@
 """GPU benchmark of the reconstruction: gsplat vs the torch splatter, then fits of run folders.
 
     python -m core.recon.bench --json PATH [--grid DIR ...] [--holdout 8] [--iters N] [--toy]
-    python -m core.recon.bench --cameras-only [--seeds A..B] [--size HxW] [--times T] [--column0 | --whole-grid | --choose-heldout] [--json PATH]
+    python -m core.recon.bench --cameras-only [--seeds A..B] [--size HxW] [--times T] [--column0 | --whole-grid | --choose-heldout] [--vanishing W] [--json PATH]
 
 (a) renders one small scene with ``gsplat.rasterization`` and with our torch splatter (both on
 the GPU) and reports how far images and gradients differ, and the time of gsplat's first call
@@ -186,7 +186,7 @@ def _seed_range(text: str) -> list[int]:
 def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Path, column0: bool = False,
                  threads: int = 0, whole_grid: bool = False, whole_grid_first: bool = False,
                  choose_heldout: bool | None = None, affine_max_tilt: int = 0,
-                 fov: float | None = None, true_fov: bool = False) -> list[dict]:
+                 fov: float | None = None, true_fov: bool = False, vanishing: float | None = None) -> list[dict]:
     """The camera estimate alone (CPU) on synthetic scenes, against their ground-truth cameras
     (read only to measure): per seed the rotation / translation-direction errors (max over view
     pairs), the fov error, pass (rotation <= 2 deg and direction <= 5 deg) and the seconds the
@@ -195,7 +195,8 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
     column 0 alone (``column0``), or from the whole grid alone (``whole_grid``); ``affine_max_tilt``
     > 1 detects affine-simulated SIFT features (``SfMConfig.affine_max_tilt``). ``fov`` holds the
     field of view at that value (``SfMConfig.fov_x_deg``); ``true_fov`` at each scene's true one, an
-    experiment that reads ground truth on purpose: how much of the error the focal length makes."""
+    experiment that reads ground truth on purpose: how much of the error the focal length makes.
+    ``vanishing`` sets ``SfMConfig.vanishing_weight`` (None: its default)."""
     import numpy as np
 
     from ..commands.synth import synth_run
@@ -215,17 +216,19 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
         K = np.array(json.loads((run / "cameras.json").read_text())["views"][0]["K"])
         fov_true = math.degrees(2 * math.atan(W / 2 / K[0, 0]))
         fov_x = fov_true if true_fov else fov
+        vp = {} if vanishing is None else {"vanishing_weight": vanishing}
         t0 = time.perf_counter()
         warns: list[str] = []
         if column0:
             est = estimate_cameras(grid.frames[:, 0], SfMConfig(threads=threads, affine_max_tilt=affine_max_tilt,
-                                                                fov_x_deg=fov_x))
+                                                                fov_x_deg=fov_x, **vp))
         else:
             est, _, _, warns = grid_cameras(
                 grid.frames, np.ones(grid.frames.shape[:2], bool),
                 _sfm(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first,
-                     choose_heldout=choose_heldout, affine_max_tilt=affine_max_tilt, fov_x_deg=fov_x),
-                log=lambda m: print("  ", m, flush=True) if m.startswith(("held-out", "orbit", "affine")) else None)
+                     choose_heldout=choose_heldout, affine_max_tilt=affine_max_tilt, fov_x_deg=fov_x, **vp),
+                log=lambda m: print("  ", m, flush=True) if m.startswith(("held-out", "orbit", "affine", "vanishing points: one"))
+                else None)
         # what reconstruct would tell the user
         warnings = list(warns) + list(est.warnings) + unusual_fov_warnings(est, SfMConfig(fov_x_deg=fov_x))
         sec = time.perf_counter() - t0
@@ -287,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     fov.add_argument("--true-fov", action="store_true",
                      help="with --cameras-only: hold it at each scene's true one (reads ground truth on purpose: "
                           "an experiment on how much of the error the focal length makes, not a method)")
+    p.add_argument("--vanishing", type=float, default=None, metavar="W",
+                   help="with --cameras-only: hold rotations to one family of vanishing points at weight W "
+                        "(SfMConfig.vanishing_weight; 0: off; default: SfMConfig's)")
     p.add_argument("--toy", action="store_true", help="also fit the built-in toy scene (8x8 at 288x512)")
     args = p.parse_args(argv)
     if args.cameras_only:
@@ -296,14 +302,15 @@ def main(argv: list[str] | None = None) -> int:
             rows = camera_bench(_seed_range(args.seeds), args.size, args.views, args.times, cache,
                                 column0=args.column0, threads=args.threads, whole_grid=args.whole_grid,
                                 whole_grid_first=args.whole_grid_first, choose_heldout=args.choose_heldout,
-                                affine_max_tilt=args.affine_tilt, fov=args.fov, true_fov=args.true_fov)
+                                affine_max_tilt=args.affine_tilt, fov=args.fov, true_fov=args.true_fov,
+                                vanishing=args.vanishing)
         print(_camera_table(rows))
         if args.json:
             args.json.write_text(json.dumps({"cameras": rows, "threads": args.threads or None,
                                              "column0": args.column0, "whole_grid": args.whole_grid,
                                              "choose_heldout": args.choose_heldout,
                                              "affine_max_tilt": args.affine_tilt, "fov": args.fov,
-                                             "true_fov": args.true_fov}, indent=2))
+                                             "true_fov": args.true_fov, "vanishing": args.vanishing}, indent=2))
             print(f"wrote {args.json}")
         return 0
     if args.json is None:
