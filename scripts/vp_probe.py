@@ -27,21 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.recon.vanishing import view_vanishing_points  # noqa: E402
-
-
-def direction_spread(viewmats: np.ndarray, Ks: np.ndarray, vps: list[np.ndarray]) -> float:
-    """Largest angle (degrees) between the world directions ``R_v^T K_v^-1 vp_v`` and their mean
-    (each direction's sign chosen to agree with the first): 0 when the cameras' rotations and
-    intrinsics agree with the vanishing points."""
-    ds = []
-    for vm, K, vp in zip(viewmats, Ks, vps):
-        r = np.linalg.solve(K, vp)
-        d = vm[:3, :3].T @ (r / np.linalg.norm(r))
-        ds.append(d if not ds or d @ ds[0] >= 0 else -d)
-    ds = np.array(ds)
-    m = ds.mean(0) / np.linalg.norm(ds.mean(0))
-    return float(np.degrees(np.arccos(np.clip(ds @ m, -1.0, 1.0))).max())
+from core.recon.vanishing import direction_spread, view_vanishing_points  # noqa: E402
 
 
 def probe(run: Path) -> dict:

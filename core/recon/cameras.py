@@ -24,6 +24,7 @@ import torch
 
 from ..errors import InputError
 from .geometry import camera_centres, focal_from_fov, fov_from_focal, intrinsics, rodrigues
+from .vanishing import direction_spread, one_family, view_vanishing_points, world_directions
 
 TWO_VIEW_TRACKS = 1 << 30  # a ``SfMConfig.three_view_from`` no grid reaches: points seen by two views count
 
@@ -587,12 +588,9 @@ def bundle_adjust(rec: _Recon, fixed_view: int, optimise_focal: bool, iters: int
         h = torch.tensor(np.stack([vps[v] for v in vp_views]), dtype=dt)
         hc = torch.stack([h[:, 0] - c0[0] * h[:, 2], h[:, 1] - c0[1] * h[:, 2]], 1)  # focal-free part
         # the direction starts as the mean of the views' world rays, each signed like the first
-        ws = []
-        for k, v in enumerate(vp_views):
-            r = np.array([hc[k, 0] / rec.focal, hc[k, 1] / rec.focal, h[k, 2]])
-            w_ = rec.R[v].T @ (r / np.linalg.norm(r))
-            ws.append(w_ if not ws or w_ @ ws[0] >= 0 else -w_)
-        dvec = torch.tensor(np.mean(ws, 0) / np.linalg.norm(np.mean(ws, 0)), dtype=dt)
+        ws = world_directions(np.stack([rec.R[v] for v in vp_views]), [rec.K] * len(vp_views),
+                              [vps[v] for v in vp_views]).mean(0)
+        dvec = torch.tensor(ws / np.linalg.norm(ws), dtype=dt)
         idx_vp = torch.cat([vi[:, None] * 6 + torch.arange(3), torch.arange(nf, nf + 3).expand(len(vi), 3)], 1)
     else:
         dvec = torch.zeros(3, dtype=dt)
@@ -1266,8 +1264,6 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
         # (only with every view placed: predicting unplaced views and polishing placed them wrongly)
         best = _orbit_repair(best, feats, cfg, H, W, thr, log)
     if best is not None and cfg.vanishing_weight > 0 and len(best[1].R) == V:
-        from .vanishing import view_vanishing_points
-
         if images.ndim == 5:  # a whole grid: each view's first usable cell
             view_images = [images[v, int(np.argmax(usable[v]))] for v in range(V)]
         else:
@@ -1310,8 +1306,6 @@ def _vanishing_round(best, found: list, cfg: SfMConfig, H: int, W: int, thr: flo
     rotations held to ``found``, their dominant vanishing points (``vanishing.view_vanishing_points``),
     when those look like one line family (``vanishing.one_family``) and the estimate's rays towards
     them spread by more than ``cfg.vanishing_min_spread_deg``; else ``best`` itself."""
-    from .vanishing import one_family
-
     V = len(best[1].R)
     vps = one_family(found, H, W)
     if vps is None:
@@ -1347,17 +1341,8 @@ def _vanishing_round(best, found: list, cfg: SfMConfig, H: int, W: int, thr: flo
 
 
 def vp_spread(rec: _Recon, vps: list[np.ndarray]) -> float:
-    """Largest angle (degrees) of the views' world rays towards their vanishing points from the mean
-    ray (signs aligned to the first): 0 when the rotations and focal agree with the vanishing points."""
-    Kinv = np.linalg.inv(rec.K)
-    ds = []
-    for v, vp in enumerate(vps):
-        r = Kinv @ vp
-        d = rec.R[v].T @ (r / np.linalg.norm(r))
-        ds.append(d if not ds or d @ ds[0] >= 0 else -d)
-    ds = np.array(ds)
-    m = ds.mean(0) / np.linalg.norm(ds.mean(0))
-    return float(np.degrees(np.arccos(np.clip(ds @ m, -1.0, 1.0))).max())
+    """``vanishing.direction_spread`` of the reconstruction's views 0, 1, ... against ``vps``."""
+    return direction_spread(np.stack([rec.R[v] for v in range(len(vps))]), [rec.K] * len(vps), vps)
 
 
 def _guided_round(best, pairs, feats, cfg: SfMConfig, H: int, W: int, thr: float, log=None):

@@ -72,6 +72,25 @@ def points_at(segs: np.ndarray, vp: np.ndarray, tol_deg: float = 1.0) -> np.ndar
     return np.degrees(np.arccos(np.clip(cos, 0.0, 1.0))) < tol_deg
 
 
+def world_directions(rotations: np.ndarray, Ks: np.ndarray, vps: list[np.ndarray]) -> np.ndarray:
+    """The world directions ``R_v^T K_v^-1 vp_v`` [V, 3] (unit; each signed to agree with the first)
+    of the views' vanishing points, for rotations (or world -> camera matrices) ``[V, 3|4, 3|4]``."""
+    ds = []
+    for R, K, vp in zip(np.asarray(rotations)[:, :3, :3], Ks, vps):
+        r = np.linalg.solve(K, vp)
+        d = R.T @ (r / np.linalg.norm(r))
+        ds.append(d if not ds or d @ ds[0] >= 0 else -d)
+    return np.array(ds)
+
+
+def direction_spread(rotations: np.ndarray, Ks: np.ndarray, vps: list[np.ndarray]) -> float:
+    """Largest angle (degrees) of the views' ``world_directions`` from their mean: 0 when the
+    cameras' rotations and intrinsics agree with the vanishing points."""
+    ds = world_directions(rotations, Ks, vps)
+    m = ds.mean(0) / np.linalg.norm(ds.mean(0))
+    return float(np.degrees(np.arccos(np.clip(ds @ m, -1.0, 1.0))).max())
+
+
 def turn_steps(vps: list[np.ndarray], H: int, W: int, fov_deg: float = 56.0) -> np.ndarray:
     """Angles (degrees) between the rays towards consecutive views' vanishing points, at a nominal
     field of view: a camera moving smoothly past one line family turns them by a near-constant step."""
