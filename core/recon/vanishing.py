@@ -2,7 +2,7 @@
 
 Parallel lines in the scene (the stripes of a floor, the edges of a box) meet in one image point,
 the vanishing point of their 3D direction; with the right cameras every view's ray towards it,
-rotated into the world (``R_v^T K^-1 vp_v``), is that direction. Where the sliding matches of a
+rotated into the world (``R_v^T K^-1 vp_v``), is that direction. Where the wrong matches of a
 striped floor pull the camera estimate a few degrees off, the stripes' vanishing point still says
 how each view is turned (``cameras.bundle_adjust``'s ``vps``). Used only when the views agree on
 one line family (``one_family``): elsewhere each view's strongest family may be a different one.
