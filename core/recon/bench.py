@@ -227,8 +227,8 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
                 grid.frames, np.ones(grid.frames.shape[:2], bool),
                 _sfm(threads=threads, whole_grid=whole_grid, whole_grid_first=whole_grid_first,
                      choose_heldout=choose_heldout, affine_max_tilt=affine_max_tilt, fov_x_deg=fov_x, **vp),
-                log=lambda m: print("  ", m, flush=True) if m.startswith(("held-out", "orbit", "affine", "vanishing points: one"))
-                else None)
+                log=lambda m: print("  ", m, flush=True)
+                if m.startswith(("held-out", "orbit", "affine", "vanishing points: one")) else None)
         # what reconstruct would tell the user
         warnings = list(warns) + list(est.warnings) + unusual_fov_warnings(est, SfMConfig(fov_x_deg=fov_x))
         sec = time.perf_counter() - t0

@@ -691,7 +691,8 @@ def bundle_adjust(rec: _Recon, fixed_view: int, optimise_focal: bool, iters: int
                             (-skew3(a) @ du[:, :, None]) * (1.0 if optimise_focal else 0.0),
                             skew3(u) @ R[vi] @ Bt], 2) * vp_weight  # [n, 3, 6]
             Hv = Jv.transpose(1, 2) @ Jv
-            Hcc.index_put_((idx_vp[:, :, None].expand(n, 6, 6), idx_vp[:, None, :].expand(n, 6, 6)), Hv, accumulate=True)
+            Hcc.index_put_((idx_vp[:, :, None].expand(n, 6, 6), idx_vp[:, None, :].expand(n, 6, 6)), Hv,
+                           accumulate=True)
             gc.index_add_(0, idx_vp.reshape(-1), (Jv.transpose(1, 2) @ e[:, :, None])[..., 0].reshape(-1))
         while True:
             Hpp_d = Hpp + torch.diag_embed(lam * torch.diagonal(Hpp, dim1=-2, dim2=-1) + 1e-9)

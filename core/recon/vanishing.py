@@ -102,13 +102,14 @@ def turn_steps(vps: list[np.ndarray], H: int, W: int, fov_deg: float = 56.0) -> 
 
 def one_family(found: list[tuple[np.ndarray | None, int]], H: int, W: int, min_inliers: int = 8,
                max_step_spread_deg: float = 2.5) -> list[np.ndarray] | None:
-    """The views' vanishing points (``found``: (point, inlier count) per view) when they look like one 3D direction seen from a smoothly moving
-    camera: every view has one (with ``min_inliers`` segments) and the turn between consecutive
-    views (``turn_steps``) varies by at most ``max_step_spread_deg``; else None. On evaluation
-    seeds 1000000020..59 this kept the eleven whose points are one direction under the true cameras
-    (within 1.25 deg) and one more, 37 (steps of 0.6-0.9 deg, but 12 deg apart under the true cameras)."""
-    if len(found) < 3 or any(f[0] is None or f[1] < min_inliers for f in found):
+    """The views' vanishing points (``found``: (point, inlier count) per view) when they look like
+    one 3D direction seen from a smoothly moving camera: every view has one (with ``min_inliers``
+    segments) and the turn between consecutive views (``turn_steps``) varies by at most
+    ``max_step_spread_deg``; else None. On evaluation seeds 1000000020..59 this kept the eleven
+    whose points are one direction under the true cameras (within 1.25 deg) and one more, 37
+    (steps of 0.6-0.9 deg, but 12 deg apart under the true cameras)."""
+    if len(found) < 3 or any(vp is None or n < min_inliers for vp, n in found):
         return None
-    vps = [f[0] for f in found]
+    vps = [vp for vp, _ in found]
     steps = turn_steps(vps, H, W)
     return vps if float(steps.max() - steps.min()) <= max_step_spread_deg else None
