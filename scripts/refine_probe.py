@@ -1,13 +1,14 @@
 """Does the fit's photometric camera refinement pull a wrong camera estimate toward the truth?
 
-    python scripts/refine_probe.py SEED [--cache DIR] [--scale 0.25] [--lr 1,10] [--iters 600]
+    python scripts/refine_probe.py SEED [--cache DIR] [--scale 0.25] [--lr 1,10] [--iters 600] [--set FIELD=VALUE ...]
 
 Renders (or reads from ``--cache``) evaluation scene SEED as an 8x8 grid at 288x512, estimates its
 cameras as ``reconstruct`` does (``api.grid_cameras``, default ``SfMConfig``), then fits the
 Gaussians on the CPU to the grid shrunk by ``--scale`` with the CPU preset, once per ``--lr``
 factor (applied to both the pose and the focal-length learning rates), and prints the camera
 errors (``metrics.camera_errors``, max and mean over view pairs) of the estimate and of each fit's
-refined cameras against ground truth, which is read only to measure.
+refined cameras against ground truth, which is read only to measure. ``--set`` changes other
+``FitConfig`` fields of the preset (e.g. ``view_offset_start=1`` keeps the per-view offsets at zero).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=0.25, help="size of the fitted grid, x 288x512")
     p.add_argument("--lr", default="1,10", help="factors on the camera and focal learning rates, one fit each")
     p.add_argument("--iters", type=int, default=600)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="another numeric FitConfig field of the CPU preset, repeatable")
     args = p.parse_args()
 
     run = args.cache / f"s{args.seed}_8x8_288x512"
@@ -67,6 +70,12 @@ def main() -> None:
     Ks[:, 1] *= h / H
     est_small = dataclasses.replace(est, Ks=Ks)
     base = PRESETS["cpu"]
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in {f.name for f in dataclasses.fields(base)}:
+            p.error(f"--set {item}: FitConfig has no field {name!r}")
+        kind = type(getattr(base, name))  # int, float (or bool) as the preset has it
+        base = dataclasses.replace(base, **{name: kind(float(value))})
     for factor in (float(f) for f in args.lr.split(",")):
         cfg = dataclasses.replace(base, iters=args.iters, lr_cameras=base.lr_cameras * factor,
                                   lr_focal=base.lr_focal * factor)
