@@ -18,7 +18,7 @@ import warnings
 
 
 def _add_app_arguments(p: argparse.ArgumentParser) -> None:
-    from core.commands import add_precision_argument
+    from core.commands import add_compile_argument, add_precision_argument
 
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="studio port (default 7860)")
@@ -26,6 +26,7 @@ def _add_app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="'default' (embedded) or a model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_argument(p)
+    add_compile_argument(p)
     p.add_argument("--runs", default=None, help="folder for run folders (default ./runs)")
 
 

@@ -54,6 +54,7 @@ class StudioConfig:
     model: str = "default"
     device: str = "auto"
     precision: str = "auto"  # Engine's: auto, fp32 or bf16
+    compile: bool = False  # Engine's: torch.compile the blocks (faster after each size's first grid)
     max_file_size: str = "500mb"  # per upload
     max_viewers: int = 8  # live 3D viewers (one per session); the least recent is closed beyond this
 
@@ -61,7 +62,7 @@ class StudioConfig:
     def from_args(cls, args) -> "StudioConfig":
         return cls(runs=Path(args.runs or "runs"), host=args.host, port=args.port,
                    viewer_port=args.viewer_port, model=args.model, device=args.device,
-                   precision=args.precision)
+                   precision=args.precision, compile=args.compile)
 
 
 PREVIEW_MAX_WIDTH = 1280  # the live preview is only a glance: keep its PNGs small
@@ -106,7 +107,8 @@ class Studio:
             except ImportError as e:
                 raise InputError(f"the engine is not installed in this checkout ({e})") from None
             self._engine = None  # free the old model before loading the next
-            self._engine = Engine(model=model, device=self.config.device, precision=self.config.precision)
+            self._engine = Engine(model=model, device=self.config.device, precision=self.config.precision,
+                                  compile=self.config.compile)
             self._engine_model = model
         return self._engine
 

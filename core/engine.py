@@ -104,7 +104,11 @@ class Engine:
         self.model_id = str(model)
         self.precision_name = precision
         self._precision: str | None = None  # resolved on first use (``precision``)
-        self.compile = compile  # torch.compile the blocks (about a minute of warm-up per mode)
+        # torch.compile the blocks: each grid shape and mode compiles once (about a minute on a GPU,
+        # ~20 s on a 2-core CPU, where it needs a C++ compiler); where compiling fails, the engine
+        # warns and runs uncompiled from then on (``compile_error`` says why)
+        self.compile = compile
+        self.compile_error: str | None = None
         self.path = DEFAULT_MODEL_DIR if model == "default" else Path(model).expanduser()
         self.device_name = device
         self._model = None
@@ -277,10 +281,20 @@ class Engine:
             if on_progress is not None:
                 on_progress(step, total, None if preview is None else to_uint8(preview))
 
+        from torch._dynamo.exc import BackendCompilerFailed
+
         x = frames_to_model(frames)[0]
         with torch.inference_mode():
-            result = sample_long(model, x, torch.from_numpy(known), req.prompt, settings,
-                                 on_step=on_step, should_cancel=should_cancel)
+            try:
+                result = sample_long(model, x, torch.from_numpy(known), req.prompt, settings,
+                                     on_step=on_step, should_cancel=should_cancel)
+            except BackendCompilerFailed as e:
+                # (a shape compiles on its first call, so a compiler missing fails the first step; the
+                # grid then starts again uncompiled, its progress from step 1)
+                self._compile_failed(model, e)
+                step_times.clear()
+                result = sample_long(model, x, torch.from_numpy(known), req.prompt, settings,
+                                     on_step=on_step, should_cancel=should_cancel)
         out_frames = to_uint8(result)
         out_frames[known] = frames[known]  # known cells come back exactly as given
         t_sampled = time.perf_counter()
@@ -315,6 +329,20 @@ class Engine:
                 paths[name] = p
             extra_files = {"inputs/prompt.txt": req.prompt + "\n"} if req.prompt else {}
             return write_run(out, grid, manifest, inputs=paths, extra_files=extra_files)
+
+    def _compile_failed(self, model, error: Exception) -> None:
+        """Back to eager blocks for good after torch.compile failed (e.g. no C++ compiler), with a
+        warning that says why."""
+        import warnings
+
+        if not self.compile:
+            raise error
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        self.compile_error = first[:300]
+        self.compile = False
+        model.transformer.uncompile_blocks()
+        warnings.warn(f"compiling the model failed on this machine ({self.compile_error}); running it uncompiled",
+                      stacklevel=3)
 
     # -- reconstruct -----------------------------------------------------------------------------
     def reconstruct(self, run, iters=None, holdout=None, on_progress=None, should_cancel=None,

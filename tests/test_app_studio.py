@@ -642,11 +642,12 @@ def test_page_queues_every_gpu_job_on_one_queue_and_binds_locally(tmp_path):
     from app.studio import GPU, Studio, StudioConfig, build_demo
 
     args = argparse.Namespace(host="127.0.0.1", port=7860, viewer_port=8080, model="default", device="auto",
-                              precision="auto", runs=str(tmp_path / "runs"))
+                              precision="auto", compile=False, runs=str(tmp_path / "runs"))
     cfg = StudioConfig.from_args(args)
-    assert cfg.host == "127.0.0.1" and cfg.max_file_size and cfg.precision == "auto"
-    args.precision = "fp32"
-    assert Studio(StudioConfig.from_args(args)).engine("default").precision_name == "fp32"
+    assert cfg.host == "127.0.0.1" and cfg.max_file_size and cfg.precision == "auto" and not cfg.compile
+    args.precision, args.compile = "fp32", True
+    engine = Studio(StudioConfig.from_args(args)).engine("default")
+    assert engine.precision_name == "fp32" and engine.compile
     studio = Studio(cfg)
     demo = build_demo(studio)
     fns = {f.name: f for f in demo.fns.values()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import add_precision_argument
+from . import add_compile_argument, add_precision_argument
 
 NAME = "generate"
 HELP = "generate a 4D grid (views x times) from two videos, one image, or a prompt"
@@ -32,6 +32,7 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default="default", help="'default' (embedded) or a model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_argument(p)
+    add_compile_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -39,7 +40,7 @@ def run(args) -> int:
     from ..engine import Engine, GenerateRequest
     from ..grid import parse_size
 
-    engine = Engine(model=args.model, device=args.device, precision=args.precision)
+    engine = Engine(model=args.model, device=args.device, precision=args.precision, compile=args.compile)
     cfg = engine.facts()["config"]
     h, w = parse_size(args.size) if args.size else (cfg.height, cfg.width)
     req = GenerateRequest(
