@@ -305,7 +305,7 @@ class Engine:
             "input_kind": req.kind, "seed": req.seed,
             "model": {"id": self.model_id, "path": str(self.path), "hash": self._hash,
                       "codec": model.codec.name, "dtype": str(model.dtype).replace("torch.", "")},
-            "device": str(model.device), "unknown_words": unknown, **extra,
+            "device": str(model.device), "compiled": self.compile, "unknown_words": unknown, **extra,
         })
         steps_run = len(step_times)
         manifest["timings"] = {

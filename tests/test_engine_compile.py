@@ -4,6 +4,7 @@ uncompiled; where it can, the compiled grid matches the eager one."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -50,6 +51,7 @@ def test_a_failing_compile_falls_back_to_the_same_grid_with_a_warning(files, tmp
     assert not engine.compile and "compiler" in engine.compile_error.lower()
     assert steps == [1, 2]  # progress reported once per step, not again for the retry
     assert np.array_equal(Grid.load_npz(tmp_path / "run" / "grid.npz").frames, _eager_grid(files, tmp_path))
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["compiled"] is False
     # the engine stays uncompiled: the next grid neither retries the compile nor warns
     import warnings
 
@@ -69,6 +71,7 @@ def test_compiled_grid_from_the_command_line_matches_eager(files, tmp_path, recw
     torch._dynamo.reset()
     assert rc == 0
     assert not [w for w in recwarn if "compiling the model failed" in str(w.message)]  # it did compile
+    assert json.loads((out / "manifest.json").read_text())["compiled"] is True
     compiled = Grid.load_npz(out / "grid.npz").frames.astype(int)
     eager = _eager_grid(files, tmp_path).astype(int)
     # fused kernels round differently: a level or two of 255 at most, almost everywhere none
