@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.commands.synth import synth_run  # noqa: E402
+from core.recon.bench import cached_grid  # noqa: E402
 from core.grid import Grid  # noqa: E402
 from core.recon import cameras as C  # noqa: E402
 from core.recon.api import load_gt_cameras  # noqa: E402
@@ -67,9 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="/tmp/camcache", help="folder of rendered scenes (reused)")
     args = p.parse_args(argv)
 
-    run = Path(args.cache) / f"s{args.seed}_8x8_288x512"
-    if not (run / "grid.npz").is_file():
-        synth_run(run, args.seed, 8, 8, 288, 512, videos=False)
+    run = cached_grid(args.cache, args.seed)
     grid = Grid.load_npz(run / "grid.npz")
     truth = Truth(run)
     gt = truth.vm

@@ -8,8 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.commands.synth import synth_run  # noqa: E402
-from core.recon.bench import _seed_range, camera_bench  # noqa: E402
+from core.recon.bench import _seed_range, cached_grid, camera_bench  # noqa: E402
 
 
 def main() -> None:
@@ -17,9 +16,7 @@ def main() -> None:
     cache = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/camcache_cuda")
     passed = 0
     for i, s in enumerate(seeds):
-        run = cache / f"s{s}_8x8_288x512"
-        if not (run / "grid.npz").is_file():
-            synth_run(run, s, 8, 8, 288, 512, device="cuda", videos=False)
+        cached_grid(cache, s, device="cuda")  # rendered on the GPU first, as the reconstruction bench renders
         passed += camera_bench([s], "288x512", 8, 8, cache)[0]["pass"]
         print(f"{passed} of {i + 1} pass so far", flush=True)
 

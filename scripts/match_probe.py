@@ -82,12 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=Path("/tmp/camcache"), help="the camera bench's grid folder")
     p.add_argument("--affine", action="store_true", help="the affine-simulated fallback's features")
     args = p.parse_args(argv)
-    from core.commands.synth import synth_run
+    from core.recon.bench import cached_grid
 
     for seed in (int(s) for s in args.seeds.split(",")):
-        run = args.cache / f"s{seed}_8x8_288x512"
-        if not (run / "grid.npz").is_file():
-            synth_run(run, seed, 8, 8, 288, 512, videos=False)
+        run = cached_grid(args.cache, seed)
         rows = probe(run, args.affine)
         if not rows:
             print(f"{seed}: no pair of views kept verified matches of seen points", flush=True)

@@ -121,15 +121,13 @@ def main(argv=None) -> int:
     p.add_argument("--matcher", choices=["sift", "flow"], default="sift")
     p.add_argument("--texture", type=float, default=1e-7, help="with --matcher flow: min-eigenvalue threshold")
     args = p.parse_args(argv)
-    from core.commands.synth import synth_run
+    from core.recon.bench import cached_grid
     from core.grid import Grid
     from core.recon.geometry import fov_from_focal
 
     sift = cv2.SIFT_create(nfeatures=4000)
     for s in (int(x) for x in args.seeds.split(",")):
-        run = args.cache / f"s{s}_8x8_288x512"
-        if not (run / "grid.npz").is_file():
-            synth_run(run, s, 8, 8, 288, 512, videos=False)
+        run = cached_grid(args.cache, s)
         frames = Grid.load_npz(run / "grid.npz").frames[:, 0]
         cams = json.loads((run / "cameras.json").read_text())
         V, H, W = frames.shape[:3]

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.recon.api import grid_cameras, load_gt_cameras  # noqa: E402
-from core.commands.synth import synth_run  # noqa: E402
+from core.recon.bench import cached_grid  # noqa: E402
 from core.grid import Grid  # noqa: E402
 from core.recon.cameras import SfMConfig  # noqa: E402
 from core.recon.fit import PRESETS, build_model, fit  # noqa: E402
@@ -51,9 +51,7 @@ def main() -> None:
                    help="another numeric FitConfig field of the CPU preset, repeatable")
     args = p.parse_args()
 
-    run = args.cache / f"s{args.seed}_8x8_288x512"
-    if not (run / "grid.npz").is_file():
-        synth_run(run, args.seed, 8, 8, 288, 512, videos=False)
+    run = cached_grid(args.cache, args.seed)
     frames = Grid.load_npz(run / "grid.npz").frames
     V, T, H, W = frames.shape[:4]
     gt = load_gt_cameras(run / "cameras.json", V)

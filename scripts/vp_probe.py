@@ -57,14 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("seeds", help="A..B or A,B,C")
     p.add_argument("--cache", type=Path, default=Path("/tmp/camera_bench"), help="the camera bench's grid folder")
     args = p.parse_args(argv)
-    from core.commands.synth import synth_run
-    from core.recon.bench import _seed_range
+    from core.recon.bench import _seed_range, cached_grid
 
     print("seed        inliers  spread true  spread est  estimate rot / tdir")
     for s in _seed_range(args.seeds):
-        run = args.cache / f"s{s}_8x8_288x512"
-        if not (run / "grid.npz").is_file():
-            synth_run(run, s, 8, 8, 288, 512, videos=False)
+        run = cached_grid(args.cache, s)
         r = probe(run)
         f = lambda x: "     -" if x is None else f"{x:6.2f}"  # noqa: E731
         print(f"{s}  {r['inliers_min']:7d}  {f(r['spread_true'])}°     {f(r['spread_est'])}°    "

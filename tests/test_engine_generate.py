@@ -14,21 +14,10 @@ import launch
 from core import engine as engine_mod
 from core.engine import Engine, GenerateRequest
 from core.errors import Cancelled, InputError
-from core.export import write_png
 from core.grid import Grid
-from core.model.testing import moving_square, tiny_model, write_clip
+from core.model.testing import tiny_model
 
 SIZE = ["--views", "2", "--times", "3", "--size", "16x16", "--steps", "2"]
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("engine")
-    model = tiny_model(trained=True).save_pretrained(d / "model")
-    fixed = write_clip(d / "fixed.mp4", moving_square(12))
-    orbit = write_clip(d / "orbit.mp4", moving_square(12, seed=1)[:, :, ::-1].copy())
-    image = write_png(d / "still.png", moving_square(1)[0])
-    return {"model": str(model), "fixed": str(fixed), "orbit": str(orbit), "image": str(image), "dir": d}
 
 
 def assert_run_folder(run, V, T, known_kind):
@@ -47,10 +36,10 @@ def assert_run_folder(run, V, T, known_kind):
     return manifest, grid
 
 
-def test_generate_from_two_videos_writes_a_run_folder(files, tmp_path, capsys):
+def test_generate_from_two_videos_writes_a_run_folder(engine_files, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = launch.main(["generate", "--fixed-view", files["fixed"], "--freeze-time", files["orbit"],
-                      "--prompt", "a red ball", "--model", files["model"], "--out", str(out), *SIZE])
+    rc = launch.main(["generate", "--fixed-view", engine_files["fixed"], "--freeze-time", engine_files["orbit"],
+                      "--prompt", "a red ball", "--model", engine_files["model"], "--out", str(out), *SIZE])
     assert rc == 0
     assert capsys.readouterr().out.strip() == str(out)
     manifest, grid = assert_run_folder(out, 2, 3, "row0+col0")
@@ -59,23 +48,23 @@ def test_generate_from_two_videos_writes_a_run_folder(files, tmp_path, capsys):
     # Known cells are the inputs as used (resampled), exactly.
     from core.video import load_inputs
 
-    inp = load_inputs(files["fixed"], files["orbit"], 2, 3, 16, 16)
+    inp = load_inputs(engine_files["fixed"], engine_files["orbit"], 2, 3, 16, 16)
     assert np.array_equal(grid.frames[0], inp["row0"])
     assert np.array_equal(grid.frames[1:, 0], inp["col0"][1:])
 
 
-def test_generate_from_one_image_writes_a_run_folder(files, tmp_path):
+def test_generate_from_one_image_writes_a_run_folder(engine_files, tmp_path):
     out = tmp_path / "run"
-    rc = launch.main(["generate", "--image", files["image"], "--model", files["model"], "--out", str(out),
+    rc = launch.main(["generate", "--image", engine_files["image"], "--model", engine_files["model"], "--out", str(out),
                       "--mode", "fused", "--quiet", *SIZE])
     assert rc == 0
     manifest, grid = assert_run_folder(out, 2, 3, "cell0")
     assert (out / "inputs" / "image.png").is_file() and manifest["asked"]["mode"] == "fused"
 
 
-def test_generate_from_a_prompt_writes_a_run_folder_and_extends_in_chunks(files, tmp_path):
+def test_generate_from_a_prompt_writes_a_run_folder_and_extends_in_chunks(engine_files, tmp_path):
     out = tmp_path / "run"
-    rc = launch.main(["generate", "--prompt", "a blue cube spins", "--model", files["model"], "--out", str(out),
+    rc = launch.main(["generate", "--prompt", "a blue cube spins", "--model", engine_files["model"], "--out", str(out),
                       "--guidance", "2", "--quiet", "--views", "2", "--times", "5", "--size", "16x16", "--steps", "2"])
     assert rc == 0
     manifest, grid = assert_run_folder(out, 2, 5, "none")
@@ -95,12 +84,12 @@ def test_generate_from_a_prompt_writes_a_run_folder_and_extends_in_chunks(files,
     (["--prompt", "x", "--mode", "diagonal"], "invalid choice"),
     (["--prompt", "x", "--model", "MISSING_MODEL"], "does not exist"),
 ])
-def test_bad_inputs_exit_2_with_one_line(files, tmp_path, capsys, args, expect):
-    args = [a.replace("FIXED", files["fixed"]).replace("ORBIT", files["orbit"]).replace("IMAGE", files["image"])
-             .replace("MISSING_MODEL", str(tmp_path / "nomodel")) for a in args]
+def test_bad_inputs_exit_2_with_one_line(engine_files, tmp_path, capsys, args, expect):
+    args = [a.replace("FIXED", engine_files["fixed"]).replace("ORBIT", engine_files["orbit"])
+             .replace("IMAGE", engine_files["image"]).replace("MISSING_MODEL", str(tmp_path / "nomodel")) for a in args]
     base = ["generate", "--out", str(tmp_path / "run"), "--quiet", "--times", "3"]
     if "--model" not in args:
-        base += ["--model", files["model"]]
+        base += ["--model", engine_files["model"]]
     if "--size" not in args:
         base += ["--size", "16x16"]
     rc = launch.main(base + args)
@@ -112,9 +101,10 @@ def test_bad_inputs_exit_2_with_one_line(files, tmp_path, capsys, args, expect):
     assert not (tmp_path / "run").exists()
 
 
-def test_existing_output_folder_is_refused_before_loading(files, tmp_path, capsys):
+def test_existing_output_folder_is_refused_before_loading(engine_files, tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    rc = launch.main(["generate", "--prompt", "x", "--model", files["model"], "--out", str(tmp_path / "run"), *SIZE])
+    rc = launch.main(["generate", "--prompt", "x", "--model", engine_files["model"], "--out", str(tmp_path / "run"),
+                      *SIZE])
     assert rc == 2 and "already exists" in capsys.readouterr().err
 
 
@@ -125,8 +115,8 @@ def test_missing_default_model_says_so(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "default model is missing" in err and len(err.splitlines()) == 1
 
 
-def test_engine_progress_cancel_and_info(files, tmp_path):
-    eng = Engine(files["model"], device="cpu")
+def test_engine_progress_cancel_and_info(engine_files, tmp_path):
+    eng = Engine(engine_files["model"], device="cpu")
     info = eng.info()
     assert info["size_multiple"] == 4 and info["chunk_times"] == 3 and info["loaded"] is False
     req = GenerateRequest(prompt="a ball", views=2, times=3, height=16, width=16, steps=3)
@@ -147,27 +137,27 @@ def test_engine_progress_cancel_and_info(files, tmp_path):
 
 # -- precision (core.engine.resolve_precision; its rules in test_engine_precision.py) ----------------
 @pytest.mark.parametrize("flag, dtype", [("fp32", "float32"), ("bf16", "bfloat16")])
-def test_generate_runs_and_records_the_precision(files, tmp_path, flag, dtype):
+def test_generate_runs_and_records_the_precision(engine_files, tmp_path, flag, dtype):
     out = tmp_path / "run"
-    rc = launch.main(["generate", "--fixed-view", files["fixed"], "--freeze-time", files["orbit"],
-                      "--model", files["model"], "--device", "cpu", "--precision", flag, "--quiet",
+    rc = launch.main(["generate", "--fixed-view", engine_files["fixed"], "--freeze-time", engine_files["orbit"],
+                      "--model", engine_files["model"], "--device", "cpu", "--precision", flag, "--quiet",
                       "--out", str(out), *SIZE])
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["dtype"] == dtype
 
 
-def test_auto_follows_the_cpu(files, monkeypatch):
+def test_auto_follows_the_cpu(engine_files, monkeypatch):
     for native, dtype in ((False, torch.float32), (True, torch.bfloat16)):
         monkeypatch.setattr(engine_mod, "cpu_has_bf16", lambda native=native: native)
-        eng = Engine(model=files["model"], device="cpu")
+        eng = Engine(model=engine_files["model"], device="cpu")
         assert eng.info()["precision"] == ("bf16" if native else "fp32")
         assert eng.load().dtype == dtype
         assert eng.info()["dtype"] == str(dtype).replace("torch.", "")
 
 
-def test_bad_precision_on_the_command_line_exits_2(files, tmp_path, capsys):
-    rc = launch.main(["generate", "--prompt", "a ball", "--model", files["model"], "--precision", "fp16",
+def test_bad_precision_on_the_command_line_exits_2(engine_files, tmp_path, capsys):
+    rc = launch.main(["generate", "--prompt", "a ball", "--model", engine_files["model"], "--precision", "fp16",
                       "--out", str(tmp_path / "run")])
     assert rc == 2
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
@@ -175,32 +165,32 @@ def test_bad_precision_on_the_command_line_exits_2(files, tmp_path, capsys):
 
 
 # -- the noise schedule's shift (core.sampler.SampleSettings.shift) --------------------------------
-def _grid_with_shift(files, tmp_path, name, *shift):
+def _grid_with_shift(engine_files, tmp_path, name, *shift):
     out = tmp_path / name
-    rc = launch.main(["generate", "--fixed-view", files["fixed"], "--freeze-time", files["orbit"],
-                      "--model", files["model"], "--device", "cpu", "--precision", "fp32", "--quiet",
+    rc = launch.main(["generate", "--fixed-view", engine_files["fixed"], "--freeze-time", engine_files["orbit"],
+                      "--model", engine_files["model"], "--device", "cpu", "--precision", "fp32", "--quiet",
                       "--out", str(out), *SIZE, *shift])
     assert rc == 0
     return json.loads((out / "manifest.json").read_text()), Grid.load_npz(out / "grid.npz")
 
 
-def test_shift_defaults_to_the_models_is_recorded_and_changes_the_grid(files, tmp_path):
+def test_shift_defaults_to_the_models_is_recorded_and_changes_the_grid(engine_files, tmp_path):
     from core.model.config import FourDConfig
 
-    own = FourDConfig.load(f"{files['model']}/fourd.json").shift
-    m0, g0 = _grid_with_shift(files, tmp_path, "own")
-    m1, g1 = _grid_with_shift(files, tmp_path, "same", "--shift", f"{own}")
-    m2, g2 = _grid_with_shift(files, tmp_path, "other", "--shift", f"{own + 8}")
+    own = FourDConfig.load(f"{engine_files['model']}/fourd.json").shift
+    m0, g0 = _grid_with_shift(engine_files, tmp_path, "own")
+    m1, g1 = _grid_with_shift(engine_files, tmp_path, "same", "--shift", f"{own}")
+    m2, g2 = _grid_with_shift(engine_files, tmp_path, "other", "--shift", f"{own + 8}")
     assert m0["asked"]["shift"] == m1["asked"]["shift"] == own and m2["asked"]["shift"] == own + 8
     assert np.array_equal(g0.frames, g1.frames)  # the model's own shift when none is given
     assert not np.array_equal(g0.frames, g2.frames)  # another schedule, another grid
     assert np.array_equal(g0.frames[g0.known], g2.frames[g2.known])  # the inputs stay as given
-    assert Engine(model=files["model"], device="cpu").info()["defaults"]["shift"] == own
+    assert Engine(model=engine_files["model"], device="cpu").info()["defaults"]["shift"] == own
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "101", "nan"])
-def test_bad_shift_exits_2_before_loading(files, tmp_path, capsys, bad):
-    rc = launch.main(["generate", "--prompt", "a ball", "--model", files["model"], "--shift", bad,
+def test_bad_shift_exits_2_before_loading(engine_files, tmp_path, capsys, bad):
+    rc = launch.main(["generate", "--prompt", "a ball", "--model", engine_files["model"], "--shift", bad,
                       "--out", str(tmp_path / "run")])
     assert rc == 2
     err = capsys.readouterr().err

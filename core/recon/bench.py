@@ -183,6 +183,18 @@ def _seed_range(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def cached_grid(cache: Path, seed: int, views: int = 8, times: int = 8, height: int = 288, width: int = 512,
+                device: str = "cpu") -> Path:
+    """The run folder of synthetic scene ``seed`` in the camera bench's grid cache (``cache``/
+    ``s{seed}_{V}x{T}_{H}x{W}``), rendered there first (``launch.py synth``, no videos) when missing."""
+    from ..commands.synth import synth_run
+
+    run = Path(cache) / f"s{seed}_{views}x{times}_{height}x{width}"
+    if not (run / "grid.npz").is_file():
+        synth_run(run, seed, views, times, height, width, device=device, videos=False)
+    return run
+
+
 def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Path, column0: bool = False,
                  threads: int = 0, whole_grid: bool = False, whole_grid_first: bool = False,
                  choose_heldout: bool | None = None, affine_max_tilt: int = 0,
@@ -199,7 +211,6 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
     ``vanishing`` sets ``SfMConfig.vanishing_weight`` (None: its default)."""
     import numpy as np
 
-    from ..commands.synth import synth_run
     from ..grid import Grid, parse_size
     from .api import grid_cameras, load_gt_cameras
     from .cameras import SfMConfig, estimate_cameras, unusual_fov_warnings
@@ -208,9 +219,7 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
     H, W = parse_size(size)
     rows = []
     for s in seeds:
-        run = cache / f"s{s}_{views}x{times}_{H}x{W}"
-        if not (run / "grid.npz").is_file():
-            synth_run(run, s, views, times, H, W, videos=False)
+        run = cached_grid(cache, s, views, times, H, W)
         grid = Grid.load_npz(run / "grid.npz")
         gt = load_gt_cameras(run / "cameras.json", grid.V)
         K = np.array(json.loads((run / "cameras.json").read_text())["views"][0]["K"])
