@@ -105,7 +105,7 @@ class Engine:
         self.precision_name = precision
         self._precision: str | None = None  # resolved on first use (``precision``)
         # torch.compile the blocks: each grid shape and mode compiles once (about a minute on a GPU,
-        # ~20 s on a 2-core CPU, where it needs a C++ compiler); where compiling fails, the engine
+        # 16-18 s on a 2-core CPU, where it needs a C++ compiler); where compiling fails, the engine
         # warns and runs uncompiled from then on (``compile_error`` says why)
         self.compile = compile
         self.compile_error: str | None = None

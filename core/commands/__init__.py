@@ -20,7 +20,7 @@ def add_compile_argument(p) -> None:
     """``--compile`` of ``generate`` and of the studio (``Engine``'s)."""
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model's blocks: the first grid of each size and mode waits for the "
-                        "compile (~20 s on a 2-core CPU, which needs a C++ compiler; about a minute on a GPU), "
+                        "compile (16-18 s on a 2-core CPU, which needs a C++ compiler; about a minute on a GPU), "
                         "later ones run faster (13-24%% a step on a 2-core CPU); falls back to uncompiled with "
                         "a warning where compiling fails")
 
