@@ -161,7 +161,8 @@ def test_affine_features_on_column_0_when_neither_column_0_nor_the_whole_grid_pl
     cfgs.clear()
     est, times, used_grid, warnings = api.grid_cameras(toy_grid.frames, train, cfg)
     assert est is affine and not used_grid and times == [0] * V and any("affine" in w for w in warnings)
-    a = [c for c in cfgs if c.affine_max_tilt > 1]
+    a = [c for c in cfgs if c.affine_max_tilt > 1 and c.min_cornerness == 0]
+    assert [c.min_cornerness for c in cfgs if c.affine_max_tilt > 1 and c.min_cornerness > 0] == [0.05]
     assert len(a) == 1 and a[0].affine_max_tilt == 2 and not a[0].guided and not a[0].guided_register
     assert a[0].chain_min_frac == 0.25 and a[0].pair_window == 3 and a[0].min_detect_side == 0
     assert a[0].three_view_from > 10 ** 6  # two-view tracks
@@ -201,7 +202,7 @@ def test_affine_features_when_the_kept_estimate_moved_its_focal_length_after_its
     monkeypatch.setattr(api, "choose_by_heldout", lambda *a, **k: None)
     train = np.ones((V, 2), bool)
     cfg = SfMConfig(threads=1)
-    tried = lambda: [c for c in cfgs if c.affine_max_tilt > 1]  # noqa: E731
+    tried = lambda: [c for c in cfgs if c.affine_max_tilt > 1 and c.min_cornerness == 0]  # noqa: E731
     col0.fov_first_deg = 52.0  # 55 at the end: 3 deg, under the default 5
     est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
     assert est is col0 and not used_grid and not tried()
@@ -226,6 +227,45 @@ def test_affine_features_when_the_kept_estimate_moved_its_focal_length_after_its
     pool.fov_first_deg = 54.0
     est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
     assert est is pool and used_grid
+
+
+def test_affine_features_without_edge_keypoints_replace_the_fallback_only_when_they_fit_clearly_better(
+        toy_grid, monkeypatch):
+    """The affine fallback kept: it is made again without the keypoints on edges
+    (``min_cornerness`` at ``affine_fallback_cornerness``), and that estimate replaces it when it
+    places every view by ordinary registration and its RMS error is below
+    ``affine_cornerness_rms_ratio`` x the first's; else the first stays; 0 never makes it."""
+    import core.recon.api as api
+
+    V = 6
+    col0 = _cams(toy_grid.viewmats, toy_grid.Ks)
+    col0.n_registered = 5  # incomplete: the whole grid, then the affine fallback
+    pool = _cams(toy_grid.viewmats, toy_grid.Ks)
+    pool.n_guided = 1
+    plain = _cams(toy_grid.viewmats, toy_grid.Ks)
+    plain.reproj_px = 0.6
+    corners = _cams(toy_grid.viewmats, toy_grid.Ks)
+    cfgs = []
+
+    def fake(images, cfg, log=None, usable=None):
+        cfgs.append(cfg)
+        if images.ndim == 5:
+            return pool
+        if cfg.affine_max_tilt > 1:
+            return corners if cfg.min_cornerness > 0 else plain
+        return col0
+
+    monkeypatch.setattr(api, "estimate_cameras", fake)
+    train = np.ones((V, 2), bool)
+    for rms, n_reg, n_guided, want in ((0.4, V, 0, corners), (0.5, V, 0, plain), (0.4, V - 1, 0, plain),
+                                       (0.4, V, 1, plain)):
+        corners.reproj_px, corners.n_registered, corners.n_guided = rms, n_reg, n_guided
+        est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, SfMConfig(threads=1))
+        assert est is want and not used_grid, (rms, n_reg, n_guided)
+    corners.reproj_px, corners.n_registered, corners.n_guided = 0.4, V, 0
+    cfgs.clear()
+    est, *_ = api.grid_cameras(toy_grid.frames, train, SfMConfig(threads=1, affine_fallback_cornerness=0.0))
+    assert est is plain and not any(c.min_cornerness > 0 for c in cfgs)
 
 
 def _cams(viewmats, Ks):

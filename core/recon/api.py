@@ -161,10 +161,23 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
         if log:
             log(f"affine features: {est_a.n_registered} of {V} views placed ({est_a.n_guided} by guided registration)")
         if est_a.n_registered == V and est_a.n_guided == 0:
-            return est_a
+            return corners_only(est_a)
         tried.append(f"affine-simulated features on column 0 placed only {est_a.n_registered - est_a.n_guided} "
                      f"of {V} views by ordinary registration (not used)")
         return None
+
+    def corners_only(est_a: CameraEstimate) -> CameraEstimate:
+        # the affine features again without the keypoints on edges, kept when they place every
+        # view as well and fit clearly better (``SfMConfig.affine_fallback_cornerness``)
+        if cfg.affine_fallback_cornerness <= 0:
+            return est_a
+        est_c = estimate_cameras(images, affine_fallback_config(cfg, corners_only=True), log=log)
+        better = (est_c.n_registered == V and est_c.n_guided == 0
+                  and est_c.reproj_px < cfg.affine_cornerness_rms_ratio * est_a.reproj_px)
+        if log:
+            log(f"affine features without edge keypoints: {est_c.n_registered} of {V} views placed, rms "
+                f"{est_c.reproj_px:.3f} px against {est_a.reproj_px:.3f}" + (" (used)" if better else " (not used)"))
+        return est_c if better else est_a
 
     def fov_disagreement(kept_est: CameraEstimate, other: CameraEstimate) -> list[str]:
         # the two estimates' focal lengths far apart: the cameras may be several degrees off
