@@ -41,6 +41,10 @@ class GenerateRequest:
     mode: str = "soft"  # soft | hard | sequential | fused
     guidance: float = 1.0
     shift: float | None = None  # the noise schedule's time shift (None: the model's)
+    # a grid smaller than the model's own (8 x 8) is sampled as every k-th view and time of a
+    # denser one of about that size (``grid.dense_factor``): slower, and closer to what the model
+    # was trained on (a 4 x 4 grid as the even cells of a 7 x 7 one)
+    dense: bool = True
 
     @property
     def kind(self) -> str:
@@ -231,7 +235,7 @@ class Engine:
         """Make the grid ``req`` asks for and write a whole run folder at ``out``; return its path."""
         import torch
 
-        from .grid import Grid, known_mask
+        from .grid import Grid, dense_factor, known_mask
         from .model.codec import frames_to_model
         from .runfolder import base_manifest, write_run
         from .sampler import SampleSettings, sample_long, to_uint8
@@ -243,22 +247,27 @@ class Engine:
         if req.shift is None:  # the manifest records the shift that ran
             req = dataclasses.replace(req, shift=self.facts()["config"].shift)
         V, T, H, W = req.views, req.times, req.height, req.width
-        frames = np.zeros((V, T, H, W, 3), np.uint8)
+        cfg = self.facts()["config"]
+        kv, kt = ((dense_factor(V, min(cfg.views, cfg.max_views)), dense_factor(T, min(cfg.times, cfg.chunk_times)))
+                  if req.dense else (1, 1))
+        Vd, Td = (V - 1) * kv + 1, (T - 1) * kt + 1  # the grid sampled; every kv-th view, kt-th time is ours
+        frames = np.zeros((Vd, Td, H, W, 3), np.uint8)
         fps, extra, inputs_used = 8.0, {}, {}
         if req.kind == "videos":
-            inp = load_inputs(req.fixed_view, req.freeze_time, V, T, H, W)
+            inp = load_inputs(req.fixed_view, req.freeze_time, V, T, H, W, every=(kv, kt))
             frames[0, :], frames[:, 0] = inp["row0"], inp["col0"]
             frames[0, 0] = inp["row0"][0]  # the shared cell comes from the fixed-view video
-            known = known_mask(V, T, "row0+col0")
+            known = known_mask(Vd, Td, "row0+col0")
             fps = inp["fps"]
             extra = {"shared_cell_psnr": inp["shared_cell_psnr"], "warning": inp["warning"]}
-            inputs_used = {"fixed_view.mp4": ("video", inp["row0"]), "freeze_time.mp4": ("video", inp["col0"])}
+            inputs_used = {"fixed_view.mp4": ("video", inp["row0"][::kt]),
+                           "freeze_time.mp4": ("video", inp["col0"][::kv])}
         elif req.kind == "image":
             frames[0, 0] = read_image(req.image, H, W)
-            known = known_mask(V, T, "cell0")
+            known = known_mask(Vd, Td, "cell0")
             inputs_used = {"image.png": ("image", frames[0, 0])}
         else:
-            known = known_mask(V, T, "none")
+            known = known_mask(Vd, Td, "none")
         t_inputs = time.perf_counter()
 
         # 2. Load the model
@@ -279,7 +288,7 @@ class Engine:
         def on_step(step, total, preview):
             step_times.append(time.perf_counter())
             if on_progress is not None:
-                on_progress(step, total, None if preview is None else to_uint8(preview))
+                on_progress(step, total, None if preview is None else to_uint8(preview)[::kv, ::kt])
 
         from torch._dynamo.exc import BackendCompilerFailed
 
@@ -297,6 +306,7 @@ class Engine:
                                      on_step=on_step, should_cancel=should_cancel)
         out_frames = to_uint8(result)
         out_frames[known] = frames[known]  # known cells come back exactly as given
+        out_frames, known = out_frames[::kv, ::kt], known[::kv, ::kt]
         t_sampled = time.perf_counter()
 
         # 4. Write the run folder
@@ -305,7 +315,8 @@ class Engine:
             "input_kind": req.kind, "seed": req.seed,
             "model": {"id": self.model_id, "path": str(self.path), "hash": self._hash,
                       "codec": model.codec.name, "dtype": str(model.dtype).replace("torch.", "")},
-            "device": str(model.device), "compiled": self.compile, "unknown_words": unknown, **extra,
+            "device": str(model.device), "compiled": self.compile, "unknown_words": unknown,
+            "sampled_grid": [Vd, Td], **extra,
         })
         steps_run = len(step_times)
         manifest["timings"] = {

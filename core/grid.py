@@ -128,6 +128,16 @@ class Grid:
             raise InputError(f"{path} is not a readable grid file ({type(e).__name__}: {e})") from None
 
 
+def dense_factor(n: int, trained: int) -> int:
+    """The largest k with (n - 1) * k + 1 <= ``trained`` (at least 1): an axis of ``n`` cells is
+    sampled as every k-th cell of one of (n - 1) * k + 1, first and last positions the same. A
+    model trained on 8 x 8 grids makes a 4 x 4 grid better as the even cells of a 7 x 7 one (the
+    views and times the same distance apart as in training) than directly."""
+    if n < 2 or trained <= n:
+        return 1
+    return max(1, (trained - 1) // (n - 1))
+
+
 def known_mask(views: int, times: int, kind: str) -> np.ndarray:
     """Named known-cell masks: 'row0+col0', 'cell0' (image to 4D), 'none' (text to 4D),
     'col0' (extension from a previous chunk's last column), 'row0', 'all'."""

@@ -124,16 +124,18 @@ def to_rgb(img: np.ndarray, bgr: bool = True) -> np.ndarray:
 
 
 def read_video(path: str | os.PathLike, times: int, height: int, width: int,
-               what: str = "video") -> tuple[np.ndarray, float]:
+               what: str = "video", every: int = 1) -> tuple[np.ndarray, float]:
     """Read ``times`` frames spread evenly over the clip, each resized and centre-cropped.
 
     Returns (frames uint8 [T, H, W, 3], fps of the resampled clip). Streams: only picked frames
     are kept. A clip whose container claims more frames than decode (a truncated file) is refused.
+    ``every`` > 1 reads (times - 1) * every + 1 frames instead, of which every ``every``-th is one
+    of the ``times`` (the fps stays that of ``times`` frames).
     """
     if times < 1:
         raise InputError(f"times must be at least 1, got {times}")
     info = probe_video(path, what)
-    frames = _decode_picked(info, times, height, width, what)
+    frames = _decode_picked(info, (times - 1) * every + 1, height, width, what)
     duration = info.frames / info.fps if info.frames else times / info.fps
     # Play the resampled clip over about the source's duration, within a watchable range.
     fps = (times - 1) / duration if duration > 0 and times > 1 else info.fps
@@ -268,12 +270,14 @@ def check_shared_cell(fixed_view_first: np.ndarray, freeze_time_first: np.ndarra
 
 
 def load_inputs(fixed_view: str | os.PathLike, freeze_time: str | os.PathLike, views: int, times: int,
-                height: int, width: int) -> dict:
+                height: int, width: int, every: tuple[int, int] = (1, 1)) -> dict:
     """Read both input clips for a grid: row 0 from ``fixed_view``, column 0 from ``freeze_time``.
 
-    Returns dict(row0 [T,H,W,3], col0 [V,H,W,3], fps, shared_cell_psnr, warning).
+    Returns dict(row0 [T,H,W,3], col0 [V,H,W,3], fps, shared_cell_psnr, warning). ``every`` =
+    (kv, kt): column 0 and row 0 of the denser grid whose every kv-th view and kt-th time is this
+    one's ((V - 1) * kv + 1 views, ``grid.dense_factor``); fps is this grid's.
     """
-    row0, fps = read_video(fixed_view, times, height, width, what="fixed-view video")
-    col0, _ = read_video(freeze_time, views, height, width, what="freeze-time video")
+    row0, fps = read_video(fixed_view, times, height, width, what="fixed-view video", every=every[1])
+    col0, _ = read_video(freeze_time, views, height, width, what="freeze-time video", every=every[0])
     psnr, warning = check_shared_cell(row0[0], col0[0])
     return {"row0": row0, "col0": col0, "fps": fps, "shared_cell_psnr": psnr, "warning": warning}

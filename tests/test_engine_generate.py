@@ -53,6 +53,34 @@ def test_generate_from_two_videos_writes_a_run_folder(engine_files, tmp_path, ca
     assert np.array_equal(grid.frames[1:, 0], inp["col0"][1:])
 
 
+def test_a_grid_smaller_than_the_models_is_sampled_as_every_kth_cell_of_a_denser_one(engine_files, tmp_path):
+    """The tiny model makes 3 times at once: a grid of 2 times is sampled as the first and last
+    time of 3 (``grid.dense_factor``), its known cells exactly the inputs read for 2 times and the
+    previews its own size; ``--no-dense`` samples 2 times."""
+    from core.grid import dense_factor
+    from core.video import load_inputs
+
+    assert [dense_factor(n, 8) for n in (1, 2, 3, 4, 5, 7, 8, 9)] == [1, 7, 3, 2, 1, 1, 1, 1]
+    inp = load_inputs(engine_files["fixed"], engine_files["orbit"], 2, 2, 16, 16)
+    inp3 = load_inputs(engine_files["fixed"], engine_files["orbit"], 2, 2, 16, 16, every=(1, 2))
+    assert inp3["row0"].shape[0] == 3 and np.array_equal(inp3["row0"][::2], inp["row0"])
+    assert np.array_equal(inp3["col0"], inp["col0"]) and inp3["fps"] == inp["fps"]
+    grids = {}
+    for dense, sampled in ((True, [2, 3]), (False, [2, 2])):
+        out = tmp_path / f"run_{dense}"
+        previews = []
+        req = GenerateRequest(fixed_view=engine_files["fixed"], freeze_time=engine_files["orbit"], views=2, times=2,
+                              height=16, width=16, steps=2, dense=dense)
+        Engine(engine_files["model"], "cpu").generate(req, out, on_progress=lambda s, t, p: previews.append(p))
+        manifest, grid = assert_run_folder(out, 2, 2, "row0+col0")
+        assert manifest["sampled_grid"] == sampled and manifest["asked"]["dense"] is dense
+        assert np.array_equal(grid.frames[0], inp["row0"]) and np.array_equal(grid.frames[1:, 0], inp["col0"][1:])
+        shown = [p for p in previews if p is not None]
+        assert shown and all(p.shape == (2, 2, 16, 16, 3) for p in shown)
+        grids[dense] = grid.frames
+    assert not np.array_equal(grids[True][1, 1], grids[False][1, 1])  # (1, 1) came from another grid
+
+
 def test_generate_from_one_image_writes_a_run_folder(engine_files, tmp_path):
     out = tmp_path / "run"
     rc = launch.main(["generate", "--image", engine_files["image"], "--model", engine_files["model"], "--out", str(out),

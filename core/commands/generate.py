@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -29,6 +30,10 @@ def add_arguments(p) -> None:
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (1 = none)")
     p.add_argument("--shift", type=float, default=None,
                    help="noise schedule time shift; higher spends more steps at high noise (default: the model's)")
+    p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample a grid smaller than the model's own (8x8) as every k-th view and time of a "
+                        "denser one, e.g. 4x4 as the even cells of 7x7: closer to what the model was "
+                        "trained on, and slower (default on; --no-dense samples the grid as asked)")
     p.add_argument("--model", default="default", help="'default' (embedded) or a model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_argument(p)
@@ -49,7 +54,7 @@ def run(args) -> int:
         times=args.times if args.times is not None else cfg.times, height=h, width=w,
         steps=args.steps if args.steps is not None else cfg.steps, seed=args.seed,
         mode=args.mode or cfg.mode, guidance=args.guidance if args.guidance is not None else cfg.guidance,
-        shift=args.shift if args.shift is not None else cfg.shift,
+        shift=args.shift if args.shift is not None else cfg.shift, dense=args.dense,
     )
     engine.check(req, args.out)
     bar = None
