@@ -31,6 +31,7 @@ class Settings:
     mode: str
     guidance: float
     shift: float | None = None  # the noise schedule's time shift (None: the model's own)
+    dense: bool = True  # a grid smaller than the model's sampled from a denser one (GenerateRequest.dense)
 
 
 def _as_int(value, name: str) -> int:
@@ -43,7 +44,7 @@ def _as_int(value, name: str) -> int:
     return int(f)
 
 
-def check_settings(views, times, size, steps, seed, mode, guidance, shift=0) -> Settings:
+def check_settings(views, times, size, steps, seed, mode, guidance, shift=0, dense=True) -> Settings:
     """Raise InputError (one line) unless the settings describe a grid we can make."""
     V, T = _as_int(views, "views"), _as_int(times, "times")
     H, W = parse_size(str(size or ""))
@@ -70,7 +71,7 @@ def check_settings(views, times, size, steps, seed, mode, guidance, shift=0) -> 
         raise InputError(f"noise shift must be a number, got {shift!r}") from None
     if not (np.isfinite(sh) and 0.0 <= sh <= MAX_SHIFT):
         raise InputError(f"noise shift must be between 0 and {MAX_SHIFT:g} (0: the model's own), got {shift}")
-    return Settings(V, T, H, W, n, s, mode, g, sh or None)
+    return Settings(V, T, H, W, n, s, mode, g, sh or None, bool(dense))
 
 
 def _upscale(frame: np.ndarray, height: int) -> np.ndarray:

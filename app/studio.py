@@ -170,10 +170,10 @@ class Studio:
 
     # -- handlers: generate ----------------------------------------------------------------
     def check_generate(self, state: Session, fixed, freeze, prompt, views, times, size, steps, seed, stream,
-                       guidance, shift=0):
+                       guidance, shift=0, dense=True):
         """Runs before the job is queued, so bad input is refused at once with the reason."""
         try:
-            s = check_settings(views, times, size, steps, seed, stream, guidance, shift)
+            s = check_settings(views, times, size, steps, seed, stream, guidance, shift, dense)
             check_sources(state.mode, fixed, freeze, state.image, prompt, s.height, s.width)
         except InputError as e:
             raise gr.Error(str(e), title="Cannot generate yet", duration=None, print_exception=False) from None
@@ -189,7 +189,7 @@ class Studio:
             fixed_view=fixed if mode == "videos" else None, freeze_time=freeze if mode == "videos" else None,
             image=image if mode == "image" else None, prompt=(prompt or "").strip() if mode == "prompt" else "",
             views=s.views, times=s.times, height=s.height, width=s.width, steps=s.steps, seed=s.seed,
-            mode=s.mode, guidance=s.guidance, shift=s.shift)
+            mode=s.mode, guidance=s.guidance, shift=s.shift, dense=s.dense)
 
     def _generate_job(self, state: Session, req, model: str, kind: str, session_hash: str | None):
         """Stream one generation to the page; return (run folder, seconds), or None if cancelled."""
@@ -228,11 +228,11 @@ class Studio:
         return Path(run), job.elapsed
 
     def _request_or_error(self, mode, fixed, freeze, image, prompt, views, times, size, steps, seed, stream,
-                          guidance, shift):
+                          guidance, shift, dense):
         """The engine's request for these settings; gr.Error if they changed into something bad
         since the check, or if the engine is missing."""
         try:
-            s = check_settings(views, times, size, steps, seed, stream, guidance, shift)
+            s = check_settings(views, times, size, steps, seed, stream, guidance, shift, dense)
             return s, self._request(mode, fixed, freeze, image, prompt, s)
         except InputError as e:
             raise gr.Error(str(e), title="Cannot generate", duration=None, print_exception=False) from None
@@ -240,23 +240,25 @@ class Studio:
             raise gr.Error(f"The engine is not installed in this checkout ({e}).") from None
 
     def generate(self, state: Session, fixed, freeze, prompt, views, times, size, steps, seed, stream, guidance,
-                 shift, model, request: gr.Request):
+                 shift, dense, model, request: gr.Request):
         s, req = self._request_or_error(state.mode, fixed, freeze, state.image, prompt, views, times, size, steps,
-                                        seed, stream, guidance, shift)
+                                        seed, stream, guidance, shift, dense)
         done = yield from self._generate_job(state, req, model, "grid", request.session_hash)
         if done is None:
             return
         run, seconds = done
         state.runs.append(str(run))
+        sampled = json.loads((Path(run) / "manifest.json").read_text()).get("sampled_grid", [s.views, s.times])
+        dense = f" (the cells of a denser {sampled[0]} × {sampled[1]} grid)" if sampled != [s.views, s.times] else ""
         yield self._show_run(state, run, status=status_html(
-            f"Done in {clock(seconds)}: a {s.views} × {s.times} grid at {s.height}×{s.width}. "
+            f"Done in {clock(seconds)}: a {s.views} × {s.times} grid at {s.height}×{s.width}{dense}. "
             "Drag the sliders to explore it.", "ok", detail=str(run)))
 
     def generate_inputs(self, state: Session, prompt, views, times, size, steps, seed, stream, guidance, shift,
-                        model, request: gr.Request):
+                        dense, model, request: gr.Request):
         """Make the two input videos from the prompt: row 0 and column 0 of a text-to-4D grid."""
         _, req = self._request_or_error("prompt", None, None, None, prompt, views, times, size, steps, seed,
-                                        stream, guidance, shift)
+                                        stream, guidance, shift, dense)
         done = yield from self._generate_job(state, req, model, "prompt-inputs", request.session_hash)
         if done is None:
             return
@@ -270,10 +272,11 @@ class Studio:
                                         "video, column 0 the freeze-time video. Press Generate to fill the grid.",
                                         "ok")}
 
-    def check_prompt(self, state: Session, prompt, views, times, size, steps, seed, stream, guidance, shift=0):
+    def check_prompt(self, state: Session, prompt, views, times, size, steps, seed, stream, guidance, shift=0,
+                     dense=True):
         state.mode = "prompt"
         return self.check_generate(state, None, None, prompt, views, times, size, steps, seed, stream, guidance,
-                                   shift)
+                                   shift, dense)
 
     def on_cancel(self, state: Session):
         state.cancel = True
@@ -546,6 +549,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     c["shift"] = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label="Noise shift", elem_id="shift",
                                            info="0 = the model's own (9 for the default); higher spends more "
                                                 "steps at high noise: smoother grids")
+                    c["dense"] = gr.Checkbox(True, label="Sample small grids densely", elem_id="dense",
+                                             info="a grid smaller than the model's 8 × 8 is made as every k-th cell "
+                                                  "of a denser one (4 × 4 of 7 × 7): better, and slower")
                     c["model"] = gr.Textbox(cfg.model, label="Model", info="'default' (embedded) or a model folder")
                     c["recon_iters"] = gr.Slider(0, 5000, value=0, step=10, label="3D fit iterations",
                                                  info="0 = the engine's default", elem_id="recon_iters")
@@ -599,7 +605,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
             c["dl_splats"] = gr.DownloadButton("splats.zip", elem_id="dl_splats", **dl)
 
         # ---- wiring ----------------------------------------------------------------------------
-        settings = [c["views"], c["times"], c["size"], c["steps"], c["seed"], c["stream"], c["guidance"], c["shift"]]
+        settings = [c["views"], c["times"], c["size"], c["steps"], c["seed"], c["stream"], c["guidance"], c["shift"],
+                    c["dense"]]
         sources = [c["fixed"], c["freeze"], c["prompt"]]  # the start image is in the session (on_image)
         explore_outputs = [c[k] for k in ("scrub", "preview", "row_video", "col_video", "spiral", "dl_grid",
                                           "dl_videos", "dl_frames", "dl_manifest", "run_pick", "videos_row", "recon",

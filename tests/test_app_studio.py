@@ -688,25 +688,29 @@ def _engine_missing() -> str | None:
 needs_engine = pytest.mark.skipif(_engine_missing() is not None, reason=str(_engine_missing()))
 
 
-def _generate(studio, state, fixed, freeze, session, size="72x128", views=4, times=4, steps=2, shift=0):
+def _generate(studio, state, fixed, freeze, session, size="72x128", views=4, times=4, steps=2, shift=0, dense=True):
     state.mode = "videos"
     return list(studio.generate(state, str(fixed), str(freeze), "", views, times, size, steps, 0, "soft", 1.0,
-                                shift, "default", gr_request(session)))
+                                shift, dense, "default", gr_request(session)))
 
 
 @needs_engine
-def test_the_noise_shift_control_reaches_the_engine(studio, tmp_path):
+def test_the_noise_shift_and_dense_sampling_controls_reach_the_engine(studio, tmp_path):
     from app.session import Session
     from core.model.config import preset
 
     fixed, freeze = write_input_videos(tmp_path / "in")
-    asked = []
-    for shift in (0, 12.5):
+    asked, sampled, done = [], [], []
+    for shift, dense in ((0, True), (12.5, False)):
         state = Session()
-        _generate(studio, state, fixed, freeze, f"shift{shift}", shift=shift)
+        updates = _generate(studio, state, fixed, freeze, f"shift{shift}", shift=shift, dense=dense)
         manifest = json.loads((Path(state.current) / "manifest.json").read_text())
         asked.append(manifest["asked"]["shift"])
+        sampled.append(manifest["sampled_grid"])
+        done.append([u[studio.c["status"]] for u in updates if studio.c["status"] in u][-1])
     assert asked == [preset("default").shift, 12.5]  # 0 = the model's own, recorded as what ran
+    assert sampled == [[7, 7], [4, 4]]  # 4 x 4 as the even cells of 7 x 7, unless switched off
+    assert "denser 7 × 7 grid" in done[0] and "denser" not in done[1]
 
 
 @needs_engine
