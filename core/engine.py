@@ -239,6 +239,7 @@ class Engine:
         from .model.codec import frames_to_model
         from .runfolder import base_manifest, write_run
         from .sampler import SampleSettings, sample_long, to_uint8
+        from .cputhreads import CpuThreads
         from .video import load_inputs, read_image
 
         t_start = time.perf_counter()
@@ -284,9 +285,12 @@ class Engine:
         settings = SampleSettings(steps=req.steps, guidance=req.guidance, seed=req.seed, mode=req.mode, shift=req.shift,
                                   preview_every=1 if model.codec.name == "pixels" else 0)
         step_times: list[float] = []
+        threads = CpuThreads() if model.device.type == "cpu" else None  # cores other processes leave free
 
         def on_step(step, total, preview):
             step_times.append(time.perf_counter())
+            if threads is not None:
+                threads.update()
             if on_progress is not None:
                 on_progress(step, total, None if preview is None else to_uint8(preview)[::kv, ::kt])
 
@@ -304,6 +308,9 @@ class Engine:
                 step_times.clear()
                 result = sample_long(model, x, torch.from_numpy(known), req.prompt, settings,
                                      on_step=on_step, should_cancel=should_cancel)
+            finally:
+                if threads is not None:
+                    threads.close()
         out_frames = to_uint8(result)
         out_frames[known] = frames[known]  # known cells come back exactly as given
         out_frames, known = out_frames[::kv, ::kt], known[::kv, ::kt]

@@ -336,7 +336,19 @@ def fit(
     should_cancel: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Optimise ``model`` on the training cells of ``frames``; returns when ``cfg.iters`` steps or
-    ``cfg.time_budget_s`` seconds are spent. Raises ``Cancelled`` when ``should_cancel()`` is true."""
+    ``cfg.time_budget_s`` seconds are spent. Raises ``Cancelled`` when ``should_cancel()`` is true.
+    On the CPU, torch's threads follow the cores other processes leave free (``CpuThreads``)."""
+    from ..cputhreads import CpuThreads
+
+    threads = CpuThreads() if model.params["means"].device.type == "cpu" else None
+    try:
+        return _fit(model, frames, train, cfg, seed, on_progress, should_cancel, threads)
+    finally:
+        if threads is not None:
+            threads.close()
+
+
+def _fit(model, frames, train, cfg: FitConfig, seed, on_progress, should_cancel, threads) -> FitResult:
     from gsplat.strategy import DefaultStrategy  # pure torch; nothing here reaches gsplat's CUDA code
 
     device = model.params["means"].device
@@ -367,6 +379,8 @@ def fit(
             break
         if should_cancel is not None and should_cancel():
             raise Cancelled("reconstruction cancelled")
+        if threads is not None:
+            threads.update()
         # 1. Learning rates follow the progress of the fit (so a time budget keeps them sane).
         for opt in gauss_opt.values():
             g = opt.param_groups[0]
