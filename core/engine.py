@@ -235,11 +235,11 @@ class Engine:
         """Make the grid ``req`` asks for and write a whole run folder at ``out``; return its path."""
         import torch
 
+        from .cputhreads import CpuThreads
         from .grid import Grid, dense_factor, known_mask
         from .model.codec import frames_to_model
         from .runfolder import base_manifest, write_run
         from .sampler import SampleSettings, sample_long, to_uint8
-        from .cputhreads import CpuThreads
         from .video import load_inputs, read_image
 
         t_start = time.perf_counter()
