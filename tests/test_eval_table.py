@@ -64,6 +64,29 @@ def test_eval_shift_reaches_the_sampler_and_is_recorded(tiny_folder, tmp_path):
     assert p0 != p1  # another schedule samples other grids
 
 
+def test_eval_of_a_grid_smaller_than_the_models_samples_it_densely_as_generate_does(tiny_folder, tmp_path):
+    """The tiny model makes 3 times at once: 2 times are sampled as the first and last of 3, and
+    only those are scored; the baselines are those of the 2-time grid either way."""
+    res = {}
+    for flag in ("--dense", "--no-dense"):
+        out = tmp_path / f"eval{flag}.json"
+        rc = launch.main(["eval", "--model", str(tiny_folder), "--seeds", "2", "--size", "16x16", "--views", "2",
+                          "--times", "2", "--steps", "1", "--modes", "soft", "--device", "cpu", "--precision", "fp32",
+                          "--no-consistency", "--json", str(out), flag])
+        assert rc == 0
+        res[flag] = json.loads(out.read_text())
+    rows = {f: {r["row"]: r for r in res[f]["rows"]} for f in res}
+    scenes = render_eval_scenes(2, 2, 2, 16, 16)
+    assert all(np.array_equal(a.frames, b.frames[:, ::2]) for a, b in zip(scenes, render_eval_scenes(2, 2, 3, 16, 16)))
+    known = known_mask(2, 2, "row0+col0")
+    expect = np.mean([psnr_unknown(copy_column0(s.frames, known), s.frames, known) for s in scenes])
+    for f in res:
+        assert rows[f]["copy_column0"]["psnr"] == pytest.approx(expect)
+    assert res["--dense"]["settings"]["dense"] and "--no-dense" in res["--no-dense"]["command"]
+    dense, direct = (rows[f]["parallel soft trained"]["psnr"] for f in ("--dense", "--no-dense"))
+    assert dense != direct  # the unknown cell (1, 1) came from another grid
+
+
 def test_untrained_soft_resets_only_the_soft_sync_layers(tiny_folder):
     m = FourDModel.from_pretrained(tiny_folder)
     with torch.no_grad():

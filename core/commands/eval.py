@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..errors import InputError
 from . import add_precision_argument
 
@@ -27,6 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--shift", type=float, default=None, help="noise schedule time shift (default: the model's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_argument(p)
+    p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample a grid smaller than the model's own as every k-th view and time of a denser one, "
+                        "as generate does (default on)")
     p.add_argument("--no-consistency", action="store_true", help="skip the epipolar consistency figure")
     p.add_argument("--json", default="eval.json", help="where to write the result (default eval.json)")
 
@@ -58,7 +63,7 @@ def settings_from_args(args):
     return EvalSettings(model=args.model, seeds=args.seeds, views=args.views, times=args.times, height=h, width=w,
                         steps=args.steps, rows=tuple(ROW_KEYS[k] for k in keys), device=args.device,
                         precision=args.precision, guidance=args.guidance, shift=args.shift,
-                        consistency=not args.no_consistency)
+                        consistency=not args.no_consistency, dense=args.dense)
 
 
 def run(args) -> int:
@@ -80,7 +85,8 @@ def run(args) -> int:
         f"--device {args.device}" + (f" --precision {args.precision}" if args.precision != "auto" else "")
         + (f" --guidance {args.guidance}" if args.guidance is not None else "")
         + (f" --shift {args.shift:g}" if args.shift is not None else "")
-        + (" --no-consistency" if args.no_consistency else "") + f" --json {shlex.quote(str(out))}")
+        + (" --no-consistency" if args.no_consistency else "") + ("" if args.dense else " --no-dense")
+        + f" --json {shlex.quote(str(out))}")
     table = format_table(result)
     result["table"] = table
     write_json(out, result)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..grid import known_mask
+from ..grid import dense_factor, known_mask
 from .baselines import BASELINES, baseline
 from .consistency import epipolar_consistency
 from .metrics import psnr_unknown, psnr_unknown_regions, ssim_unknown
@@ -110,8 +110,10 @@ def untrained_soft(model):
 
 def score_scenes(model, scenes: list[EvalScene], mask_kind: str, steps: int, mode: str,
                  guidance: float | None = None, consistency: bool = False, keep_first: bool = False,
-                 should_cancel=None, shift: float | None = None) -> dict:
-    """Generate each scene's grid from its known cells and score it against the ground truth."""
+                 should_cancel=None, shift: float | None = None, every: tuple[int, int] = (1, 1)) -> dict:
+    """Generate each scene's grid from its known cells and score it against the ground truth.
+    ``every`` = (kv, kt): the scenes are the denser grids of ``Engine.generate``'s dense sampling,
+    and only their every kv-th view and kt-th time is scored."""
     from ..model.codec import frames_to_model
     from ..sampler import SampleSettings, sample_grid, to_uint8
 
@@ -130,14 +132,18 @@ def score_scenes(model, scenes: list[EvalScene], mask_kind: str, steps: int, mod
         secs.append(time.perf_counter() - t)
         gen = to_uint8(y)
         gen[known] = sc.frames[known]
+        truth = sc.frames
+        if every != (1, 1):
+            gen, truth, known = gen[::every[0], ::every[1]], truth[::every[0], ::every[1]], known[::every[0], ::every[1]]
+            T = truth.shape[1]
         if keep_first and first is None:
             first = gen
         if known.all():
             continue
         if mask_kind != "none":
-            ps.append(psnr_unknown(gen, sc.frames, known))
-            ss.append(ssim_unknown(gen, sc.frames, known))
-            regions.append(psnr_unknown_regions(gen, sc.frames, known))
+            ps.append(psnr_unknown(gen, truth, known))
+            ss.append(ssim_unknown(gen, truth, known))
+            regions.append(psnr_unknown_regions(gen, truth, known))
         if consistency:
             cons.append(epipolar_consistency(gen, times=consistency_times(T)))
     out = {"psnr": float(np.mean(ps)) if ps else None, "ssim": float(np.mean(ss)) if ss else None,
@@ -162,6 +168,7 @@ class EvalSettings:
     guidance: float | None = None
     shift: float | None = None  # the noise schedule's time shift (None: the model's)
     consistency: bool = True
+    dense: bool = True  # a grid smaller than the model's sampled densely, as ``Engine.generate`` does
     extra: dict = field(default_factory=dict)
 
 
@@ -179,10 +186,18 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
     eng = Engine(es.model, es.device, precision=es.precision)
     model = eng.load()
     dev = model.device
-    # 2. Ground truth of the evaluation scenes
+    # 2. Ground truth of the evaluation scenes (rendered at the denser grid when it is sampled
+    # densely: the world spaces views and times evenly whatever their number, so the asked grid
+    # is its every kv-th view and kt-th time)
+    cfg = model.config
+    every = ((dense_factor(es.views, min(cfg.views, cfg.max_views)),
+              dense_factor(es.times, min(cfg.times, cfg.chunk_times))) if es.dense else (1, 1))
     t0 = time.perf_counter()
-    scenes = render_eval_scenes(es.seeds, es.views, es.times, es.height, es.width, device=dev)
-    log(f"rendered {len(scenes)} evaluation scenes in {time.perf_counter() - t0:.1f} s")
+    dense = render_eval_scenes(es.seeds, (es.views - 1) * every[0] + 1, (es.times - 1) * every[1] + 1,
+                               es.height, es.width, device=dev)
+    scenes = [EvalScene(sc.seed, np.ascontiguousarray(sc.frames[::every[0], ::every[1]]), sc.caption) for sc in dense]
+    log(f"rendered {len(scenes)} evaluation scenes in {time.perf_counter() - t0:.1f} s"
+        + (f" (sampled as {dense[0].frames.shape[0]} x {dense[0].frames.shape[1]})" if every != (1, 1) else ""))
     rows = []
     gt_cons = (pooled([epipolar_consistency(sc.frames, times=consistency_times(es.times)) for sc in scenes])
                if es.consistency else None)
@@ -197,8 +212,8 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
     for row in es.rows:
         mode = ROW_MODE[row] or trained_mode
         m = untrained_soft(model) if row == "parallel soft untrained" else model
-        r = score_scenes(m, scenes, ROW_MASK.get(row, "row0+col0"), es.steps, mode, guidance=es.guidance,
-                         consistency=es.consistency, should_cancel=should_cancel, shift=es.shift)
+        r = score_scenes(m, dense, ROW_MASK.get(row, "row0+col0"), es.steps, mode, guidance=es.guidance,
+                         consistency=es.consistency, should_cancel=should_cancel, shift=es.shift, every=every)
         r.pop("first")
         was = None if trained is None else (mode in trained and row != "parallel soft untrained")
         rows.append({"row": row, "mode": mode, "trained_in_mode": was, **r})
