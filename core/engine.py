@@ -236,7 +236,7 @@ class Engine:
         import torch
 
         from .cputhreads import CpuThreads
-        from .grid import Grid, dense_factor, known_mask
+        from .grid import Grid, dense_every, known_mask
         from .model.codec import frames_to_model
         from .runfolder import base_manifest, write_run
         from .sampler import SampleSettings, sample_long, to_uint8
@@ -245,12 +245,11 @@ class Engine:
         t_start = time.perf_counter()
         # 1. Check the request and read the inputs (cheap; before any model weights load)
         self.check(req, out)
-        if req.shift is None:  # the manifest records the shift that ran
-            req = dataclasses.replace(req, shift=self.facts()["config"].shift)
-        V, T, H, W = req.views, req.times, req.height, req.width
         cfg = self.facts()["config"]
-        kv, kt = ((dense_factor(V, min(cfg.views, cfg.max_views)), dense_factor(T, min(cfg.times, cfg.chunk_times)))
-                  if req.dense else (1, 1))
+        if req.shift is None:  # the manifest records the shift that ran
+            req = dataclasses.replace(req, shift=cfg.shift)
+        V, T, H, W = req.views, req.times, req.height, req.width
+        kv, kt = dense_every(V, T, cfg) if req.dense else (1, 1)
         Vd, Td = (V - 1) * kv + 1, (T - 1) * kt + 1  # the grid sampled; every kv-th view, kt-th time is ours
         frames = np.zeros((Vd, Td, H, W, 3), np.uint8)
         fps, extra, inputs_used = 8.0, {}, {}

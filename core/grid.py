@@ -138,6 +138,13 @@ def dense_factor(n: int, trained: int) -> int:
     return max(1, (trained - 1) // (n - 1))
 
 
+def dense_every(views: int, times: int, cfg) -> tuple[int, int]:
+    """(kv, kt) for a grid of ``views`` x ``times`` and a model config ``cfg``: the grid is every
+    kv-th view and kt-th time of a denser one, as large as the model makes in one pass
+    (``dense_factor`` against its default grid, within ``max_views`` and ``chunk_times``)."""
+    return (dense_factor(views, min(cfg.views, cfg.max_views)), dense_factor(times, min(cfg.times, cfg.chunk_times)))
+
+
 def known_mask(views: int, times: int, kind: str) -> np.ndarray:
     """Named known-cell masks: 'row0+col0', 'cell0' (image to 4D), 'none' (text to 4D),
     'col0' (extension from a previous chunk's last column), 'row0', 'all'."""

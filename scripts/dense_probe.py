@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.engine import Engine  # noqa: E402
 from core.eval.baselines import copy_column0  # noqa: E402
 from core.eval.metrics import psnr_unknown  # noqa: E402
-from core.eval.run import render_eval_scenes  # noqa: E402
+from core.eval.run import EvalScene, render_eval_scenes, score_scenes  # noqa: E402
 from core.grid import known_mask  # noqa: E402
-from core.model.codec import frames_to_model  # noqa: E402
-from core.sampler import SampleSettings, sample_grid, to_uint8  # noqa: E402
 
 
 def main() -> None:
@@ -39,36 +35,25 @@ def main() -> None:
     ap.add_argument("--png", help="write the first scene's truth | direct | dense mosaic here")
     args = ap.parse_args()
     model = Engine("default", "cpu").load()
-
-    def generate(frames, caption, seed):
-        known = known_mask(*frames.shape[:2], "row0+col0")
-        s = SampleSettings(steps=25, guidance=model.config.guidance, seed=seed, mode=model.config.mode,
-                           preview_every=0)
-        y = to_uint8(sample_grid(model, frames_to_model(frames)[0], torch.from_numpy(known), caption, s))
-        y[known] = frames[known]
-        return y
-
     k = args.every
-    res = {"direct": [], "dense": [], "copy_column0": []}
-    for i, sc in enumerate(render_eval_scenes(args.scenes, args.dense, args.dense, 72, 128)):
-        truth = np.ascontiguousarray(sc.frames[::k, ::k])
-        known = known_mask(*truth.shape[:2], "row0+col0")
-        t0 = time.perf_counter()
-        direct = generate(truth, sc.caption, i)
-        t1 = time.perf_counter()
-        dense = generate(sc.frames, sc.caption, i)[::k, ::k]
-        t2 = time.perf_counter()
-        for name, g in (("direct", direct), ("dense", dense), ("copy_column0", copy_column0(truth, known))):
-            res[name].append(psnr_unknown(g, truth, known))
-        print(sc.seed, " ".join(f"{n} {v[-1]:.2f}" for n, v in res.items()),
-              f"({t1 - t0:.0f} s direct, {t2 - t1:.0f} s dense)", flush=True)
-        if i == 0 and args.png:
-            from core.export import write_png
+    dense = render_eval_scenes(args.scenes, args.dense, args.dense, 72, 128)
+    small = [EvalScene(sc.seed, np.ascontiguousarray(sc.frames[::k, ::k]), sc.caption) for sc in dense]
+    # as ``launch.py eval`` scores them (scene i sampled with seed i), directly and densely
+    runs = {name: score_scenes(model, scenes, "row0+col0", 25, model.config.mode, keep_first=True, every=every)
+            for name, scenes, every in (("direct", small, (1, 1)), ("dense", dense, (k, k)))}
+    known = known_mask(*small[0].frames.shape[:2], "row0+col0")
+    res = {name: r["psnr_per_scene"] for name, r in runs.items()}
+    res["copy_column0"] = [psnr_unknown(copy_column0(sc.frames, known), sc.frames, known) for sc in small]
+    for i, sc in enumerate(small):
+        print(sc.seed, " ".join(f"{n} {v[i]:.2f}" for n, v in res.items()))
+    print(f"seconds a grid: direct {runs['direct']['seconds']:.1f}, dense {runs['dense']['seconds']:.1f}")
+    if args.png:
+        from core.export import write_png
 
-            rows = [np.concatenate([np.concatenate(list(g[v]), 1) for g in (truth, direct, dense)], 1)
-                    for v in range(truth.shape[0])]
-            write_png(args.png, np.concatenate(rows, 0))
-    n = truth.shape[0]
+        grids = (small[0].frames, runs["direct"]["first"], runs["dense"]["first"])
+        write_png(args.png, np.concatenate([np.concatenate([np.concatenate(list(g[v]), 1) for g in grids], 1)
+                                            for v in range(known.shape[0])], 0))
+    n = known.shape[0]
     d = np.array(res["dense"]) - np.array(res["direct"])
     print(f"{n}x{n} from {args.dense}x{args.dense}, {args.scenes} scenes: "
           + ", ".join(f"{name} {np.mean(v):.2f} dB" for name, v in res.items())

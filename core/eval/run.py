@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..grid import dense_factor, known_mask
+from ..grid import dense_every, known_mask
 from .baselines import BASELINES, baseline
 from .consistency import epipolar_consistency
 from .metrics import psnr_unknown, psnr_unknown_regions, ssim_unknown
@@ -189,9 +189,7 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
     # 2. Ground truth of the evaluation scenes (rendered at the denser grid when it is sampled
     # densely: the world spaces views and times evenly whatever their number, so the asked grid
     # is its every kv-th view and kt-th time)
-    cfg = model.config
-    every = ((dense_factor(es.views, min(cfg.views, cfg.max_views)),
-              dense_factor(es.times, min(cfg.times, cfg.chunk_times))) if es.dense else (1, 1))
+    every = dense_every(es.views, es.times, model.config) if es.dense else (1, 1)
     t0 = time.perf_counter()
     dense = render_eval_scenes(es.seeds, (es.views - 1) * every[0] + 1, (es.times - 1) * every[1] + 1,
                                es.height, es.width, device=dev)
