@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
 
+    from core.cpumem import keep_freed_memory
     from core.errors import InputError
+
+    keep_freed_memory()  # before any worker thread starts (the studio's), so they share the main heap
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)

@@ -235,6 +235,7 @@ class Engine:
         """Make the grid ``req`` asks for and write a whole run folder at ``out``; return its path."""
         import torch
 
+        from .cpumem import keep_freed_memory
         from .cputhreads import CpuThreads
         from .grid import Grid, dense_every, known_mask
         from .model.codec import frames_to_model
@@ -284,7 +285,10 @@ class Engine:
         settings = SampleSettings(steps=req.steps, guidance=req.guidance, seed=req.seed, mode=req.mode, shift=req.shift,
                                   preview_every=1 if model.codec.name == "pixels" else 0)
         step_times: list[float] = []
-        threads = CpuThreads() if model.device.type == "cpu" else None  # cores other processes leave free
+        threads = None
+        if model.device.type == "cpu":
+            keep_freed_memory()  # no page faults for each step's temporaries
+            threads = CpuThreads()  # cores other processes leave free
 
         def on_step(step, total, preview):
             step_times.append(time.perf_counter())

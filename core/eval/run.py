@@ -114,9 +114,12 @@ def score_scenes(model, scenes: list[EvalScene], mask_kind: str, steps: int, mod
     """Generate each scene's grid from its known cells and score it against the ground truth.
     ``every`` = (kv, kt): the scenes are the denser grids of ``Engine.generate``'s dense sampling,
     and only their every kv-th view and kt-th time is scored."""
+    from ..cpumem import keep_freed_memory
     from ..model.codec import frames_to_model
     from ..sampler import SampleSettings, sample_grid, to_uint8
 
+    if model.device.type == "cpu":
+        keep_freed_memory()
     ps, ss, cons, secs, regions = [], [], [], [], []
     first = None
     for k, sc in enumerate(scenes):

@@ -337,10 +337,15 @@ def fit(
 ) -> FitResult:
     """Optimise ``model`` on the training cells of ``frames``; returns when ``cfg.iters`` steps or
     ``cfg.time_budget_s`` seconds are spent. Raises ``Cancelled`` when ``should_cancel()`` is true.
-    On the CPU, torch's threads follow the cores other processes leave free (``CpuThreads``)."""
+    On the CPU, torch's threads follow the cores other processes leave free (``CpuThreads``), and
+    freed memory stays with the process for the next step (``keep_freed_memory``)."""
+    from ..cpumem import keep_freed_memory
     from ..cputhreads import CpuThreads
 
-    threads = CpuThreads() if model.params["means"].device.type == "cpu" else None
+    threads = None
+    if model.params["means"].device.type == "cpu":
+        keep_freed_memory()
+        threads = CpuThreads()
     try:
         return _fit(model, frames, train, cfg, seed, on_progress, should_cancel, threads)
     finally:
