@@ -8,8 +8,9 @@ faults a denoising step, some 0.9 GB of zeroed pages. ``keep_freed_memory()`` ra
 threshold to its ceiling (32 MB on 64-bit systems), the trim threshold to 1 GB, and keeps every
 thread on the main heap (one arena: a worker thread's own arena is unmapped whenever it empties,
 and the studio samples in worker threads), so freed blocks stay and the next step reuses them: no
-page faults a step after the first, 1.82-1.84 s a step against 1.96-2.13 s (whole ``generate``
-processes in turns, 2-core CPU). ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set
+page faults a step after the first; the README's ``generate`` command took 57.2 s against 59.3 s
+(medians of three whole processes in turns, 2-core CPU). The 3D fit, whose tensors are small, made
+half the page faults and ran no faster. ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set
 before a process starts do the same for the main heap; where either is set, or the C library is
 not glibc, nothing changes. Threads that already have an arena keep it, so ``launch.py`` calls it
 first. The cost: up to 1 GB of freed memory stays with the process.
