@@ -62,6 +62,17 @@ def build_parser():
     return parser
 
 
+def _runs_on_cpu(args) -> bool:
+    """Whether the command's model or fit will run on the CPU (``--device cpu``, or ``auto`` without
+    CUDA): there glibc is told to keep freed memory (``core.cpumem``); a GPU run is left as it is."""
+    device = getattr(args, "device", None)
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return device == "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     argv = sys.argv[1:] if argv is None else argv
@@ -79,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     from core.cpumem import keep_freed_memory
     from core.errors import InputError
 
-    keep_freed_memory()  # before any worker thread starts (the studio's), so they share the main heap
+    if _runs_on_cpu(args):  # before any worker thread starts (the studio's), so they share the main heap
+        keep_freed_memory()
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)

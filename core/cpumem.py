@@ -13,7 +13,7 @@ page faults a step after the first; the README's ``generate`` command took 57.2 
 half the page faults and ran no faster. ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set
 before a process starts do the same for the main heap; where either is set, or the C library is
 not glibc, nothing changes. Threads that already have an arena keep it, so ``launch.py`` calls it
-first. The cost: up to 1 GB of freed memory stays with the process.
+first for commands that run on the CPU. The cost: up to 1 GB of freed memory stays with the process.
 """
 
 from __future__ import annotations

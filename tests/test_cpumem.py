@@ -71,3 +71,16 @@ def test_the_environment_settings_stand(monkeypatch):
     monkeypatch.setattr(cpumem, "_mallopt", lambda: called.append(1))
     assert cpumem.keep_freed_memory() is True
     assert called == []  # the user's thresholds are not overridden
+
+
+def test_launch_keeps_freed_memory_only_for_cpu_runs():
+    from argparse import Namespace
+
+    import torch
+
+    import launch
+
+    assert launch._runs_on_cpu(Namespace(device="cpu"))
+    assert not launch._runs_on_cpu(Namespace(device="cuda"))
+    assert launch._runs_on_cpu(Namespace(device="auto")) == (not torch.cuda.is_available())
+    assert not launch._runs_on_cpu(Namespace())  # commands without a model or a fit (export, ...)
