@@ -237,7 +237,7 @@ class Engine:
 
         from .cpumem import keep_freed_memory
         from .cputhreads import CpuThreads
-        from .grid import Grid, dense_every, known_mask
+        from .grid import Grid, dense_every, dense_size, known_mask
         from .model.codec import frames_to_model
         from .runfolder import base_manifest, write_run
         from .sampler import SampleSettings, sample_long, to_uint8
@@ -251,7 +251,7 @@ class Engine:
             req = dataclasses.replace(req, shift=cfg.shift)
         V, T, H, W = req.views, req.times, req.height, req.width
         kv, kt = dense_every(V, T, cfg) if req.dense else (1, 1)
-        Vd, Td = (V - 1) * kv + 1, (T - 1) * kt + 1  # the grid sampled; every kv-th view, kt-th time is ours
+        Vd, Td = dense_size(V, kv), dense_size(T, kt)  # the grid sampled; every kv-th view, kt-th time is ours
         frames = np.zeros((Vd, Td, H, W, 3), np.uint8)
         fps, extra, inputs_used = 8.0, {}, {}
         if req.kind == "videos":

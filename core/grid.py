@@ -138,6 +138,11 @@ def dense_factor(n: int, trained: int) -> int:
     return max(1, (trained - 1) // (n - 1))
 
 
+def dense_size(n: int, k: int) -> int:
+    """Cells along an axis of the denser grid whose every ``k``-th cell gives ``n``: (n - 1) * k + 1."""
+    return (n - 1) * k + 1
+
+
 def dense_every(views: int, times: int, cfg) -> tuple[int, int]:
     """(kv, kt) for a grid of ``views`` x ``times`` and a model config ``cfg``: the grid is every
     kv-th view and kt-th time of a denser one, as large as the model makes in one pass

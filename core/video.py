@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .grid import dense_size
 
 VIDEO_EXTS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -135,7 +136,7 @@ def read_video(path: str | os.PathLike, times: int, height: int, width: int,
     if times < 1:
         raise InputError(f"times must be at least 1, got {times}")
     info = probe_video(path, what)
-    frames = _decode_picked(info, (times - 1) * every + 1, height, width, what)
+    frames = _decode_picked(info, dense_size(times, every), height, width, what)
     duration = info.frames / info.fps if info.frames else times / info.fps
     # Play the resampled clip over about the source's duration, within a watchable range.
     fps = (times - 1) / duration if duration > 0 and times > 1 else info.fps

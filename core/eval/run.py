@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..grid import dense_every, known_mask
+from ..grid import dense_every, dense_size, known_mask
 from .baselines import BASELINES, baseline
 from .consistency import epipolar_consistency
 from .metrics import psnr_unknown, psnr_unknown_regions, ssim_unknown
@@ -194,7 +194,7 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
     # is its every kv-th view and kt-th time)
     every = dense_every(es.views, es.times, model.config) if es.dense else (1, 1)
     t0 = time.perf_counter()
-    dense = render_eval_scenes(es.seeds, (es.views - 1) * every[0] + 1, (es.times - 1) * every[1] + 1,
+    dense = render_eval_scenes(es.seeds, dense_size(es.views, every[0]), dense_size(es.times, every[1]),
                                es.height, es.width, device=dev)
     scenes = [EvalScene(sc.seed, np.ascontiguousarray(sc.frames[::every[0], ::every[1]]), sc.caption) for sc in dense]
     log(f"rendered {len(scenes)} evaluation scenes in {time.perf_counter() - t0:.1f} s"
