@@ -400,3 +400,79 @@ def test_interpreted_norm_kernel_wired_into_run_block_gives_the_torch_velocity(i
         on = model(x, sigma, text, cond, known, mode=mode)
     assert len(calls) == 2 * 2  # two calls a block, two blocks
     assert (on - off).abs().max() < 1e-5 and (off - x).abs().max() > 1e-2
+
+
+# -- the CPU's half-precision norms (blocks.set_cpu_half_norms) ---------------------------------
+
+def _tiny_soft(dtype, grad: bool = False):
+    from core.model.testing import grid_inputs, tiny_transformer
+
+    model = tiny_transformer().to(dtype)
+    x, sigma, text, cond, known = grid_inputs(1, 2, 3, 3, 16, 16, text_len=8, seed=2, dtype=dtype)
+    text[:, 3:] = 0  # a padded prompt: the folded cross-attention
+    with torch.set_grad_enabled(grad):
+        return model(x, sigma, text, cond, known, mode="soft")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_half_norms_take_the_half_path_and_agree_with_the_fp32_norms_to_rounding(dtype, monkeypatch):
+    from core.model import blocks
+
+    calls = {"layer": [], "rms": []}
+    real_ln, real_rms = blocks._layer_norm, blocks._rms_norm
+    monkeypatch.setattr(blocks, "_layer_norm", lambda n, x: calls["layer"].append(x.dtype) or real_ln(n, x))
+    monkeypatch.setattr(blocks, "_rms_norm", lambda n, x: calls["rms"].append(x.dtype) or real_rms(n, x))
+    old = blocks.set_cpu_half_norms(True)
+    try:
+        on = _tiny_soft(dtype).float()
+        n_on = {k: len(v) for k, v in calls.items()}
+        blocks.set_cpu_half_norms(False)
+        off = _tiny_soft(dtype).float()
+    finally:
+        blocks.set_cpu_half_norms(old)
+    # every block: norm1, norm2 and norm3 in the tokens' dtype, Q and K normed without fp32 copies
+    layers = 2  # tiny_transformer's blocks
+    assert n_on["layer"] >= 3 * layers and n_on["rms"] >= 2 * layers
+    assert set(calls["layer"]) == set(calls["rms"]) == {dtype}
+    assert {k: len(v) for k, v in calls.items()} == n_on  # off: neither is called
+    assert not torch.equal(on, off)  # a different rounding, so a different path was taken ...
+    rel = ((on - off).norm() / off.norm()).item()
+    assert rel < (2e-2 if dtype == torch.bfloat16 else 3e-3)  # ... that agrees to its precision
+
+
+def test_cpu_half_norms_leave_fp32_and_training_exactly_as_they_were():
+    from core.model import blocks
+
+    old = blocks.set_cpu_half_norms(True)
+    try:
+        on32, on_grad = _tiny_soft(torch.float32), _tiny_soft(torch.bfloat16, grad=True)
+        blocks.set_cpu_half_norms(False)
+        off32, off_grad = _tiny_soft(torch.float32), _tiny_soft(torch.bfloat16, grad=True)
+    finally:
+        blocks.set_cpu_half_norms(old)
+    assert torch.equal(on32, off32) and torch.equal(on_grad, off_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_layer_and_rms_norms_match_the_fp32_modules(dtype):
+    from diffusers.models.normalization import FP32LayerNorm
+
+    from core.model import blocks
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 40, 24, generator=g) * 3 + 1).to(dtype)
+    ln = FP32LayerNorm(24, eps=1e-6, elementwise_affine=True)
+    rms = torch.nn.RMSNorm(24, eps=1e-6)
+    with torch.no_grad():
+        for p in (ln.weight, ln.bias, rms.weight):
+            p.copy_(torch.randn(24, generator=g))
+        ln, rms = ln.to(dtype), rms.to(dtype)
+        ref_ln = ln.float()(x.float())
+        ref_rms = rms.float()(x.float())
+        tol = 2 * torch.finfo(dtype).eps  # a rounding or two of the output
+        for got, ref in ((blocks._layer_norm(ln.to(dtype), x), ref_ln), (blocks._rms_norm(rms.to(dtype), x[:, :, :]), ref_rms)):
+            assert got.dtype == dtype
+            assert ((got.float() - ref).abs() / (ref.abs() + 1)).max().item() < 4 * tol
+        # a strided input (a chunk of a fused Q/K/V projection) is normed the same
+        wide = torch.cat([x, x, x], dim=-1)
+        assert torch.equal(blocks._rms_norm(rms, wide[..., 24:48]), blocks._rms_norm(rms, x))
