@@ -354,8 +354,7 @@ def _folded_cross_values(attn, h: torch.Tensor, kv) -> torch.Tensor:
     H = attn.heads
     q = attn.to_q(h)  # [N, M, D] before norm_q
     if _cpu_half(q):  # the same fp32 mean square, without an fp32 copy of q
-        ms = torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(q.shape[-1])
-        r = torch.rsqrt(ms + attn.norm_q.eps)
+        r = torch.rsqrt(_mean_square(q).add_(attn.norm_q.eps))
     else:
         r = torch.rsqrt(q.float().pow(2).mean(dim=-1, keepdim=True) + attn.norm_q.eps)  # [N, M, 1]
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
@@ -413,14 +412,19 @@ def _layer_norm(norm, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.layer_norm(x, norm.normalized_shape, w, b, norm.eps)
 
 
+def _mean_square(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x``'s squares over its last dim, ``[..., 1]`` fp32, accumulated in fp32
+    without an fp32 copy of a half-precision ``x``."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(x.shape[-1])
+
+
 def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
     """``torch.nn.RMSNorm`` ``norm`` on half-precision ``x``: the mean square accumulated in fp32
     without an fp32 copy of x, the scale and the weight applied in x's dtype (torch's own upcasts
     x and runs four fp32 passes: 4-6 ms against 1.7 for this on [2, 9216, 192], 2 CPU cores)."""
     if not isinstance(norm, torch.nn.RMSNorm) or norm.eps is None:
         return norm(x)
-    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(x.shape[-1])
-    y = x * torch.rsqrt(ms.add_(norm.eps)).to(x.dtype)
+    y = x * torch.rsqrt(_mean_square(x).add_(norm.eps)).to(x.dtype)
     return y.mul_(norm.weight.to(x.dtype)) if norm.weight is not None else y
 
 
