@@ -175,21 +175,22 @@ def test_bench_quick_has_reference_baseline_and_defaults_rows(tmp_path, capsys):
     assert not result["partial"] and "[defaults]" in capsys.readouterr().out
     # the bench leaves the process-wide switches as found
     assert blocks.engine_switches() == {"sdpa": "auto", "ffn_epilogue": True, "text_fold": True,
-                                        "qk_kernel": True, "norm_kernel": True, "cpu_half_norms": True}
+                                        "qk_kernel": True, "norm_kernel": True, "cpu_half_norms": True,
+                                        "cpu_attention": True}
 
 
 def test_engine_switches_round_trip_and_refuse_unknown_names():
     with pytest.raises(ValueError, match="unknown engine switch"):
         blocks.set_engine_switches({"fastest": True})
     old = blocks.set_engine_switches({"sdpa": "efficient", "ffn_epilogue": False, "text_fold": False,
-                                      "qk_kernel": False, "norm_kernel": False, "cpu_half_norms": False})
+                                      "qk_kernel": False, "norm_kernel": False, "cpu_half_norms": False, "cpu_attention": False})
     try:
         assert blocks.engine_switches() == {"sdpa": "efficient", "ffn_epilogue": False, "text_fold": False,
-                                            "qk_kernel": False, "norm_kernel": False, "cpu_half_norms": False}
+                                            "qk_kernel": False, "norm_kernel": False, "cpu_half_norms": False, "cpu_attention": False}
     finally:
         back = blocks.set_engine_switches(old)
     assert back == {"sdpa": "efficient", "ffn_epilogue": False, "text_fold": False, "qk_kernel": False,
-                    "norm_kernel": False, "cpu_half_norms": False}
+                    "norm_kernel": False, "cpu_half_norms": False, "cpu_attention": False}
     assert blocks.engine_switches() == old
 
 

@@ -476,3 +476,78 @@ def test_half_precision_layer_and_rms_norms_match_the_fp32_modules(dtype):
         # a strided input (a chunk of a fused Q/K/V projection) is normed the same
         wide = torch.cat([x, x, x], dim=-1)
         assert torch.equal(blocks._rms_norm(rms, wide[..., 24:48]), blocks._rms_norm(rms, x))
+
+
+# -- the CPU's matmul attention (attention.set_cpu_matmul_attention) ----------------------------
+
+def _strided_qkv(N, S, H, d, dtype=torch.bfloat16, L=None, seed=0):
+    """q [N, S, H, d] and k, v [N, L, H, d] as the blocks pass them: head views of fused rows."""
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(N, S, 3 * H * d, generator=g) * 1.5).to(dtype).unflatten(-1, (3 * H, d))[:, :, :H]
+    kv = (torch.randn(N, L or S, 3 * H * d, generator=g) * 1.5).to(dtype).unflatten(-1, (3 * H, d))
+    return q, kv[:, :, H:2 * H], kv[:, :, 2 * H:]
+
+
+def _fp32_reference(q, k, v):
+    return torch.nn.functional.scaled_dot_product_attention(
+        *(t.float().transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+
+
+@pytest.mark.parametrize("S,L,block_rows", [(40, 40, None), (40, 40, 7), (24, 56, 5)])
+def test_cpu_attention_agrees_with_fp32_attention_in_any_block_of_query_rows(S, L, block_rows, monkeypatch):
+    q, k, v = _strided_qkv(3, S, 4, 16, L=L)
+    assert not q.is_contiguous()
+    if block_rows is not None:  # logits of `block_rows` query rows a block: several blocks
+        monkeypatch.setattr(A, "CPU_ATTENTION_BLOCK_BYTES", block_rows * 4 * L * 2)
+    with torch.no_grad():
+        out = A.cpu_attention(q, k, v)
+    ref = _fp32_reference(q, k, v)
+    assert out.shape == (3, S, 4, 16) and out.dtype == torch.bfloat16
+    err = (out.float() - ref).abs()
+    assert err.max() < 3e-2 and err.mean() < 3e-3  # bf16 logits and weights
+    assert (out.float() - ref.roll(1, dims=1)).abs().mean() > 10 * err.mean()  # rows are not mixed up
+
+
+def test_sdpa_takes_the_cpu_matmul_path_only_for_bf16_inference_on_long_sequences(monkeypatch):
+    calls = []
+    real = A.cpu_attention
+    monkeypatch.setattr(A, "cpu_attention", lambda *a: calls.append(a[0].dtype) or real(*a))
+    monkeypatch.setattr(A, "CPU_ATTENTION_MIN_KEYS", 32)
+    old = A.set_cpu_matmul_attention(True)
+    try:
+        q, k, v = _strided_qkv(2, 40, 4, 16)
+        with torch.no_grad():
+            on = A.sdpa(q, k, v)
+            assert calls == [torch.bfloat16]
+            A.sdpa(q.float(), k.float(), v.float())  # fp32
+            A.sdpa(*_strided_qkv(2, 20, 4, 16))  # shorter than CPU_ATTENTION_MIN_KEYS
+            A.sdpa(q, k, v, torch.ones(40, 40, dtype=torch.bool))  # a mask
+        A.sdpa(q, k, v)  # grad enabled
+        assert len(calls) == 1
+        A.set_cpu_matmul_attention(False)
+        with torch.no_grad():
+            off = A.sdpa(q, k, v)
+        assert len(calls) == 1
+    finally:
+        A.set_cpu_matmul_attention(old)
+    ref = _fp32_reference(q, k, v)
+    assert not torch.equal(on, off)
+    assert (on.float() - ref).abs().mean() < 3 * (off.float() - ref).abs().mean() + 1e-3
+
+
+def test_cpu_matmul_attention_in_the_model_agrees_with_the_flash_kernel_to_rounding(monkeypatch):
+    monkeypatch.setattr(A, "CPU_ATTENTION_MIN_KEYS", 1)  # the tiny grid's sequences are short
+    calls = []
+    real = A.cpu_attention
+    monkeypatch.setattr(A, "cpu_attention", lambda *a: calls.append(1) or real(*a))
+    old = A.set_cpu_matmul_attention(True)
+    try:
+        on = _tiny_soft(torch.bfloat16).float()
+        A.set_cpu_matmul_attention(False)
+        n_on = len(calls)
+        off = _tiny_soft(torch.bfloat16).float()
+    finally:
+        A.set_cpu_matmul_attention(old)
+    assert n_on >= 2 and len(calls) == n_on  # once a block at least; not at all when off
+    assert not torch.equal(on, off)
+    assert ((on - off).norm() / off.norm()).item() < 2e-2

@@ -13,6 +13,11 @@ a FlexAttention block mask (GPU), and ``split``: row attention, column attention
 attention with dense kernels, merged exactly through their log-sum-exps (row ∪ column counts the
 own frame twice, so its share is subtracted once). ``split`` is inference only (the LSE of the
 fused kernels carries no gradient).
+
+Unmasked bf16 attention on the CPU (inference, sequences of ``CPU_ATTENTION_MIN_KEYS`` or more)
+runs as matmul, softmax, matmul (``cpu_attention``; switch ``set_cpu_matmul_attention``, on by
+default) instead of torch's CPU flash-attention kernel, about 20 % faster there; its logits are
+rounded to bf16 before the softmax.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ FUSED_BACKENDS = ("auto", "dense", "flex", "split")
 # inside compiled code. Process-wide, like ``torch.backends`` flags; float32 and the CPU ignore it.
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient")
 _sdpa_backend = "auto"
+# Unmasked bf16 attention on the CPU through batched matmuls and a softmax (``cpu_attention``)
+# instead of torch's CPU flash-attention kernel; inference only.
+_cpu_matmul_attention = True
+CPU_ATTENTION_BLOCK_BYTES = 16 * 1024 * 1024  # the logits of one block of query rows, all heads
+CPU_ATTENTION_MIN_KEYS = 256  # shorter sequences: the flash kernel (one matmul per sequence costs more)
 
 
 def set_sdpa_backend(name: str) -> str:
@@ -54,6 +64,18 @@ def sdpa_backend(name: str):
         yield
     finally:
         set_sdpa_backend(old)
+
+
+def set_cpu_matmul_attention(on: bool) -> bool:
+    """Run unmasked bf16 attention on the CPU as matmul, softmax, matmul (``cpu_attention``)
+    instead of torch's flash-attention kernel; returns the previous setting."""
+    global _cpu_matmul_attention
+    old, _cpu_matmul_attention = _cpu_matmul_attention, bool(on)
+    return old
+
+
+def get_cpu_matmul_attention() -> bool:
+    return _cpu_matmul_attention
 
 
 def _explicit_backend(q: torch.Tensor) -> str | None:
@@ -138,11 +160,37 @@ def plain_inference(t: torch.Tensor) -> bool:
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Attention over ``[N, S, H, d]`` tensors (torch SDPA: flash / memory-efficient / math, or
     the backend ``set_sdpa_backend`` chose, when there is no mask)."""
+    if mask is None and _cpu_matmul_attention and q.device.type == "cpu" and q.dtype == torch.bfloat16 \
+            and k.shape[1] >= CPU_ATTENTION_MIN_KEYS and plain_inference(q):
+        return cpu_attention(q, k, v)
     backend = _explicit_backend(q) if mask is None else None
     if backend is not None:
         return _sdpa_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), backend, False)[0].transpose(1, 2)
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return o.transpose(1, 2)
+
+
+def cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention over ``[N, S, H, d]`` tensors as one sequence at a time, all heads in one batched
+    matmul: logits ``q·kᵀ/√d`` in q's precision (the matmul accumulates in fp32 and rounds once),
+    softmax (computed in fp32, rounded to q's dtype), then the weights times v. Query rows go in
+    blocks whose logits take at most ``CPU_ATTENTION_BLOCK_BYTES``.
+
+    On a 2-core AVX-512 CPU in bf16, the default model's self-attention (16 sequences of 1,152
+    tokens, 4 heads of 48) takes about 100 ms against the flash kernel's 120-150 ms: the matmuls
+    run at the speed of the linear layers, and the logits of a block stay in cache. Not exact: the
+    logits are rounded to bf16 before the softmax (the flash kernel keeps them in fp32)."""
+    N, S, H, d = q.shape
+    L = k.shape[1]
+    out = torch.empty((N, S, H, v.shape[-1]), dtype=q.dtype, device=q.device)
+    rows = max(16, min(S, CPU_ATTENTION_BLOCK_BYTES // (H * L * q.element_size())))
+    qs = q * (d ** -0.5)  # scaled before the product: d/L times less work than scaling the logits
+    for n in range(N):
+        kt, vn = k[n].permute(1, 2, 0), v[n].transpose(0, 1)  # [H, d, L], [H, L, dv]
+        for r in range(0, S, rows):
+            w = torch.softmax(torch.bmm(qs[n, r:r + rows].transpose(0, 1), kt), dim=-1)  # [H, rows, L]
+            out[n, r:r + rows] = torch.bmm(w, vn).transpose(0, 1)
+    return out
 
 
 def sdpa_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

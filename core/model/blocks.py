@@ -105,7 +105,8 @@ def note_qk_kernel_device(device: torch.device | str) -> None:
 def engine_switches() -> dict:
     """Every process-wide kernel switch of the engine, by name (to save and restore them)."""
     return {"sdpa": A.get_sdpa_backend(), "ffn_epilogue": _ffn_epilogue, "text_fold": _text_fold,
-            "qk_kernel": _qk_kernel, "norm_kernel": _norm_kernel, "cpu_half_norms": _cpu_half_norms}
+            "qk_kernel": _qk_kernel, "norm_kernel": _norm_kernel, "cpu_half_norms": _cpu_half_norms,
+            "cpu_attention": A.get_cpu_matmul_attention()}
 
 
 def set_engine_switches(switches: dict) -> dict:
@@ -113,7 +114,8 @@ def set_engine_switches(switches: dict) -> dict:
     as they were before."""
     old = engine_switches()
     setters = {"sdpa": A.set_sdpa_backend, "ffn_epilogue": set_ffn_epilogue, "text_fold": set_text_fold,
-               "qk_kernel": set_qk_kernel, "norm_kernel": set_norm_kernel, "cpu_half_norms": set_cpu_half_norms}
+               "qk_kernel": set_qk_kernel, "norm_kernel": set_norm_kernel, "cpu_half_norms": set_cpu_half_norms,
+               "cpu_attention": A.set_cpu_matmul_attention}
     for name, value in switches.items():
         if name not in setters:
             raise ValueError(f"unknown engine switch {name!r}; known: {', '.join(setters)}")

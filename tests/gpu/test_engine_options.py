@@ -258,7 +258,8 @@ def test_engine_defaults_are_on_for_cuda_half_inference():
     x, sigma, text, cond, known = inputs()
     assert blocks._ffn_epilogue and model.share_equal_streams is None
     assert blocks.engine_switches() == {"sdpa": "auto", "ffn_epilogue": True, "text_fold": True,
-                                        "qk_kernel": True, "norm_kernel": True, "cpu_half_norms": True}
+                                        "qk_kernel": True, "norm_kernel": True, "cpu_half_norms": True,
+                                        "cpu_attention": True}
     calls = []
     real = blocks._shared_qkv
 
