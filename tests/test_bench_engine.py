@@ -123,7 +123,7 @@ def test_compiled_layers_are_three_graphs_without_breaks_and_equal_eager(mode):
 
 
 def test_inference_defaults_leave_the_cpu_and_training_alone(monkeypatch):
-    assert blocks._ffn_epilogue is True  # acts only on CUDA half precision without grad
+    assert blocks._ffn_epilogue is True  # acts only on half precision (CPU: bf16) without grad
     # fused "auto": split for CUDA inference, FlexAttention with grad, the CPU as before
     with torch.no_grad():
         assert FourDTransformer._fused_backend("auto", "cuda", 10**6) == "split"

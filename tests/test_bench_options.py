@@ -4,6 +4,7 @@ that survives failing rows and respects its time budget. (CUDA-only kernels: tes
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -94,9 +95,9 @@ def test_kernel_switches_are_checked_and_recompile_compiled_code():
     assert len(frames) == 2
 
 
-def test_ffn_epilogue_is_ignored_off_cuda():
+def test_ffn_epilogue_is_ignored_off_cuda_in_fp32():
     # The CPU kernel of _addmm_activation applies the erf GELU, not Wan's tanh GELU; the switch
-    # must leave the CPU path on the module's own FeedForward.
+    # must leave the CPU's fp32 path on the module's own FeedForward.
     model = make(num_layers=1)
     ffn = model.backbone.blocks[0].ffn
     h = torch.randn(2, 7, ffn.net[0].proj.in_features)
@@ -110,6 +111,54 @@ def test_ffn_epilogue_is_ignored_off_cuda():
             assert torch.equal(blocks._ffn(ffn, h), ffn(h))
     finally:
         blocks.set_ffn_epilogue(old)
+
+
+def _bf16_ffn():
+    model = make(num_layers=1)
+    ffn = model.backbone.blocks[0].ffn.to(torch.bfloat16)
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 33, ffn.net[0].proj.in_features, generator=g).to(torch.bfloat16)
+    return ffn, h
+
+
+def test_ffn_epilogue_on_the_cpu_fuses_the_tanh_gelu_into_onednn_for_bf16_inference(monkeypatch):
+    ffn, h = _bf16_ffn()
+    calls = []
+    real = blocks._cpu_linear_gelu_tanh
+    monkeypatch.setattr(blocks, "_cpu_linear_gelu_tanh", lambda *a: calls.append(a[0].shape) or real(*a))
+    old = blocks.set_ffn_epilogue(True)
+    try:
+        with torch.no_grad():
+            fused, plain = blocks._ffn(ffn, h), ffn(h)
+            assert calls == [(66, h.shape[-1])] and blocks._CPU_EPILOGUE["ok"] is True
+            ref = copy.deepcopy(ffn).float()(h.float())
+        assert torch.equal(blocks._ffn(ffn, h), ffn(h))  # with grad: the module's own path
+        blocks.set_ffn_epilogue(False)
+        with torch.no_grad():
+            assert torch.equal(blocks._ffn(ffn, h), plain)
+        assert len(calls) == 1
+    finally:
+        blocks.set_ffn_epilogue(old)
+    assert fused.shape == plain.shape and fused.dtype == torch.bfloat16
+    err, err_plain = (fused.float() - ref).abs().mean(), (plain.float() - ref).abs().mean()
+    assert err < 1.5 * err_plain  # one rounding fewer: no less accurate than the module
+    assert (fused.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_ffn_epilogue_on_the_cpu_falls_back_once_where_onednn_lacks_it(monkeypatch):
+    import types
+
+    ffn, h = _bf16_ffn()
+
+    def missing(*a):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(torch.ops, "mkldnn", types.SimpleNamespace(_linear_pointwise=missing))
+    monkeypatch.setitem(blocks._CPU_EPILOGUE, "ok", None)
+    with torch.no_grad():
+        assert torch.equal(blocks._ffn(ffn, h), ffn(h))
+        assert blocks._CPU_EPILOGUE["ok"] is False
+        assert not blocks._cpu_epilogue_applies(ffn.net[0], h)  # not tried again
 
 
 def test_bench_option_rows_compare_to_the_baseline(tmp_path, capsys):

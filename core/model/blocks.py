@@ -8,9 +8,10 @@ pretrained weights, across views then across times (4Real-Video Eq. 5, the "sequ
 baseline of its supplement Sec. 1.2). A test holds it to the diffusers block to 1e-5.
 
 Inference-only speed options, all exact up to rounding: ``set_ffn_epilogue`` (on by
-default; it only ever acts on CUDA, bf16/fp16, without grad, so the CPU and training never see it)
-makes the FFN's first matmul apply its bias and tanh-GELU in the cuBLASLt epilogue, so the
-[tokens, ffn_dim] activation is written once instead of three times; and
+default; it only ever acts without grad, on CUDA in bf16/fp16 and on the CPU in bf16, so fp32 and
+training never see it) makes the FFN's first matmul apply its bias and tanh-GELU in its epilogue
+(cuBLASLt on CUDA, a oneDNN post-op on the CPU), so the [tokens, ffn_dim] activation is written
+once instead of three times; and
 ``run_block(..., shared_streams=True)`` computes norm1 + modulation + Q/K/V once when both
 streams hold the same tokens (every layer of hard sync, layer 0 of any parallel mode); and
 ``set_text_fold`` (on by default) lets a sampler hand ``run_block`` the cross-attention folded
@@ -40,7 +41,7 @@ import torch
 
 from . import attention as A
 
-_ffn_epilogue = True  # H100, Wan-1.3B shape: -19 ms a soft step (bench)
+_ffn_epilogue = True  # H100, Wan-1.3B shape: -19 ms a soft step (bench); 2-core CPU, default model: ~-0.2 s
 _text_fold = True
 _qk_kernel = True
 _norm_kernel = True
@@ -49,8 +50,9 @@ _QK_KERNEL_DEVICES: dict = {}  # CUDA device index -> the Triton kernels (Q/K, r
 
 
 def set_ffn_epilogue(on: bool) -> bool:
-    """Fuse bias + tanh-GELU into the FFN up-projection (cuBLASLt epilogue) where it applies
-    (CUDA, half precision, no grad); returns the previous setting. Compiled code guards on it."""
+    """Fuse bias + tanh-GELU into the FFN up-projection (cuBLASLt epilogue on CUDA in half
+    precision, oneDNN post-op on the CPU in bf16; no grad); returns the previous setting. Compiled
+    code guards on it."""
     global _ffn_epilogue
     old, _ffn_epilogue = _ffn_epilogue, bool(on)
     return old
@@ -143,6 +145,31 @@ def _epilogue_applies(up, h: torch.Tensor) -> bool:
             and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None)
 
 
+_CPU_EPILOGUE = {"ok": None}  # oneDNN's fused linear + tanh-GELU: untried (None), works, or failed
+
+
+def _cpu_epilogue_applies(up, h: torch.Tensor) -> bool:
+    """oneDNN's GELU post-op serves ``up`` on ``h``: CPU bf16 with bf16 weights, plain inference,
+    eager (under compile inductor fuses on its own), and the op has not failed here before."""
+    return (_ffn_epilogue and h.device.type == "cpu" and h.dtype == torch.bfloat16
+            and up.proj.weight.dtype == h.dtype and A.plain_inference(h) and _CPU_EPILOGUE["ok"] is not False
+            and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None
+            and not torch.compiler.is_compiling() and torch.backends.mkldnn.is_available())
+
+
+def _cpu_linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor | None:
+    """``gelu_tanh(x @ weight.T + bias)`` for ``x [N, K]`` as one oneDNN matmul with the GELU as
+    its post-op (the activation is written once, from the fp32 accumulator); None where this
+    torch or CPU lacks it (then never tried again in this process)."""
+    try:
+        out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [None], "tanh")
+    except (RuntimeError, AttributeError, NotImplementedError):
+        _CPU_EPILOGUE["ok"] = False
+        return None
+    _CPU_EPILOGUE["ok"] = True
+    return out
+
+
 def _ffn(ffn, h: torch.Tensor) -> torch.Tensor:
     """diffusers ``FeedForward`` (Linear -> tanh-GELU -> Linear) on ``h [N, M, D]``."""
     up = ffn.net[0]
@@ -150,6 +177,10 @@ def _ffn(ffn, h: torch.Tensor) -> torch.Tensor:
         # (the CPU kernel of _addmm_activation uses the erf GELU, hence CUDA only)
         a = linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias)
         return ffn.net[2](a.view(*h.shape[:-1], -1))
+    if _cpu_epilogue_applies(up, h):
+        a = _cpu_linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias)
+        if a is not None:
+            return ffn.net[2](a.view(*h.shape[:-1], -1))
     return ffn(h)
 
 
