@@ -38,7 +38,9 @@ _sdpa_backend = "auto"
 # Unmasked bf16 attention on the CPU through batched matmuls and a softmax (``cpu_attention``)
 # instead of torch's CPU flash-attention kernel; inference only.
 _cpu_matmul_attention = True
-CPU_ATTENTION_BLOCK_BYTES = 16 * 1024 * 1024  # the logits of one block of query rows, all heads
+# the logits of one block of query rows, all heads: a few MB, so that they stay in the cache
+# between the matmul that writes them, the softmax and the matmul that reads them
+CPU_ATTENTION_BLOCK_BYTES = 4 * 1024 * 1024
 CPU_ATTENTION_MIN_KEYS = 256  # shorter sequences: the flash kernel (one matmul per sequence costs more)
 
 
@@ -174,16 +176,19 @@ def cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     """Attention over ``[N, S, H, d]`` tensors as one sequence at a time, all heads in one batched
     matmul: logits ``q·kᵀ/√d`` in q's precision (the matmul accumulates in fp32 and rounds once),
     softmax (computed in fp32, rounded to q's dtype), then the weights times v. Query rows go in
-    blocks whose logits take at most ``CPU_ATTENTION_BLOCK_BYTES``.
+    even blocks whose logits take at most ``CPU_ATTENTION_BLOCK_BYTES``.
 
     On a 2-core AVX-512 CPU in bf16, the default model's self-attention (16 sequences of 1,152
-    tokens, 4 heads of 48) takes about 100 ms against the flash kernel's 120-150 ms: the matmuls
-    run at the speed of the linear layers, and the logits of a block stay in cache. Not exact: the
-    logits are rounded to bf16 before the softmax (the flash kernel keeps them in fp32)."""
+    tokens, 4 heads of 48) takes 82-105 ms in blocks of 384 rows against the flash kernel's
+    124-144 ms, the matmuls running at the speed of the linear layers. A whole sequence's 10.6 MB
+    of logits at once took 145-179 ms at the same time (95 ms on a quieter occasion): the blocks
+    must stay in a cache that other processes share. Not exact: the logits are rounded to bf16
+    before the softmax (the flash kernel keeps them in fp32)."""
     N, S, H, d = q.shape
     L = k.shape[1]
     out = torch.empty((N, S, H, v.shape[-1]), dtype=q.dtype, device=q.device)
-    rows = max(16, min(S, CPU_ATTENTION_BLOCK_BYTES // (H * L * q.element_size())))
+    blocks = -(-H * S * L * q.element_size() // CPU_ATTENTION_BLOCK_BYTES)  # ceil
+    rows = max(16, -(-S // blocks))  # even blocks
     qs = q * (d ** -0.5)  # scaled before the product: d/L times less work than scaling the logits
     for n in range(N):
         kt, vn = k[n].permute(1, 2, 0), v[n].transpose(0, 1)  # [H, d, L], [H, L, dv]
