@@ -14,10 +14,10 @@ attention with dense kernels, merged exactly through their log-sum-exps (row ∪
 own frame twice, so its share is subtracted once). ``split`` is inference only (the LSE of the
 fused kernels carries no gradient).
 
-Unmasked bf16 attention on the CPU (inference, sequences of ``CPU_ATTENTION_MIN_KEYS`` or more)
-runs as matmul, softmax, matmul (``cpu_attention``; switch ``set_cpu_matmul_attention``, on by
-default) instead of torch's CPU flash-attention kernel, about 20 % faster there; its logits are
-rounded to bf16 before the softmax.
+Unmasked bf16 attention on the CPU (eager inference, sequences of ``CPU_ATTENTION_MIN_KEYS`` or
+more) runs as matmul, softmax, matmul (``cpu_attention``; switch ``set_cpu_matmul_attention``, on
+by default) instead of torch's CPU flash-attention kernel: the default model's denoising step on a
+2-core CPU takes about 20 % less time; its logits are rounded to bf16 before the softmax.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     """Attention over ``[N, S, H, d]`` tensors (torch SDPA: flash / memory-efficient / math, or
     the backend ``set_sdpa_backend`` chose, when there is no mask)."""
     if mask is None and _cpu_matmul_attention and q.device.type == "cpu" and q.dtype == torch.bfloat16 \
-            and k.shape[1] >= CPU_ATTENTION_MIN_KEYS and plain_inference(q):
+            and k.shape[1] >= CPU_ATTENTION_MIN_KEYS and plain_inference(q) and not torch.compiler.is_compiling():
         return cpu_attention(q, k, v)
     backend = _explicit_backend(q) if mask is None else None
     if backend is not None:

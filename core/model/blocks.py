@@ -41,7 +41,7 @@ import torch
 
 from . import attention as A
 
-_ffn_epilogue = True  # H100, Wan-1.3B shape: -19 ms a soft step (bench); 2-core CPU, default model: ~-0.2 s
+_ffn_epilogue = True  # H100, Wan-1.3B shape: -19 ms a soft step (bench); 2-core CPU, default model: ~-0.1 s a step
 _text_fold = True
 _qk_kernel = True
 _norm_kernel = True
