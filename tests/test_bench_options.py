@@ -158,7 +158,7 @@ def test_ffn_epilogue_on_the_cpu_falls_back_once_where_onednn_lacks_it(monkeypat
     with torch.no_grad():
         assert torch.equal(blocks._ffn(ffn, h), ffn(h))
         assert blocks._CPU_EPILOGUE["ok"] is False
-        assert not blocks._cpu_epilogue_applies(ffn.net[0], h)  # not tried again
+        assert blocks._epilogue(ffn.net[0], h) is None  # not tried again
 
 
 def test_bench_option_rows_compare_to_the_baseline(tmp_path, capsys):

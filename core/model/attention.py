@@ -179,7 +179,7 @@ def cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     even blocks whose logits take at most ``CPU_ATTENTION_BLOCK_BYTES``.
 
     On a 2-core AVX-512 CPU in bf16, the default model's self-attention (16 sequences of 1,152
-    tokens, 4 heads of 48) takes 82-105 ms in blocks of 384 rows against the flash kernel's
+    tokens, 4 heads of 48) takes 87-91 ms in blocks of 384 rows against the flash kernel's
     124-144 ms, the matmuls running at the speed of the linear layers. A whole sequence's 10.6 MB
     of logits at once took 145-179 ms at the same time (95 ms on a quieter occasion): the blocks
     must stay in a cache that other processes share. Not exact: the logits are rounded to bf16

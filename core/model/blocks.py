@@ -137,24 +137,23 @@ def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
-def _epilogue_applies(up, h: torch.Tensor) -> bool:
-    """The cuBLASLt GELU epilogue serves ``up`` (diffusers' GELU module) on ``h``: CUDA half
-    precision with weights of the same dtype, no grad, no autocast (the custom op does not cast)."""
-    return (_ffn_epilogue and h.is_cuda and h.dtype in (torch.float16, torch.bfloat16)
-            and up.proj.weight.dtype == h.dtype and A.plain_inference(h)
-            and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None)
-
-
 _CPU_EPILOGUE = {"ok": None}  # oneDNN's fused linear + tanh-GELU: untried (None), works, or failed
 
 
-def _cpu_epilogue_applies(up, h: torch.Tensor) -> bool:
-    """oneDNN's GELU post-op serves ``up`` on ``h``: CPU bf16 with bf16 weights, plain inference,
-    eager (under compile inductor fuses on its own), and the op has not failed here before."""
-    return (_ffn_epilogue and h.device.type == "cpu" and h.dtype == torch.bfloat16
-            and up.proj.weight.dtype == h.dtype and A.plain_inference(h) and _CPU_EPILOGUE["ok"] is not False
-            and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None
-            and not torch.compiler.is_compiling() and torch.backends.mkldnn.is_available())
+def _epilogue(up, h: torch.Tensor) -> str | None:
+    """Which fused bias + tanh-GELU serves ``up`` (diffusers' GELU module) on ``h``: "cuda" (the
+    cuBLASLt epilogue, half precision), "cpu" (oneDNN's post-op, bf16, eager: under compile
+    inductor fuses on its own; until it fails here once), or None (the module's own path). Both
+    need the switch on, weights of h's dtype, no grad and no autocast (the fused ops do not cast)."""
+    if not (_ffn_epilogue and up.proj.weight.dtype == h.dtype and A.plain_inference(h)
+            and getattr(up, "approximate", None) == "tanh" and up.proj.bias is not None):
+        return None
+    if h.is_cuda and h.dtype in (torch.float16, torch.bfloat16):
+        return "cuda"
+    if (h.device.type == "cpu" and h.dtype == torch.bfloat16 and _CPU_EPILOGUE["ok"] is not False
+            and not torch.compiler.is_compiling() and torch.backends.mkldnn.is_available()):
+        return "cpu"
+    return None
 
 
 def _cpu_linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor | None:
@@ -173,12 +172,11 @@ def _cpu_linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 def _ffn(ffn, h: torch.Tensor) -> torch.Tensor:
     """diffusers ``FeedForward`` (Linear -> tanh-GELU -> Linear) on ``h [N, M, D]``."""
     up = ffn.net[0]
-    if _epilogue_applies(up, h):
-        # (the CPU kernel of _addmm_activation uses the erf GELU, hence CUDA only)
-        a = linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias)
-        return ffn.net[2](a.view(*h.shape[:-1], -1))
-    if _cpu_epilogue_applies(up, h):
-        a = _cpu_linear_gelu_tanh(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias)
+    kind = _epilogue(up, h)
+    if kind is not None:
+        # (the CPU kernel of _addmm_activation uses the erf GELU, hence oneDNN's on the CPU)
+        fused = linear_gelu_tanh if kind == "cuda" else _cpu_linear_gelu_tanh
+        a = fused(h.reshape(-1, h.shape[-1]), up.proj.weight, up.proj.bias)
         if a is not None:
             return ffn.net[2](a.view(*h.shape[:-1], -1))
     return ffn(h)
