@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from core.recon.cameras import (SfMConfig, _detect_many, _guided_round, _orbit_repair, _Recon, _register_guided, _register_next,
-                                _sfm_with_focal, build_tracks, verified_matches)
+from core.recon.cameras import (OFF_ORBIT_DEG, CameraEstimate, SfMConfig, _detect_many, _guided_round, _orbit_repair, _Recon,
+                                _register_guided, _register_next, _sfm_with_focal, build_tracks, off_orbit_warnings,
+                                verified_matches)
 from core.recon.geometry import focal_from_fov, rodrigues
 from core.recon.metrics import camera_errors
-from core.recon.orbit import orbit_kinks, predict_poses, views_seen
+from core.recon.orbit import orbit_deviation, orbit_kinks, predict_poses, views_seen
 from core.recon.toyscene import look_at, orbit_cameras, render_toy
 
 
@@ -131,3 +132,49 @@ def test_guided_round_keeps_the_first_estimate_when_its_fit_gets_much_worse(toy_
     ratio = taken[2] / rms
     kept, same_pairs = _guided_round(best, pairs, feats, replace(cfg, guided_max_rms_ratio=0.5 * ratio), 96, 176, thr)
     assert kept is best and same_pairs is pairs
+
+
+def _turned(vm: np.ndarray, view: int, axis: int, deg: float) -> np.ndarray:
+    """``vm`` with one camera turned by ``deg`` about its own x (0), y (1) or optical (2) axis."""
+    out = vm.copy()
+    out[view, :3, :] = rodrigues(np.eye(3)[axis] * math.radians(deg)) @ vm[view, :3, :]
+    return out
+
+
+def test_orbit_deviation_is_zero_on_an_orbit_and_measures_a_roll_or_an_axis_turned_off_it():
+    vm, _ = orbit_cameras(7, 96, 176, arc_deg=48.0, fov_x_deg=55.0)
+    roll, aim = orbit_deviation(vm)
+    assert roll < 1e-6 and aim < 1e-6
+    assert orbit_deviation(_accelerating_orbit()) == pytest.approx((0.0, 0.0), abs=1e-6)  # uneven steps are still one orbit
+    roll, aim = orbit_deviation(_turned(vm, 3, 2, 1.5))  # view 3 rolled
+    assert 1.0 < roll <= 1.5 + 1e-6 and aim < 1e-6
+    roll, aim = orbit_deviation(_turned(vm, 5, 1, 2.0))  # view 5 aimed 2 deg to the side
+    assert 1.0 < aim <= 2.0 + 1e-6
+    # the deviation does not depend on the world frame or scale
+    M = np.eye(4)
+    M[:3, :3] = rodrigues(np.array([0.3, -0.2, 0.5]))
+    M[:3, 3] = [1.0, 2.0, -3.0]
+    moved = _turned(vm, 3, 2, 1.5) @ np.linalg.inv(M)
+    moved[:, :3, 3] *= 2.5
+    assert orbit_deviation(moved) == pytest.approx(orbit_deviation(_turned(vm, 3, 2, 1.5)), abs=1e-4)
+    # parallel axes (a sideways dolly) have no common point; two views say nothing
+    dolly = np.repeat(np.eye(4)[None], 4, 0)
+    dolly[:, 0, 3] = -np.arange(4.0)
+    assert np.isnan(orbit_deviation(dolly)[1])
+    assert all(np.isnan(orbit_deviation(vm[:2])))
+
+
+def test_off_orbit_warnings_name_a_rolled_camera_of_a_feature_estimate_only():
+    vm, Ks = orbit_cameras(7, 96, 176, arc_deg=48.0, fov_x_deg=55.0)
+
+    def est(viewmats, source="features"):
+        return CameraEstimate(viewmats=viewmats, Ks=Ks, points=np.zeros((0, 3)), colors=np.zeros((0, 3)),
+                              source=source, fov_x_deg=55.0)
+
+    assert off_orbit_warnings(est(vm)) == []
+    assert off_orbit_warnings(est(_turned(vm, 3, 2, 0.5 * OFF_ORBIT_DEG))) == []
+    (w,) = off_orbit_warnings(est(_turned(vm, 3, 2, 3.0)))
+    assert "turned" in w and "level arc" in w
+    (w,) = off_orbit_warnings(est(_turned(vm, 5, 1, 4.0)))
+    assert "off the point the others look at" in w
+    assert off_orbit_warnings(est(_turned(vm, 3, 2, 3.0), source="orbit-prior")) == []

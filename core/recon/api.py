@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from .cameras import (CameraEstimate, SfMConfig, affine_fallback_config, estimate_cameras, heldout_error,
-                      heldout_matches, unusual_fov_warnings)
+                      heldout_matches, off_orbit_warnings, unusual_fov_warnings)
 from .checks import check_fov, check_grid_for_recon
 from .fit import FitConfig, build_model, fit, preset_for, render_all
 from .metrics import camera_errors, psnr
@@ -354,7 +354,7 @@ def reconstruct_run(
     sfm_cfg = sfm or SfMConfig()
     est, cam_times, used_grid, cam_warnings = grid_cameras(frames, train, sfm_cfg, log=log)
     warnings += cam_warnings
-    warnings += est.warnings + unusual_fov_warnings(est, sfm_cfg)
+    warnings += est.warnings + unusual_fov_warnings(est, sfm_cfg) + off_orbit_warnings(est)
     cameras_s = time.perf_counter() - t0
     if should_cancel is not None and should_cancel():
         from ..errors import Cancelled

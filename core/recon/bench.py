@@ -213,7 +213,8 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
 
     from ..grid import Grid, parse_size
     from .api import grid_cameras, load_gt_cameras
-    from .cameras import SfMConfig, estimate_cameras, unusual_fov_warnings
+    from .cameras import SfMConfig, estimate_cameras, off_orbit_warnings, unusual_fov_warnings
+    from .orbit import orbit_deviation
     from .metrics import camera_errors
 
     H, W = parse_size(size)
@@ -239,7 +240,9 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
                 log=lambda m: print("  ", m, flush=True)
                 if m.startswith(("held-out", "orbit", "affine", "vanishing points: one")) else None)
         # what reconstruct would tell the user
-        warnings = list(warns) + list(est.warnings) + unusual_fov_warnings(est, SfMConfig(fov_x_deg=fov_x))
+        warnings = (list(warns) + list(est.warnings) + unusual_fov_warnings(est, SfMConfig(fov_x_deg=fov_x))
+                    + off_orbit_warnings(est))
+        roll, aim = orbit_deviation(est.viewmats)
         sec = time.perf_counter() - t0
         e = camera_errors(est.viewmats, gt)
         rows.append({"seed": s, "rot_deg_max": round(e["rot_deg_max"], 3), "tdir_deg_max": round(e["tdir_deg_max"], 3),
@@ -247,6 +250,7 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
                      "fov_err": round(est.fov_x_deg - fov_true, 2), "source": est.source,
                      "registered": est.n_registered, "guided": est.n_guided, "points": len(est.points),
                      "seconds": round(sec, 2), "warnings": warnings,
+                     "orbit_roll_deg": round(roll, 3), "orbit_aim_deg": round(aim, 3),
                      "pass": bool(e["rot_deg_max"] <= 2.0 and e["tdir_deg_max"] <= 5.0)})
         r = rows[-1]
         print(f"{s} {'PASS' if r['pass'] else 'FAIL'} rot {r['rot_deg_max']:.2f} tdir {r['tdir_deg_max']:.2f} "

@@ -188,6 +188,33 @@ def unusual_fov_warnings(est: CameraEstimate, cfg: SfMConfig) -> list[str]:
             "(reconstruct --fov DEG)"]
 
 
+# Cameras placed from features that stray this far from one level orbit around one point
+# (``orbit.orbit_deviation``: a camera's roll, or an optical axis off the common point, in degrees)
+# are warned about. On the evaluation scenes 1000000000-59 (8x8 at 288x512, the default
+# estimate) the 46 estimates within 2 deg / 5 deg of the truth strayed at most 0.43 deg in roll and
+# 0.23 deg in aim; of the 14 that were not, 7 (rotations 6.9-67 deg off) strayed 1.0-4.3 deg in
+# roll (aim 0.4-17.6) and are warned about, the other 7 (2.2-7.0 deg off) only 0.09-0.62 / 0.03-0.33
+# (a wrong focal length keeps the orbit's shape)
+OFF_ORBIT_DEG = 0.75
+
+
+def off_orbit_warnings(est: CameraEstimate) -> list[str]:
+    """A warning when cameras placed from features stray from one level orbit around one point
+    by more than ``OFF_ORBIT_DEG``: the freeze-time column is most often filmed that way, and
+    the wrong estimates seen so far strayed where the right ones did not."""
+    from .orbit import orbit_deviation
+
+    if est.source != "features":
+        return []
+    roll, aim = orbit_deviation(est.viewmats)
+    if not (roll > OFF_ORBIT_DEG or aim > OFF_ORBIT_DEG):
+        return []
+    what = ([f"a camera turned {roll:.1f} deg about its axis"] if roll > OFF_ORBIT_DEG else []) + \
+        ([f"an axis {aim:.1f} deg off the point the others look at"] if aim > OFF_ORBIT_DEG else [])
+    return [f"the estimated cameras do not follow one level arc around one point ({', '.join(what)}); if the "
+            "freeze-time video was filmed that way, the cameras are likely several degrees off"]
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. Features and matches
 

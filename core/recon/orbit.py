@@ -173,3 +173,26 @@ def polish_from_poses(rec0, pairs: dict, cfg, H: int, W: int, thr: float, optimi
     rms = _polish(rec, min(rec.R), cfg, thr, min_obs, optimise_focal and V >= 3)
     return rec, rms
 
+
+
+def orbit_deviation(viewmats: np.ndarray) -> tuple[float, float]:
+    """How far cameras ([V, 4, 4] world -> camera) are from one level orbit around one point:
+    (the largest roll in degrees, a camera's x axis off the plane perpendicular to the up
+    direction that suits all of them best; the largest angle in degrees between an optical axis
+    and the direction to the point nearest all the axes). Ground-truth orbits of the synthetic
+    world give (0, 0); NaN where it is not defined (fewer than 3 views; axes nearly parallel)."""
+    vm = np.asarray(viewmats, np.float64)
+    if len(vm) < 3:
+        return float("nan"), float("nan")
+    X, Z = vm[:, 0, :3], vm[:, 2, :3]  # each camera's x and optical axes, in the world
+    up = np.linalg.eigh(X.T @ X)[1][:, 0]  # the direction most nearly perpendicular to every x axis
+    roll = float(np.degrees(np.arcsin(np.clip(np.abs(X @ up), 0.0, 1.0))).max())
+    C = -np.einsum("vji,vj->vi", vm[:, :3, :3], vm[:, :3, 3])
+    P = np.eye(3)[None] - Z[:, :, None] * Z[:, None, :]  # projectors across each axis
+    A, b = P.sum(0), np.einsum("vij,vj->i", P, C)
+    w = np.linalg.eigvalsh(A)
+    if w[0] < 1e-3 * w[-1]:  # the axes are (nearly) parallel: no common point
+        return roll, float("nan")
+    d = np.linalg.solve(A, b) - C
+    cos = np.einsum("vi,vi->v", d, Z) / np.maximum(np.linalg.norm(d, axis=1), 1e-12)
+    return roll, float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).max())
