@@ -250,7 +250,7 @@ def camera_bench(seeds: list[int], size: str, views: int, times: int, cache: Pat
                      "fov_err": round(est.fov_x_deg - fov_true, 2), "source": est.source,
                      "registered": est.n_registered, "guided": est.n_guided, "points": len(est.points),
                      "seconds": round(sec, 2), "warnings": warnings,
-                     "orbit_roll_deg": round(roll, 3), "orbit_aim_deg": round(aim, 3),
+                     **{k: round(x, 3) if math.isfinite(x) else None for k, x in (("orbit_roll_deg", roll), ("orbit_aim_deg", aim))},
                      "pass": bool(e["rot_deg_max"] <= 2.0 and e["tdir_deg_max"] <= 5.0)})
         r = rows[-1]
         print(f"{s} {'PASS' if r['pass'] else 'FAIL'} rot {r['rot_deg_max']:.2f} tdir {r['tdir_deg_max']:.2f} "

@@ -174,7 +174,6 @@ def polish_from_poses(rec0, pairs: dict, cfg, H: int, W: int, thr: float, optimi
     return rec, rms
 
 
-
 def orbit_deviation(viewmats: np.ndarray) -> tuple[float, float]:
     """How far cameras ([V, 4, 4] world -> camera) are from one level orbit around one point:
     (the largest roll in degrees, a camera's x axis off the plane perpendicular to the up
