@@ -224,3 +224,17 @@ def test_training_forward_carries_gradients_to_every_new_layer_it_uses(mode):
     if mode != "fused":
         syncs = tr.layers.soft_sync if mode == "soft" else tr.layers.hard_sync
         assert all(s.weight_v.grad.abs().sum() > 0 for s in syncs)
+
+
+def test_warm_up_ramps_a_fresh_start_and_an_exact_resume_starts_at_full_rate(tmp_path):
+    out = tmp_path / "run"
+    kw = dict(lr=1e-3, lr_schedule="constant", warmup_steps=100, max_steps=2)
+    train(_tiny_cfg(out, **kw), log=lambda s: None)
+    train(_tiny_cfg(out, resume=str(out), **kw), log=lambda s: None)
+    lrs = [json.loads(l)["lr"] for l in (out / "log.jsonl").read_text().splitlines()]
+    # fresh Adam moments: 1/100, 2/100 of the rate; restored ones (exact resume): the rate itself
+    assert lrs == pytest.approx([1e-5, 2e-5, 1e-3, 1e-3])
+    # a resume from a model folder's weights has fresh moments again, so it warms up
+    out2 = tmp_path / "run2"
+    train(_tiny_cfg(out2, resume=str(out / "model"), **dict(kw, max_steps=1)), log=lambda s: None)
+    assert [json.loads(l)["lr"] for l in (out2 / "log.jsonl").read_text().splitlines()] == pytest.approx([1e-5])

@@ -156,8 +156,14 @@ def phase_batch(cfg: TrainConfig, ph: Phase, ref_hw: tuple[int, int]) -> int:
     return b + (b % 2 if ph.stage == 1 else 0)  # stage 1: rows and columns in equal halves
 
 
-def lr_at(cfg: TrainConfig, session_step: int, frac: float) -> float:
-    warm = min(1.0, (session_step + 1) / max(1, cfg.warmup_steps))
+def lr_at(cfg: TrainConfig, session_step: int, frac: float, warmup: int | None = None) -> float:
+    """The learning rate of this session's step ``session_step`` at ``frac`` of its time budget.
+
+    ``warmup`` (default ``cfg.warmup_steps``) ramps it up linearly from the session's first step;
+    an exact resume, whose optimizer moments are restored, passes 0.
+    """
+    warmup = cfg.warmup_steps if warmup is None else warmup
+    warm = min(1.0, (session_step + 1) / warmup) if warmup > 0 else 1.0
     if cfg.lr_schedule == "constant":
         return cfg.lr * warm
     lo = cfg.lr * cfg.min_lr_ratio
@@ -296,7 +302,9 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             torch.cuda.set_rng_state(state["cuda_rng"].cpu())
         torch.set_rng_state(state["cpu_rng"])
         step, samples, minutes_before = int(state["step"]), int(state["samples"]), float(state["train_minutes"])
+        warmup = 0  # the warm-up protects fresh Adam moments; an exact resume restored them
     else:
+        warmup = cfg.warmup_steps
         torch.manual_seed(cfg.seed + step)
     ema.copy_to(ema_net)
     if cfg.compile:
@@ -417,7 +425,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
         batches = next(it)
         data_acc += time.perf_counter() - td
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, session_step, now / budget)
+            group["lr"] = lr_at(cfg, session_step, now / budget, warmup)
         ts = time.perf_counter()
         try:
             modes = cfg.modes()
