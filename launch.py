@@ -3,6 +3,7 @@
 (app/) and the 3D viewer (viewer/) together.
 
     python launch.py                 # the studio on the embedded default model
+    python launch.py --port 7861     # the studio's options (python launch.py app --help)
     python launch.py COMMAND --help  # every other command
 
 Exit status: 0 success, 2 bad input (one line on stderr says what and what is allowed),
@@ -50,6 +51,8 @@ def build_parser():
         prog="launch.py",
         description="4D video studio: turn a fixed-view and a freeze-time video into a grid of "
         "views x times, and that grid into deformable 3D Gaussians.",
+        epilog="With no COMMAND, or with only the studio's options (e.g. 'launch.py --port 7861'), it starts "
+        "the studio; its options: 'launch.py app --help'.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     app = sub.add_parser("app", help="start the studio (the default when no command is given)")
@@ -77,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    if not argv:
-        argv = ["app"]
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["app", *argv]  # the studio is the default command: 'launch.py --port 7861' starts it
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed usage and the reason
