@@ -51,6 +51,10 @@ def run(args) -> int:
         h, w = parse_size(args.size)
     if args.views < 1 or args.times < 1:
         raise InputError("views and times must be at least 1")
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise InputError(f"--steps (timed steps per row) must be between 1 and 1000, got {args.steps}")
+    if not 1 <= args.grid_steps <= 1000:
+        raise InputError(f"--grid-steps must be between 1 and 1000, got {args.grid_steps}")
     if args.prompt_tokens < 1:
         raise InputError(f"--prompt-tokens must be at least 1, got {args.prompt_tokens}")
     cfg = BenchConfig(device=resolve_device(args.device), preset=args.preset, views=args.views, times=args.times,
