@@ -18,6 +18,15 @@ MODES = ("videos", "image", "prompt")
 MAX_STEPS = 1000
 
 
+def _by_name(path: str, read, *args, **kw):
+    """``read(path, ...)``, its InputError naming the upload by its file name: the page's files
+    sit in the server's temporary folders, whose paths say nothing to the person who uploaded them."""
+    try:
+        return read(path, *args, **kw)
+    except InputError as e:
+        raise InputError(str(e).replace(str(Path(path)), Path(path).name)) from None
+
+
 @dataclass
 class Settings:
     """The grid settings of the page, checked."""
@@ -96,7 +105,7 @@ def first_frame(path: str, what: str, height: int, width: int) -> np.ndarray:
     Reading two frames spread over the clip makes the reader walk to its end, so a truncated file,
     a clip of one frame or a picture of 1 x 1 fails here, with the reader's own message.
     """
-    frames, _ = read_video(path, 2, height, width, what=what)
+    frames, _ = _by_name(path, read_video, 2, height, width, what=what)
     return frames[0]
 
 
@@ -147,7 +156,7 @@ def check_image_input(path: str | None, height: int = 72, width: int = 128) -> n
     """The start image as the model will see it (H x W), or InputError."""
     if not path:
         raise InputError("add a start image (png, jpg, webp or bmp)")
-    return read_image(path, height, width, what="start image")
+    return _by_name(path, read_image, height, width, what="start image")
 
 
 def check_sources(mode: str, fixed: str | None, freeze: str | None, image: str | None, prompt: str,

@@ -25,6 +25,9 @@ MAX_INPUT_PIXELS = 64_000_000
 
 
 def _cv2():
+    # FFmpeg's own log ("moov atom not found", ...) would precede our one-line message; it is read
+    # at the first capture, so this holds unless the process opened a video before.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     import cv2
 
     cv2.setNumThreads(max(1, min(4, os.cpu_count() or 1)))
@@ -47,7 +50,7 @@ def _check_file(path: str | os.PathLike, exts: tuple[str, ...], what: str) -> Pa
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder, not a file")
     if path.suffix.lower() not in exts:
-        raise InputError(f"{what} {path.name} has an unsupported type; allowed: {', '.join(exts)}")
+        raise InputError(f"{what} {path} has an unsupported type; allowed: {', '.join(exts)}")
     if path.stat().st_size == 0:
         raise InputError(f"{what} {path} is empty (0 bytes)")
     return path
@@ -55,12 +58,12 @@ def _check_file(path: str | os.PathLike, exts: tuple[str, ...], what: str) -> Pa
 
 def _check_size(w: int, h: int, path: Path, what: str) -> None:
     if w <= 0 or h <= 0:
-        raise InputError(f"{what} {path.name} has no picture (size {w}x{h})")
+        raise InputError(f"{what} {path} has no picture (size {w}x{h})")
     if min(w, h) < MIN_INPUT_SIDE:
-        raise InputError(f"{what} {path.name} is {w}x{h}; each side must be at least {MIN_INPUT_SIDE} pixels")
+        raise InputError(f"{what} {path} is {w}x{h}; each side must be at least {MIN_INPUT_SIDE} pixels")
     if max(w, h) > MAX_INPUT_SIDE or w * h > MAX_INPUT_PIXELS:
         raise InputError(
-            f"{what} {path.name} is {w}x{h}; the largest allowed is {MAX_INPUT_SIDE} pixels a side "
+            f"{what} {path} is {w}x{h}; the largest allowed is {MAX_INPUT_SIDE} pixels a side "
             f"and {MAX_INPUT_PIXELS // 1_000_000} megapixels"
         )
 
@@ -72,7 +75,7 @@ def probe_video(path: str | os.PathLike, what: str = "video") -> VideoInfo:
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            raise InputError(f"{what} {path.name} could not be opened as a video (corrupt, truncated or not a video)")
+            raise InputError(f"{what} {path} could not be opened as a video (corrupt, truncated or not a video)")
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
@@ -174,7 +177,7 @@ def _decode_picked(info: VideoInfo, times: int, height: int, width: int, what: s
         frames = _decode_by_seeking(info, pick_indices(info.frames, times), height, width)
         if frames is not None:
             return frames
-    name = info.path.name
+    name = info.path
     n_claimed = info.frames
     for attempt in range(2):
         want = pick_indices(n_claimed, times) if n_claimed >= 2 else None
@@ -229,7 +232,7 @@ def read_image(path: str | os.PathLike, height: int, width: int, what: str = "im
         _check_size(w, h, path, what)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise InputError(f"{what} {path.name} could not be decoded as an image (corrupt or not an image)")
+        raise InputError(f"{what} {path} could not be decoded as an image (corrupt or not an image)")
     _check_size(img.shape[1], img.shape[0], path, what)
     return resize_crop(to_rgb(img), height, width)
 

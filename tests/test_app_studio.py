@@ -282,6 +282,8 @@ def test_bad_video_upload_says_what_is_wrong(studio, tmp_path, kind):
     good_fixed, _ = write_input_videos(tmp_path / "good")
     compare, note = studio.on_videos(str(good_fixed), str(bad), "72x128")
     assert "status-error" in note and BAD_VIDEOS[kind] in note and "freeze-time video" in note
+    # named as the person knows it: the upload's file name, not the server's temporary folder
+    assert f"freeze-time video {bad.name} " in note and str(bad.parent) not in note
     assert compare["visible"]  # the good clip's first frame is still shown
 
 

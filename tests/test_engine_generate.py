@@ -129,6 +129,22 @@ def test_bad_inputs_exit_2_with_one_line(engine_files, tmp_path, capsys, args, e
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("bad", ["missing", "text"])
+def test_a_bad_video_with_the_progress_bar_on_prints_only_the_error(engine_files, tmp_path, capfd, bad):
+    """The bar starts with the first step and FFmpeg's own log is off, so stderr holds one line
+    (read at the file descriptor: FFmpeg writes there directly)."""
+    path = tmp_path / "clip.mp4"
+    if bad == "text":
+        path.write_text("hello, not a video\n" * 20)
+    rc = launch.main(["generate", "--fixed-view", str(path), "--freeze-time", engine_files["orbit"], "--model",
+                      engine_files["model"], "--out", str(tmp_path / "run"), "--size", "16x16", "--times", "3"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert str(path) in err[0]  # the path as given, not only its name
+    assert ("does not exist" if bad == "missing" else "could not be opened") in err[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_existing_output_folder_is_refused_before_loading(engine_files, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     rc = launch.main(["generate", "--prompt", "x", "--model", engine_files["model"], "--out", str(tmp_path / "run"),

@@ -57,20 +57,19 @@ def run(args) -> int:
         shift=args.shift if args.shift is not None else cfg.shift, dense=args.dense,
     )
     engine.check(req, args.out)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        from ..sampler import chunk_windows
-
-        total = req.steps * len(chunk_windows(req.times, cfg.chunk_times))
-        bar = tqdm(total=total, unit="step", desc="generate", file=sys.stderr, dynamic_ncols=True)
+    bar = None  # drawn at the first step, once the inputs have been read and checked
 
     def on_progress(step, total, preview):
-        if bar is not None:
-            bar.total = total
-            bar.n = step
-            bar.refresh()
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="step", desc="generate", file=sys.stderr, dynamic_ncols=True)
+        bar.total = total
+        bar.n = step
+        bar.refresh()
 
     try:
         path = engine.generate(req, args.out, on_progress=on_progress)
