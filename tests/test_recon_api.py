@@ -171,7 +171,26 @@ def test_cli_refuses_an_absurd_field_of_view_before_writing_anything(toy_run, tm
     run = tmp_path / "toy"
     shutil.copytree(toy_run, run)
     before = sorted(p.name for p in run.iterdir())
-    assert main(["reconstruct", str(run), "--fov", "200", "--device", "cpu"]) == 2
+    assert main(["reconstruct", str(run), "--fov", "200", "--device", "cpu", "--replace"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "field of view" in err[0] and "between 10 and 150" in err[0]
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_cli_refuses_to_replace_a_reconstruction_unless_asked(toy_run, tmp_path, capsys):
+    from launch import main
+
+    run = tmp_path / "toy"
+    shutil.copytree(toy_run, run)
+    shutil.rmtree(run / "splats", ignore_errors=True)
+    (run / "recon.json").unlink(missing_ok=True)
+    assert main(["reconstruct", str(run), "--device", "cpu", "--iters", "3"]) == 0
+    first = (run / "recon.json").read_bytes()
+    ply = (run / "splats" / "canonical.ply").read_bytes()
+    capsys.readouterr()
+    assert main(["reconstruct", str(run), "--device", "cpu", "--iters", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already has a reconstruction (fitted PSNR" in err[0] and "--replace" in err[0]
+    assert (run / "recon.json").read_bytes() == first and (run / "splats" / "canonical.ply").read_bytes() == ply
+    assert main(["reconstruct", str(run), "--device", "cpu", "--iters", "2", "--replace"]) == 0
+    assert json.loads((run / "recon.json").read_text())["fit"]["steps"] == 2

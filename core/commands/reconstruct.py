@@ -1,7 +1,7 @@
 """``launch.py reconstruct DIR``: fit deformable 3D Gaussians to a run folder's grid and export splats.
 
     python launch.py reconstruct DIR [--iters N] [--holdout N] [--device auto|cpu|cuda] [--seed S]
-                                     [--gt-cameras PATH] [--whole-grid] [--fov DEG]
+                                     [--gt-cameras PATH] [--whole-grid] [--fov DEG] [--replace]
 
 Writes ``DIR/splats/`` (canonical.ply, frame_XXX.ply, model.safetensors, renders) and
 ``DIR/recon.json``. Cameras are estimated from the frames; ground-truth cameras (``--gt-cameras``,
@@ -29,9 +29,30 @@ def add_arguments(p) -> None:
     p.add_argument("--whole-grid", action="store_true",
                    help="estimate cameras from every training cell, not column 0 alone (slower; more robust on "
                         "repetitive floors; column 0 falls back to it anyway when it cannot place every view)")
+    p.add_argument("--replace", action="store_true",
+                   help="fit again a run folder that already has a reconstruction, replacing its splats/ and "
+                        "recon.json (without it, such a folder is refused and left as it is)")
     p.add_argument("--fov", type=float, default=None, metavar="DEG",
                    help="the frames' horizontal field of view in degrees, when known (e.g. the renderer's or "
                         "the camera's); held fixed instead of estimated (default: estimated from the frames)")
+
+
+def _refuse_existing(run: Path) -> None:
+    """InputError if ``run`` already has a reconstruction: a second fit would replace it."""
+    import json
+
+    from ..errors import InputError
+
+    if not ((run / "splats").exists() or (run / "recon.json").exists()):
+        return
+    what = ""
+    try:
+        info = json.loads((run / "recon.json").read_text())
+        what = f" (fitted PSNR {info['psnr_fit_mean']:.2f} dB, {info['fit']['steps']} steps)"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise InputError(f"{run} already has a reconstruction{what} in splats/ and recon.json; give --replace to fit "
+                     f"it again and replace that one, or copy the run folder first to keep both")
 
 
 def run(args) -> int:
@@ -40,6 +61,8 @@ def run(args) -> int:
     from ..recon.api import reconstruct_run
     from ..recon.cameras import SfMConfig
 
+    if not args.replace:
+        _refuse_existing(args.dir)
     bars = []  # made on the first step, so a refused input prints only its error line
 
     def on_progress(it: int, total: int, psnr_db: float) -> None:
