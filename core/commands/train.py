@@ -51,8 +51,9 @@ def add_arguments(p) -> None:
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["cosine", "constant"],
                    help="cosine (default): from --lr down to a tenth of it over this call's --minutes, anew in "
                         "every call, resumes included; constant: --lr throughout (for runs resumed in short calls)")
-    p.add_argument("--warmup", type=int, default=d.warmup_steps, help="warm-up steps of the learning rate from a fresh optimizer (a start, or a resume from a model "
-                        "folder's weights); an exact resume of a run restores its optimizer and skips it")
+    p.add_argument("--warmup", type=int, default=d.warmup_steps,
+                   help="warm-up steps of the learning rate from a fresh optimizer (a start, or a resume from a "
+                        "model folder's weights); an exact resume of a run restores its optimizer and skips it")
     p.add_argument("--ema", type=float, default=d.ema_decay, help="EMA decay")
     p.add_argument("--sigma-shift", type=float, default=None,
                    help="time shift of the training noise levels (default: the model's sampling shift when "
