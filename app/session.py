@@ -25,7 +25,11 @@ class Session:
     view: Any = None  # its app.explore.RunView (paths and shape), so slider events read no files
     mode: str = "videos"  # the input tab: videos | image | prompt
     image: str | None = None  # the uploaded start image's path (see Studio.on_image)
-    cancel: bool = False  # set by Cancel, read by the running job's should_cancel
+    cancel: bool = False  # set by the generation's Cancel, read by its job's should_cancel
+    cancel_recon: bool = False  # set by the reconstruction's Cancel, read by its job
+    generating: bool = False  # a generation is queued or running (from its check to its end)
+    reconstructing: str = ""  # the run folder being reconstructed ("" when none is queued or running)
+    notes: dict = field(default_factory=dict)  # the last end-of-job status of each job kind (see Studio.job_done)
 
 
 def session_key(session_hash: str | None) -> str:

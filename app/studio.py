@@ -177,7 +177,8 @@ class Studio:
             check_sources(state.mode, fixed, freeze, state.image, prompt, s.height, s.width)
         except InputError as e:
             raise gr.Error(str(e), title="Cannot generate yet", duration=None, print_exception=False) from None
-        state.cancel = False
+        state.cancel, state.generating = False, True
+        state.notes.pop("generate", None)
         c = self.c
         return {c["status"]: status_html("Waiting for the GPU…", "busy"),
                 c["go"]: gr.update(interactive=False), c["make_inputs"]: gr.update(interactive=False)}
@@ -221,7 +222,8 @@ class Studio:
                 msg = explain_failure(e, lower)
                 hide = {c["preview"]: gr.update(visible=False), c["scrub"]: gr.update(visible=True)}
                 if msg is None:
-                    yield {c["status"]: status_html("Cancelled. Nothing was saved.", "warn"), **hide}
+                    state.notes["generate"] = status_html("Cancelled. Nothing was saved.", "warn")
+                    yield {c["status"]: state.notes["generate"], **hide}
                     return None
                 yield {c["status"]: status_html(msg, "error"), **hide}
                 raise gr.Error(msg, title="Generation failed", duration=None) from None
@@ -278,14 +280,39 @@ class Studio:
         return self.check_generate(state, None, None, prompt, views, times, size, steps, seed, stream, guidance,
                                    shift, dense)
 
+    CANCELLING = "Cancelling… the job stops at its next step (a queued one when its turn comes)."
+
     def on_cancel(self, state: Session):
+        """The generation's Cancel: only a generation queued or running is stopped."""
+        if not state.generating:
+            return gr.skip()
         state.cancel = True
-        return status_html("Cancelling… the job stops at its next step.", "warn")
+        return status_html(self.CANCELLING, "warn")
+
+    def on_cancel_recon(self, state: Session):
+        """The reconstruction's Cancel: only a reconstruction queued or running is stopped."""
+        if not state.reconstructing:
+            return gr.skip()
+        state.cancel_recon = True
+        return status_html(self.CANCELLING, "warn")
 
     def job_done(self, state: Session):
+        """After a generation: the buttons back, and a cancellation's status said again, in case
+        the Cancel click's own "Cancelling…" reached the page after the job's last word."""
+        state.generating = False
         c = self.c
+        note = state.notes.pop("generate", None)
         return {c["go"]: gr.update(interactive=True), c["make_inputs"]: gr.update(interactive=True),
-                c["recon"]: gr.update(interactive=bool(state.current))}
+                c["recon"]: gr.update(interactive=bool(state.current) and not state.reconstructing),
+                c["status"]: note if note is not None else gr.skip()}
+
+    def recon_done(self, state: Session):
+        """After a reconstruction: the button back, and a cancellation's status said again."""
+        state.reconstructing = ""
+        c = self.c
+        note = state.notes.pop("reconstruct", None)
+        return {c["recon"]: gr.update(interactive=bool(state.current)),
+                c["recon_status"]: note if note is not None else gr.skip()}
 
     # -- handlers: explore -----------------------------------------------------------------
     def _show_run(self, state: Session, run: Path, status: str | None = None) -> dict:
@@ -310,13 +337,13 @@ class Studio:
             c["dl_manifest"]: gr.update(value=str(d["manifest"]), interactive=True),
             c["run_pick"]: gr.update(choices=names, value=run.name, visible=len(names) > 1),
             c["videos_row"]: gr.update(visible=True),
-            c["recon"]: gr.update(interactive=True),
-            c["recon_status"]: status_html(
-                f"Ready to reconstruct {view.V} views × {view.T} times.", "info"),
+            c["recon"]: gr.update(value="Reconstruct", interactive=not state.reconstructing),
             c["viewer"]: viewer_html(None),
             c["dl_canonical"]: gr.update(value=None, interactive=False, label="canonical.ply"),
             c["dl_splats"]: gr.update(value=None, interactive=False, label="splats.zip"),
         }
+        if not state.reconstructing:  # else the running fit's progress keeps the line
+            upd[c["recon_status"]] = status_html(f"Ready to reconstruct {view.V} views × {view.T} times.", "info")
         if status is not None:
             upd[c["status"]] = status
         return upd
@@ -335,6 +362,7 @@ class Studio:
         """Go back to another of this session's runs (and its reconstruction, if it has one)."""
         run = run_of(state, name or "")
         if run is None or str(run) == state.current:
+            yield {}  # nothing to change (a generator that yields nothing would blank every output)
             return
         yield self._show_run(state, run, status=status_html(f"Showing {run.name}.", "info"))
         if find_reconstruction(run) is not None:
@@ -352,14 +380,15 @@ class Studio:
             except InputError as e:
                 raise gr.Error(f"{str(e)[0].upper()}{str(e)[1:]} (or 0 to estimate it from the frames).",
                                title="Check the settings") from None
-        state.cancel = False
+        state.cancel_recon, state.reconstructing = False, state.current  # the run on screen now
+        state.notes.pop("reconstruct", None)
         c = self.c
         return {c["recon_status"]: status_html("Waiting for the GPU…", "busy"),
                 c["recon"]: gr.update(interactive=False)}
 
     def reconstruct(self, state: Session, iters, fov, model, request: gr.Request):
         c = self.c
-        run = Path(state.current)
+        run = Path(state.reconstructing or state.current)  # the run on screen when Reconstruct was pressed
         iters = int(iters) if iters else None
         fov = float(fov) if fov else None  # 0: estimated from the frames
         key = state.key or session_key(request.session_hash)
@@ -370,7 +399,7 @@ class Studio:
                                       should_cancel=should_cancel)
 
         yield {c["recon_status"]: status_html("Loading the model…", "busy")}
-        with Job(work, lambda: state.cancel, self._gpu) as job:
+        with Job(work, lambda: state.cancel_recon, self._gpu) as job:
             for it, total, *rest in job.reports():  # on_progress(iteration, total, psnr_db)
                 psnr = rest[0] if rest else None
                 ps = f" · PSNR {psnr:.2f} dB" if psnr is not None and np.isfinite(psnr) else ""
@@ -382,11 +411,16 @@ class Studio:
             except Exception as e:
                 msg = explain_failure(e, "the frame size or the number of views and times of the grid")
                 if msg is None:
-                    yield {c["recon_status"]: status_html("Reconstruction cancelled.", "warn")}
+                    state.notes["reconstruct"] = status_html("Reconstruction cancelled.", "warn")
+                    yield {c["recon_status"]: state.notes["reconstruct"]}
                     return
                 yield {c["recon_status"]: status_html(msg, "error")}
                 raise gr.Error(msg, title="Reconstruction failed", duration=None) from None
         seconds = job.elapsed
+        if str(run) != state.current:  # another run was picked or generated meanwhile: leave its page alone
+            yield {c["recon_status"]: status_html(
+                f"Reconstructed {run.name} in {clock(seconds)}; pick it under Run to see it in 3D.", "ok")}
+            return
         yield from self._show_reconstruction(state, run, key, info, seconds)
 
     def _show_reconstruction(self, state: Session, run: Path, key: str, info: dict | None, seconds: float | None):
@@ -626,14 +660,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
         c["go"].click(studio.check_generate, [state, *sources, *settings], busy_outputs, **quick).success(
             studio.generate, [state, *sources, *settings, c["model"]], explore_outputs,
             concurrency_id=GPU, concurrency_limit=1, show_progress="hidden",
-        ).then(studio.job_done, state, [c["go"], c["make_inputs"], c["recon"]], **quick)
+        ).then(studio.job_done, state, [c["go"], c["make_inputs"], c["recon"], c["status"]], **quick)
         c["make_inputs"].click(studio.check_prompt, [state, c["prompt"], *settings], busy_outputs, **quick).success(
             studio.generate_inputs, [state, c["prompt"], *settings, c["model"]],
             [c["fixed"], c["freeze"], c["tabs"], c["preview"], c["scrub"], c["status"]],
             concurrency_id=GPU, concurrency_limit=1, show_progress="hidden",
-        ).then(studio.job_done, state, [c["go"], c["make_inputs"], c["recon"]], **quick)
+        ).then(studio.job_done, state, [c["go"], c["make_inputs"], c["recon"], c["status"]], **quick)
         c["cancel"].click(studio.on_cancel, state, c["status"], **quick)
-        c["recon_cancel"].click(studio.on_cancel, state, c["recon_status"], **quick)
+        c["recon_cancel"].click(studio.on_cancel_recon, state, c["recon_status"], **quick)
 
         # every report is sent ("always_last" can resend an older report's data) and served in order
         c["scrub"].release(studio.on_cell, state, [c["row_video"], c["col_video"]], concurrency_limit=1,
@@ -645,7 +679,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             studio.reconstruct, [state, c["recon_iters"], c["recon_fov"], c["model"]],
             [c["recon_status"], c["viewer"], c["dl_canonical"], c["dl_splats"]],
             concurrency_id=GPU, concurrency_limit=1, show_progress="hidden",
-        ).then(lambda: gr.update(interactive=True), None, c["recon"], **quick)
+        ).then(studio.recon_done, state, [c["recon"], c["recon_status"]], **quick)
         demo.unload(studio.on_unload)
     return demo
 

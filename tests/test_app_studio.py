@@ -608,6 +608,72 @@ def test_the_field_of_view_control_reaches_the_reconstruction_and_absurd_values_
             studio.check_reconstruct(state, bad)
 
 
+def test_each_cancel_stops_only_its_own_job_and_an_idle_one_changes_nothing(studio):
+    import gradio as gr
+
+    from app.session import Session
+
+    state = Session()
+    assert studio.on_cancel(state) == gr.skip() and studio.on_cancel_recon(state) == gr.skip()
+    assert not state.cancel and not state.cancel_recon
+    state.reconstructing = "/runs/a"
+    assert "Cancelling" in studio.on_cancel_recon(state) and state.cancel_recon
+    assert studio.on_cancel(state) == gr.skip() and not state.cancel  # the fit's Cancel is not the grid's
+    state.generating = True
+    assert "Cancelling" in studio.on_cancel(state) and state.cancel
+
+
+def test_a_cancellation_is_said_again_when_its_job_ends(studio):
+    import gradio as gr
+
+    from app.session import Session
+
+    c = studio.c
+    state = Session(generating=True, reconstructing="/runs/a", current="/runs/a")
+    state.notes["generate"] = "<cancelled>"
+    done = studio.job_done(state)
+    assert done[c["status"]] == "<cancelled>" and not state.generating
+    assert done[c["recon"]]["interactive"] is False  # the fit still runs
+    assert studio.job_done(state)[c["status"]] == gr.skip()  # said once; a finished grid's line stays
+    state.notes["reconstruct"] = "<fit cancelled>"
+    done = studio.recon_done(state)
+    assert done[c["recon_status"]] == "<fit cancelled>" and done[c["recon"]]["interactive"]
+    assert state.reconstructing == ""
+
+
+def test_a_reconstruction_fits_the_run_shown_when_pressed_and_leaves_another_page_alone(
+        studio, run_dir, _base_run, monkeypatch):
+    import shutil
+
+    from app.session import Session
+    from core.engine import Engine
+    from core.recon import api
+
+    fitted = []
+
+    def fake_reconstruct_run(run, **kw):
+        fitted.append(Path(run).name)
+        write_procedural_splats(Path(run), T=5)
+        return {"psnr_db": 30.0, "warnings": []}
+
+    monkeypatch.setattr(api, "reconstruct_run", fake_reconstruct_run)
+    monkeypatch.setattr(studio, "engine", lambda model: Engine("default", "cpu"))
+    other = Path(shutil.copytree(_base_run, run_dir.parent / "other"))
+    shutil.rmtree(run_dir / "splats", ignore_errors=True)
+    state = Session(key="switch", runs=[str(run_dir), str(other)])
+    studio._show_run(state, run_dir)
+    studio.check_reconstruct(state, 0)
+    c = studio.c
+    shown = studio._show_run(state, other)  # picked while the fit waits for the GPU
+    assert shown[c["recon"]]["interactive"] is False and c["recon_status"] not in shown
+    final = list(studio.reconstruct(state, 0, 0, "default", gr_request("switch")))[-1]
+    assert fitted == [run_dir.name] and not (other / "splats").exists()
+    assert f"Reconstructed {run_dir.name}" in final[c["recon_status"]] and "pick it under Run" in final[c["recon_status"]]
+    assert c["viewer"] not in final and c["dl_canonical"] not in final  # the other run's page is left as it is
+    studio.recon_done(state)
+    assert studio._show_run(state, run_dir)[c["recon"]]["interactive"]
+
+
 def test_unload_removes_an_empty_session_folder_but_keeps_runs(studio, tmp_path):
     from app.session import Session, new_run_path
 
@@ -627,8 +693,9 @@ def test_picking_an_earlier_run_brings_back_its_grid_and_reconstruction(studio, 
     write_procedural_splats(other, T=5)
     state = Session(key="picker", runs=[str(run_dir), str(other)])
     studio._show_run(state, run_dir)
-    assert list(studio.on_pick_run(state, run_dir.name, gr_request("picker"))) == []  # already shown
-    assert list(studio.on_pick_run(state, "../../elsewhere", gr_request("picker"))) == []  # not this session's
+    # already shown, or not this session's: one empty update (yielding nothing would blank every output)
+    assert list(studio.on_pick_run(state, run_dir.name, gr_request("picker"))) == [{}]
+    assert list(studio.on_pick_run(state, "../../elsewhere", gr_request("picker"))) == [{}]
     updates = list(studio.on_pick_run(state, other.name, gr_request("picker")))
     c = studio.c
     assert state.current == str(other)
