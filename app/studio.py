@@ -565,15 +565,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
             with gr.Column(scale=3, min_width=320):
                 _section(2, "Settings")
                 with gr.Row():
-                    c["views"] = gr.Number(8, label="Views (V)", precision=0, elem_id="views",
+                    c["views"] = gr.Number(8, label="Views (V)", elem_id="views",
                                            info="cameras: the rows")
-                    c["times"] = gr.Number(8, label="Times (T)", precision=0, elem_id="times",
+                    c["times"] = gr.Number(8, label="Times (T)", elem_id="times",
                                            info="moments: the columns")
                 c["size"] = gr.Dropdown(SIZES, value="72x128", label="Frame size (H × W)",
                                         allow_custom_value=True, elem_id="size")
                 c["steps"] = gr.Slider(1, 100, value=25, step=1, label="Denoising steps", elem_id="steps")
                 with gr.Row(equal_height=True):
-                    c["seed"] = gr.Number(0, label="Seed", precision=0, scale=5, elem_id="seed")
+                    c["seed"] = gr.Number(0, label="Seed", scale=5, elem_id="seed")
                     c["dice"] = gr.Button("⚄ Random", scale=2, min_width=90, elem_id="dice")
                 with gr.Accordion("Advanced", open=False):
                     c["stream"] = gr.Radio(STREAM_MODES, value="soft", label="Stream mode",

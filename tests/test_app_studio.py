@@ -333,6 +333,9 @@ def test_generate_refuses_bad_settings_before_queueing(studio, tmp_path, views, 
     from app.session import Session
 
     fixed, freeze = write_input_videos(tmp_path / "in")
+    c = studio.c
+    # through the page's own boxes first: they hand the value on as typed (2.5 is not rounded to 2)
+    views, times = c["views"].preprocess(views), c["times"].preprocess(times)
     with pytest.raises(gr.Error) as e:
         studio.check_generate(Session(), str(fixed), str(freeze), "", views, times, size, 25, 0, "soft", 1.0)
     assert needle in e.value.message
