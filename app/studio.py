@@ -589,8 +589,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     c["model"] = gr.Textbox(cfg.model, label="Model", info="'default' (embedded) or a model folder")
                     c["recon_iters"] = gr.Slider(0, 5000, value=0, step=10, label="3D fit iterations",
                                                  info="0 = the engine's default", elem_id="recon_iters")
-                    c["recon_fov"] = gr.Number(0, label="3D camera field of view (degrees across)", minimum=0,
-                                               maximum=150, elem_id="recon_fov",
+                    # no minimum/maximum: gradio's own refusal would name neither the field nor the range
+                    c["recon_fov"] = gr.Number(0, label="3D camera field of view (degrees across)",
+                                               elem_id="recon_fov",
                                                info="0 = estimated from the frames; set it when the camera's "
                                                     "is known (as reconstruct --fov)")
                 with gr.Row():

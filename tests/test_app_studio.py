@@ -606,9 +606,9 @@ def test_the_field_of_view_control_reaches_the_reconstruction_and_absurd_values_
         final = list(studio.reconstruct(state, 0, fov, "default", gr_request("fov")))[-1]
         assert "status-ok" in final[studio.c["recon_status"]]
     assert asked == [None, 47.5]  # 0 = estimated from the frames
-    for bad in (5, 200):
+    for bad in (5, 200, 1000, -3):  # through the page's own box, which hands them on for our message
         with pytest.raises(gr.Error, match="between 10 and 150 degrees"):
-            studio.check_reconstruct(state, bad)
+            studio.check_reconstruct(state, studio.c["recon_fov"].preprocess(bad))
 
 
 def test_each_cancel_stops_only_its_own_job_and_an_idle_one_changes_nothing(studio):
