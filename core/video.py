@@ -177,7 +177,6 @@ def _decode_picked(info: VideoInfo, times: int, height: int, width: int, what: s
         frames = _decode_by_seeking(info, pick_indices(info.frames, times), height, width)
         if frames is not None:
             return frames
-    name = info.path
     n_claimed = info.frames
     for attempt in range(2):
         want = pick_indices(n_claimed, times) if n_claimed >= 2 else None
@@ -202,7 +201,7 @@ def _decode_picked(info: VideoInfo, times: int, height: int, width: int, what: s
         n_decoded = i
         if n_decoded < 2:
             raise InputError(
-                f"{what} {name} has {n_decoded} readable frame(s); at least 2 are needed "
+                f"{what} {info.path} has {n_decoded} readable frame(s); at least 2 are needed "
                 "(is the file truncated or a still image?)"
             )
         if want is None:
@@ -215,11 +214,11 @@ def _decode_picked(info: VideoInfo, times: int, height: int, width: int, what: s
         # Fewer frames decoded than the header claims.
         if n_decoded < 0.9 * n_claimed - 1:
             raise InputError(
-                f"{what} {name} is truncated or corrupt: its header says {n_claimed} frames but only "
+                f"{what} {info.path} is truncated or corrupt: its header says {n_claimed} frames but only "
                 f"{n_decoded} decode"
             )
         n_claimed = n_decoded  # off by a few (variable frame rate): pick again from the true count
-    raise InputError(f"{what} {name} could not be decoded consistently")
+    raise InputError(f"{what} {info.path} could not be decoded consistently")
 
 
 def read_image(path: str | os.PathLike, height: int, width: int, what: str = "image") -> np.ndarray:
