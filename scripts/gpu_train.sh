@@ -17,8 +17,11 @@
 #       not fit stop it with a message (FRESH=1 trains from scratch anyway). After training it runs
 #       'launch.py eval' on $EVAL_SEEDS evaluation scenes. MINUTES (default 16) is the training
 #       loop's budget; loading, compiling and the final eval come on top (about 2-4 minutes).
-#       COMPARE=N (e.g. 64) adds a paired check after that: the weights it started from and the
-#       trained ones are both scored ('launch.py eval --modes soft --no-consistency') on the same N
+#       RESUME_FROM=DIR starts from the weights in DIR in place of assets/model (e.g. a model
+#       folder that came back from an earlier session and was not shipped, kept under .ckpt/ and
+#       carried along; the optimizer starts fresh).
+#       COMPARE=N (e.g. 64) adds a paired check after that: the weights it started from (or those
+#       in COMPARE_WITH=DIR, e.g. assets/model when resuming a run that grew) and the trained ones are both scored ('launch.py eval --modes soft --no-consistency') on the same N
 #       evaluation scenes and 'scripts/compare_evals.py' says whether the new ones are measurably
 #       better (compare.txt, in report.txt). On an H200 one such eval of 64 scenes took about
 #       4.5 minutes, 41 s of it sampling (0.64 s a grid); most of the rest was likely SSIM on the
@@ -120,6 +123,13 @@ start)
   done
   [[ "$layers" = None || "$layers" =~ ^[0-9]+$ ]] || { echo "--layers must be a whole number, got '$layers'"; exit 2; }
   if busy; then echo "already running (pid $(cat "$DIR/job.pid")); see: $0 status"; exit 1; fi
+  FROM=${RESUME_FROM:-assets/model}
+  if [ -n "${RESUME_FROM:-}" ] && [ ! -f "$FROM/training.json" ]; then
+    echo "RESUME_FROM=$FROM is not a model folder we trained (no training.json in it)"; exit 2
+  fi
+  if [ -n "${COMPARE_WITH:-}" ] && [ ! -f "$COMPARE_WITH/transformer/config.json" ]; then
+    echo "COMPARE_WITH=$COMPARE_WITH is not a model folder (no transformer/config.json in it)"; exit 2
+  fi
   mkdir -p "$DIR"
   rm -f "$DIR"/train.rc "$DIR"/eval.rc "$DIR"/skip-eval "$DIR"/compare.cmd "$DIR"/compare.txt
   rm -rf "$DIR/start_model"
@@ -137,15 +147,15 @@ start)
       resume=(--resume "$src" $widen)
       echo "$RUN lacks what preset ${PRESET:-default} has: resuming its weights (moved to $old) with: $widen"
     fi
-  elif [ -f assets/model/transformer/config.json ] && [ -f assets/model/training.json ] &&
-       widen=$("$PY" -c "import sys; from core.train.checkpoint import resume_flags as f; r = f('assets/model', '${PRESET:-default}', $layers); print(' '.join(r)) if r is not None else sys.exit(1)"); then
+  elif [ -f "$FROM/transformer/config.json" ] && [ -f "$FROM/training.json" ] &&
+       widen=$("$PY" -c "import sys; from core.train.checkpoint import resume_flags as f; r = f('$FROM', '${PRESET:-default}', $layers); print(' '.join(r)) if r is not None else sys.exit(1)"); then
     # shellcheck disable=SC2206  # widen: '', '--anchor-input on' and/or '--layers N'
-    resume=(--resume assets/model $widen); stage=${STAGE:-3}
-    if [ -n "$widen" ]; then echo "assets/model resumes into preset ${PRESET:-default} with: $widen"; fi
+    resume=(--resume "$FROM" $widen); stage=${STAGE:-3}
+    if [ -n "$widen" ]; then echo "$FROM resumes into preset ${PRESET:-default} with: $widen"; fi
     [ -e "$RUN" ] && mv "$RUN" "$RUN.old.$(date +%s)"
   else
-    if [ -f assets/model/training.json ]; then
-      echo "assets/model holds trained weights that do not resume into preset ${PRESET:-default}$([ "$layers" != None ] && echo " with --layers $layers"):"
+    if [ -f "$FROM/training.json" ]; then
+      echo "$FROM holds trained weights that do not resume into preset ${PRESET:-default}$([ "$layers" != None ] && echo " with --layers $layers"):"
       echo "nothing started. Give the depth they have ('--layers N'), or FRESH=1 to train from scratch."
       exit 2
     fi
@@ -154,11 +164,13 @@ start)
   fi
   [ ${#resume[@]} -eq 0 ] && resume=(--preset "${PRESET:-default}")
   start_from=
-  if [ "$compare" -gt 0 ] && [ "${resume[0]}" = --resume ]; then
+  if [ "$compare" -gt 0 ] && [ -n "${COMPARE_WITH:-}" ]; then
+    start_from=$COMPARE_WITH
+  elif [ "$compare" -gt 0 ] && [ "${resume[0]}" = --resume ]; then
     start_from=${resume[1]}
     [ -d "$start_from/model" ] && start_from=$start_from/model  # an exact resume of a run: its weights
-    cp -r "$start_from" "$DIR/start_model"
   fi
+  [ -n "$start_from" ] && cp -r "$start_from" "$DIR/start_model"
   compile=(); [ "${COMPILE:-1}" = 1 ] && compile=(--compile)
   train_cmd=("$PY" launch.py train --out "$RUN" "${resume[@]}" --stage "$stage" --minutes "$minutes"
              --device "${DEVICE:-cuda}" "${compile[@]}" --batch "${BATCH:-32}" --eval-every 4 --eval-scenes 8

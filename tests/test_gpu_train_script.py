@@ -3,6 +3,7 @@ last checkpoint and leaves training running, ``collect`` stops it first, and a c
 in its swap (only ``model.old`` there) is still handed back."""
 
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -226,3 +227,28 @@ def test_wait_without_a_job_is_a_clear_failure(tmp_path):
     root = _checkout_with_a_fake_trainer(tmp_path, train_seconds=1)
     r = _script(root, tmp_path, "wait", str(tmp_path / "out"))
     assert r.returncode == 2 and "no job started" in r.stdout
+
+
+def test_start_resumes_kept_weights_and_compares_with_the_shipped_ones(tmp_path):
+    root, depth = _checkout_with_deeper_weights(tmp_path)
+    kept = root / ".ckpt" / "model"
+    shutil.copytree(root / "assets" / "model", kept)
+    shipped = root / "assets" / "model" / "transformer" / "diffusion_pytorch_model.safetensors"
+    shipped.write_bytes(shipped.read_bytes()[:-4] + b"\0\0\0\0")  # the two differ
+    r = _start(root, tmp_path, "--layers", str(depth), RESUME_FROM=".ckpt/model", COMPARE="64",
+               COMPARE_WITH="assets/model")
+    assert r.returncode == 0, r.stdout + r.stderr
+    train = tmp_path / "train"
+    assert "--resume .ckpt/model" in (train / "train.cmd").read_text()
+    # the paired check scores the shipped weights, not the kept ones it resumed from
+    start = train / "start_model" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert start.read_bytes() == shipped.read_bytes()
+
+
+def test_start_refuses_a_resume_or_compare_folder_that_holds_no_model(tmp_path):
+    root, depth = _checkout_with_deeper_weights(tmp_path)
+    r = _start(root, tmp_path, "--layers", str(depth), RESUME_FROM="nowhere")
+    assert r.returncode == 2 and "RESUME_FROM=nowhere is not a model folder" in r.stdout
+    r = _start(root, tmp_path, "--layers", str(depth), COMPARE="64", COMPARE_WITH="nowhere")
+    assert r.returncode == 2 and "COMPARE_WITH=nowhere is not a model folder" in r.stdout
+    assert not (tmp_path / "train" / "job.pid").exists()
