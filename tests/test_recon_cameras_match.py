@@ -158,3 +158,25 @@ def test_keypoints_on_a_striped_floor_are_dropped_and_those_of_a_blobby_texture_
         n_all = len(detect_features(rgb, SfMConfig(min_cornerness=0.0))[0]["xy"])
         n_kept = len(detect_features(rgb, SfMConfig(min_cornerness=SfMConfig().affine_fallback_cornerness))[0]["xy"])
         assert n_all >= 10 and kept_min <= n_kept / n_all <= kept_max, (n_all, n_kept)
+
+
+def test_root_sift_descriptors_are_unit_hellinger_vectors_that_still_match():
+    """``SfMConfig.root_sift``: the same keypoints, each descriptor the square root of the
+    L1-normalised SIFT one (non-negative, unit length), and a shifted copy of a textured image
+    still matches at the shift."""
+    from core.recon.cameras import SfMConfig, detect_features
+
+    rng = np.random.default_rng(3)
+    tex = cv2.GaussianBlur(rng.random((300, 560)).astype(np.float32), (0, 0), 3)
+    tex = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    views = np.stack([cv2.cvtColor(tex[6:294, 0:512], cv2.COLOR_GRAY2RGB),
+                      cv2.cvtColor(tex[6:294, 24:536], cv2.COLOR_GRAY2RGB)])  # b = a moved 24 px left
+    plain = detect_features(views, SfMConfig())
+    root = detect_features(views, SfMConfig(root_sift=True))
+    for p, r in zip(plain, root):
+        assert np.array_equal(p["xy"], r["xy"])
+        assert (r["desc"] >= 0).all() and np.allclose(np.linalg.norm(r["desc"], axis=1), 1.0, atol=1e-5)
+        assert np.allclose(r["desc"] ** 2, p["desc"] / p["desc"].sum(axis=1, keepdims=True), atol=1e-6)
+    m = match_pair(root[0], root[1], ratio=0.8)
+    shift = root[0]["xy"][m[:, 0]] - root[1]["xy"][m[:, 1]]
+    assert len(m) >= 50 and np.mean(np.linalg.norm(shift - [24, 0], axis=1) < 1.0) > 0.9
