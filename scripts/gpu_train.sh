@@ -49,7 +49,9 @@
 # A resume draws the training noise levels at the model's own sampling shift (9 for the default
 # model; '--sigma-shift S' among the extra arguments overrides it).
 #
-# Environment: TRAIN_DIR (default /tmp/train), BATCH (32), COMPILE (1), RENDER_SHARE (0.25: the
+# Environment: TRAIN_DIR (default /tmp/train), BATCH (32; an exact resume goes on at the batch the
+# run last trained at, if smaller: the trainer halves the batch when the GPU runs out of memory,
+# as ten blocks at 48 did on an H100), COMPILE (1), RENDER_SHARE (0.25: the
 # replay pool renders fresh grids for a quarter of a step's time; 0.5 waited 1.46 s per 20 steps
 # on an H200, 0.25 0.8-0.9 s), STAGE (auto), FRESH (0; 1
 # starts from scratch whatever exists), PRESET (default; the model of a fresh start), EVAL_SEEDS
@@ -172,8 +174,19 @@ start)
   fi
   [ -n "$start_from" ] && cp -r "$start_from" "$DIR/start_model"
   compile=(); [ "${COMPILE:-1}" = 1 ] && compile=(--compile)
+  batch=${BATCH:-32}
+  # an exact resume on this machine goes on at the batch the run last trained at when that is
+  # smaller (the trainer halved it when the GPU ran out of memory; asking for more again costs a
+  # compile and an out-of-memory error, 1-2 minutes of the call)
+  if [ "${resume[0]}" = --resume ] && [ "${resume[1]}" = "$RUN" ] && [ -f "$RUN/log.jsonl" ]; then
+    last=$(tail -n 1 "$RUN/log.jsonl" | "$PY" -c 'import json, sys; print(int(json.loads(sys.stdin.read())["batch"]))' 2>/dev/null || true)
+    if [[ "$last" =~ ^[0-9]+$ ]] && [ "$last" -lt "$batch" ]; then
+      echo "the run last trained at batch $last on this machine (less than $batch fitted in GPU memory): going on at $last"
+      batch=$last
+    fi
+  fi
   train_cmd=("$PY" launch.py train --out "$RUN" "${resume[@]}" --stage "$stage" --minutes "$minutes"
-             --device "${DEVICE:-cuda}" "${compile[@]}" --batch "${BATCH:-32}" --eval-every 4 --eval-scenes 8
+             --device "${DEVICE:-cuda}" "${compile[@]}" --batch "$batch" --eval-every 4 --eval-scenes 8
              --eval-steps 25 --save-every 4 --render-share "${RENDER_SHARE:-0.25}" "$@")
   eval_cmd=("$PY" launch.py eval --model "$RUN/model" --seeds "${EVAL_SEEDS:-8}" --device "${DEVICE:-cuda}"
             --json "$DIR/eval.json" ${EVAL_ARGS:-})

@@ -252,3 +252,24 @@ def test_start_refuses_a_resume_or_compare_folder_that_holds_no_model(tmp_path):
     r = _start(root, tmp_path, "--layers", str(depth), COMPARE="64", COMPARE_WITH="nowhere")
     assert r.returncode == 2 and "COMPARE_WITH=nowhere is not a model folder" in r.stdout
     assert not (tmp_path / "train" / "job.pid").exists()
+
+
+def test_an_exact_resume_goes_on_at_the_smaller_batch_the_run_last_trained_at(tmp_path):
+    root, depth = _checkout_with_deeper_weights(tmp_path)
+    run = tmp_path / "train" / "run"
+    shutil.copytree(root / "assets" / "model", run / "model")
+    (run / "state.pt").write_bytes(b"state")
+    # the trainer halved 48 to 24 when the GPU ran out of memory
+    (run / "log.jsonl").write_text(json.dumps({"step": 10, "batch": 48}) + "\n" + json.dumps({"step": 20, "batch": 24}) + "\n")
+    r = _start(root, tmp_path, "--layers", str(depth), BATCH="48")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cmd = (tmp_path / "train" / "train.cmd").read_text()
+    assert f"--resume {run} " in cmd and "--batch 24 " in cmd
+    assert "last trained at batch 24" in r.stdout
+    subprocess.run(["kill", "--", f"-{(tmp_path / 'train' / 'job.pid').read_text().strip()}"], capture_output=True)
+    # asked for less than the run had, the smaller number stands
+    (tmp_path / "train" / "job.pid").unlink()
+    r = _start(root, tmp_path, "--layers", str(depth), BATCH="16")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "--batch 16 " in (tmp_path / "train" / "train.cmd").read_text()
+    subprocess.run(["kill", "--", f"-{(tmp_path / 'train' / 'job.pid').read_text().strip()}"], capture_output=True)
