@@ -16,17 +16,20 @@
 #       $PRESET (all stages) when assets/model holds no trained weights; trained weights that do
 #       not fit stop it with a message (FRESH=1 trains from scratch anyway). After training it runs
 #       'launch.py eval' on $EVAL_SEEDS evaluation scenes. MINUTES (default 16) is the training
-#       loop's budget; loading, compiling and the final eval come on top (about 2-4 minutes).
+#       loop's budget, compiling included (about 1 minute; 4 when a batch too large for the GPU
+#       is compiled first and halved); loading and the final eval come on top.
 #       RESUME_FROM=DIR starts from the weights in DIR in place of assets/model (e.g. a model
 #       folder that came back from an earlier session and was not shipped, kept under .ckpt/ and
 #       carried along; the optimizer starts fresh).
 #       COMPARE=N (e.g. 64) adds a paired check after that: the weights it started from (or those
-#       in COMPARE_WITH=DIR, e.g. assets/model when resuming a run that grew) and the trained ones are both scored ('launch.py eval --modes soft --no-consistency') on the same N
-#       evaluation scenes and 'scripts/compare_evals.py' says whether the new ones are measurably
+#       in COMPARE_WITH=DIR, e.g. assets/model when resuming a run that grew) and the trained ones
+#       are both scored ('launch.py eval --modes soft --no-consistency') on the same N evaluation
+#       scenes and 'scripts/compare_evals.py' says whether the new ones are measurably
 #       better (compare.txt, in report.txt). On an H200 one such eval of 64 scenes took about
 #       4.5 minutes, 41 s of it sampling (0.64 s a grid); most of the rest was likely SSIM on the
 #       CPU (over half of an eval's time outside sampling on the development CPU), since made
-#       about 10 x faster; not yet re-timed on a GPU machine.
+#       about 10 x faster: on an H100 the 2-scene eval and the two of 64 scenes now take about
+#       3 minutes together (0.62-0.87 s a grid sampling).
 #   scripts/gpu_train.sh status        running or not, the last log lines, the curve so far
 #       (the GPU machine is given back ~30 s after a call ends, killing the background job: chain
 #       calls back to back, e.g. 'sleep 540; scripts/gpu_train.sh status', until collect)
