@@ -238,3 +238,38 @@ def test_warm_up_ramps_a_fresh_start_and_an_exact_resume_starts_at_full_rate(tmp
     out2 = tmp_path / "run2"
     train(_tiny_cfg(out2, resume=str(out / "model"), **dict(kw, max_steps=1)), log=lambda s: None)
     assert [json.loads(l)["lr"] for l in (out2 / "log.jsonl").read_text().splitlines()] == pytest.approx([1e-5])
+
+
+def test_ema_start_warm_moves_at_the_full_decay_from_the_first_update():
+    from core.train.ema import EMA
+
+    net = torch.nn.Linear(3, 2)
+    for warm, first_weight in ((False, 1 - 2 / 11), (True, 1 - 0.99)):  # fresh: decay_1 = min(0.99, 2/11)
+        ema = EMA(net, decay=0.99)
+        if warm:
+            ema.start_warm()
+        before = ema.shadow["weight"].clone()
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        ema.update(net)
+        assert torch.allclose(ema.shadow["weight"] - before, torch.full_like(before, first_weight), atol=1e-6), warm
+        with torch.no_grad():
+            net.weight.sub_(1.0)
+
+
+def test_a_weights_resume_with_a_warm_ema_stays_near_the_loaded_weights(tmp_path):
+    src = tmp_path / "bare"
+    FourDModel.from_preset("tiny", seed=3).save_pretrained(src)
+    a = _weights(src)
+    moved = {}
+    for start in ("fresh", "warm"):
+        out = tmp_path / start
+        train(_tiny_cfg(out, resume=str(src), max_steps=1, lr=1e-2, ema_decay=0.9, ema_start=start), log=lambda s: None)
+        b = _weights(out / "model")
+        moved[start] = sum(float((a[k].float() - b[k].float()).abs().sum()) for k in a if k.startswith("t."))
+        rec = json.loads((out / "model" / "training.json").read_text())
+        assert rec["sessions"][-1]["config"]["ema_start"] == start
+    # the same raw step (same seed); the EMA takes 1 - 0.9 of it warm, 1 - 2/11 of it fresh
+    assert 0.05 < moved["warm"] / moved["fresh"] < 0.2, moved
+    with pytest.raises(InputError, match="ema_start"):
+        check_config(_tiny_cfg(tmp_path / "x", ema_start="lukewarm"))

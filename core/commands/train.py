@@ -55,6 +55,10 @@ def add_arguments(p) -> None:
                    help="warm-up steps of the learning rate from a fresh optimizer (a start, or a resume from a "
                         "model folder's weights); an exact resume of a run restores its optimizer and skips it")
     p.add_argument("--ema", type=float, default=d.ema_decay, help="EMA decay")
+    p.add_argument("--ema-start", default=d.ema_start, choices=["fresh", "warm"],
+                   help="with --resume of a model folder's weights: fresh (default) starts a new average that "
+                        "follows the raw weights closely for the first few hundred steps; warm takes the loaded "
+                        "weights (an average themselves) as one already warmed up, moving at --ema from the start")
     p.add_argument("--sigma-shift", type=float, default=None,
                    help="time shift of the training noise levels (default: the model's sampling shift when "
                         "resuming, 3 from scratch)")
@@ -128,6 +132,7 @@ def config_from_args(args):
         max_steps=args.max_steps,
         batch=args.batch, max_batch=args.max_batch, views=args.views, times=args.times, mode=args.mode,
         lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup, ema_decay=args.ema,
+        ema_start=args.ema_start,
         sigma_shift=args.sigma_shift, masks=args.masks, device=resolve_device(args.device),
         bf16=not args.no_bf16, compile=args.compile, seed=args.seed, save_every_min=args.save_every,
         eval_every_min=args.eval_every, eval_scenes=args.eval_scenes, eval_steps=args.eval_steps,

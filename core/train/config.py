@@ -85,6 +85,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # the EMA of a resume from a model folder's weights (saved weights are themselves the EMA):
+    # "fresh" starts a new average with the usual warm-up, so for the first few hundred steps it
+    # follows the raw weights closely; "warm" takes the loaded weights as an average already
+    # warmed up, so it moves at ``ema_decay`` from the first step (an exact resume restores its own)
+    ema_start: str = "fresh"
     # time shift of the training noise levels; None: the model's own sampling shift (its
     # ``config.shift``) when resuming, FRESH_SIGMA_SHIFT from scratch. Training where the sampler
     # spends its steps matters: at shift 9 half of the 25 steps run above sigma 0.9, where shift 3

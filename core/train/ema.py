@@ -6,6 +6,8 @@ thousand steps of noisy small batches they are markedly better than the raw weig
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -18,6 +20,11 @@ class EMA:
         self.decay = decay
         self.updates = 0
         self.shadow = {k: p.detach().float().clone() for k, p in model.named_parameters()}
+
+    def start_warm(self) -> None:
+        """Take the current shadow as an average already past its warm-up: the next update uses
+        the full ``decay`` (for weights that are themselves an EMA, e.g. a resumed model folder)."""
+        self.updates = max(self.updates, math.ceil((10 * self.decay - 1) / (1 - self.decay)))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -37,6 +37,8 @@ ProgressFn = Callable[[dict], None]
 def check_config(cfg: TrainConfig) -> list[Phase]:
     """Raise InputError for settings that cannot run; return the phases."""
     phases = cfg.phases()
+    if cfg.ema_start not in ("fresh", "warm"):
+        raise InputError(f"ema_start must be 'fresh' or 'warm', got {cfg.ema_start!r}")
     if not 0 < cfg.minutes <= 24 * 60:
         raise InputError(f"minutes must be in (0, 1440], got {cfg.minutes}")
     if not 1 <= cfg.batch <= 4096:
@@ -306,6 +308,8 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
     else:
         warmup = cfg.warmup_steps
         torch.manual_seed(cfg.seed + step)
+        if cfg.resume and cfg.ema_start == "warm":
+            ema.start_warm()
     ema.copy_to(ema_net)
     if cfg.compile:
         from torch import _dynamo
