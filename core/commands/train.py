@@ -41,6 +41,10 @@ def add_arguments(p) -> None:
     p.add_argument("--anchor-input", default=None, choices=["on", "off"],
                    help="show each cell the frame of (0,0) too (fresh start: default the preset's; with --resume "
                         "of a model folder, 'on' widens a model without it by zero channels, outputs unchanged)")
+    p.add_argument("--warp-input", default=None, choices=["on", "off"],
+                   help="show each cell the frames of (0,t) and (0,0) carried into its view by the optical flow "
+                        "of column 0 (pixel models; fresh start: default the preset's; with --resume of a model "
+                        "folder, 'on' adds it with zero weights, outputs unchanged)")
     p.add_argument("--layers", type=int, default=None,
                    help="transformer blocks: a fresh start's depth (default: the preset's); with --resume of a model "
                         "folder, more blocks than it has grows it (new blocks start as the identity, outputs unchanged)")
@@ -128,7 +132,7 @@ def config_from_args(args):
     return TrainConfig(
         out=args.out, resume=args.resume, preset=args.preset, minutes=args.minutes, schedule=schedule,
         reference_inputs=flag[args.reference_inputs], residual=flag[args.residual],
-        anchor_input=flag[args.anchor_input], layers=args.layers,
+        anchor_input=flag[args.anchor_input], warp_input=flag[args.warp_input], layers=args.layers,
         max_steps=args.max_steps,
         batch=args.batch, max_batch=args.max_batch, views=args.views, times=args.times, mode=args.mode,
         lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup, ema_decay=args.ema,

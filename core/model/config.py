@@ -63,9 +63,13 @@ class FourDConfig:
     # to every cell, as more zero-initialised channels of the same reference embedding, so a
     # cell can form (0, t) − (0, 0) (what changed by time t) and (v, 0) − (0, 0) (what the
     # camera changed) locally; a model without it widens into it exactly (zero new channels).
+    # ``warp_input`` (pixel codec only) adds, through one more zero-initialised patch embedding,
+    # the frames of (0, t) and (0, 0) carried into each view v by the optical flow between the
+    # freeze-time frames (``warp.py``), so a cell sees row 0 where its own view would see it.
     reference_inputs: bool = False
     residual: bool = False
     anchor_input: bool = False
+    warp_input: bool = False
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -74,6 +78,8 @@ class FourDConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.anchor_input and not self.reference_inputs:
             raise ValueError("anchor_input adds channels to the reference inputs: it needs reference_inputs")
+        if self.warp_input and self.codec != "pixels":
+            raise ValueError("warp_input carries frames by optical flow: it needs the pixels codec")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

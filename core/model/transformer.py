@@ -33,6 +33,10 @@ second convolution over those channels alone so that a model widened into it
 (x-prediction), turned into the velocity ``(x_σ − ref − r0)/σ``. The caller's contract is
 unchanged (x-space in, x-space velocity out) except that sampling starts from ``ref + ε``
 (``flow_reference``); a zero head returns ``ref`` exactly (a fresh residual model zeroes it).
+``warp_input`` (pixel models) adds, through its own zero-initialised patch embedding, the frames
+of (0, t) and (0, 0) carried into view v by the optical flow between the freeze-time frames, with
+their valid mask (``warp.py``); a model given it later (``FourDLayers.with_warp_input``) computes
+exactly what it did until the new weights train.
 """
 
 from __future__ import annotations
@@ -66,10 +70,12 @@ class FourDLayers(ModelMixin, ConfigMixin):
     def __init__(self, dim: int, num_layers: int, in_channels: int, mask_channels: int = 1,
                  patch_size: tuple = (1, 2, 2), sync_rank: int = 16, sync_embed_dim: int = 64,
                  num_contexts: int = NUM_CONTEXTS, reference_inputs: bool = False, residual: bool = False,
-                 anchor_input: bool = False):
+                 anchor_input: bool = False, warp_input: bool = False):
         super().__init__()
         if anchor_input and not reference_inputs:
             raise ValueError("anchor_input adds channels to the reference embedding: it needs reference_inputs")
+        if warp_input and in_channels != 3:
+            raise ValueError(f"warp_input needs a pixel-space model (3 input channels), got {in_channels}")
         patch = tuple(patch_size)
         self.cond_embedding = nn.Conv3d(in_channels + mask_channels, dim, kernel_size=patch, stride=patch)
         nn.init.zeros_(self.cond_embedding.weight)
@@ -79,6 +85,10 @@ class FourDLayers(ModelMixin, ConfigMixin):
             self.ref_embedding = nn.Conv3d(groups * (in_channels + mask_channels), dim, kernel_size=patch, stride=patch)
             nn.init.zeros_(self.ref_embedding.weight)
             nn.init.zeros_(self.ref_embedding.bias)
+        if warp_input:  # (0, t) and (0, 0) carried into view v, and their valid mask (warp.py)
+            self.warp_embedding = nn.Conv3d(2 * in_channels + 1, dim, kernel_size=patch, stride=patch)
+            nn.init.zeros_(self.warp_embedding.weight)
+            nn.init.zeros_(self.warp_embedding.bias)
         self.context_embedding = nn.Embedding(num_contexts, dim)
         nn.init.zeros_(self.context_embedding.weight)
         self.sync_embed = nn.Sequential(nn.SiLU(), nn.Linear(dim, sync_embed_dim), nn.SiLU())
@@ -103,6 +113,21 @@ class FourDLayers(ModelMixin, ConfigMixin):
         w = state["ref_embedding.weight"]  # [D, 2·(C + m), 1, ph, pw]
         state["ref_embedding.weight"] = torch.cat([w, w.new_zeros(w.shape[0], w.shape[1] // 2, *w.shape[2:])], dim=1)
         wide.load_state_dict(state)  # strict: everything else has the same shape
+        return wide.train(self.training)
+
+    def with_warp_input(self) -> "FourDLayers":
+        """A copy with the warp input (``warp.py``): the same weights and a new, zero
+        ``warp_embedding``, on the same device and dtype. A model with it gives bit-identical
+        outputs until the new weights train."""
+        cfg = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        if cfg.get("warp_input"):
+            return self
+        p = self.cond_embedding.weight
+        with torch.device(p.device):
+            wide = FourDLayers(**{**cfg, "warp_input": True}).to(p.dtype)
+        missing, unexpected = wide.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("warp_embedding.") for k in missing):
+            raise ValueError(f"widening into the warp input: unexpected {unexpected}, missing {missing}")
         return wide.train(self.training)
 
 
@@ -187,7 +212,8 @@ class FourDTransformer(nn.Module):
             dim=bc.num_attention_heads * bc.attention_head_dim, num_layers=bc.num_layers,
             in_channels=bc.in_channels, mask_channels=mask_channels, patch_size=tuple(bc.patch_size),
             sync_rank=cfg.sync_rank, sync_embed_dim=cfg.sync_embed_dim,
-            reference_inputs=cfg.reference_inputs, residual=cfg.residual, anchor_input=cfg.anchor_input)
+            reference_inputs=cfg.reference_inputs, residual=cfg.residual, anchor_input=cfg.anchor_input,
+            warp_input=cfg.warp_input)
 
     @property
     def dim(self) -> int:
@@ -216,6 +242,18 @@ class FourDTransformer(nn.Module):
     @property
     def anchor_input(self) -> bool:
         return bool(getattr(self.layers.config, "anchor_input", False))
+
+    @property
+    def warp_input(self) -> bool:
+        return bool(getattr(self.layers.config, "warp_input", False))
+
+    def add_warp_input(self) -> bool:
+        """Give the new layers the warp input (``FourDLayers.with_warp_input``); True if they
+        changed (False: they had it). Build optimizers and EMA copies after this."""
+        if self.warp_input:
+            return False
+        self.layers = self.layers.with_warp_input()
+        return True
 
     def add_anchor_input(self) -> bool:
         """Widen the new layers into the anchor input (``FourDLayers.with_anchor_input``);
@@ -511,6 +549,10 @@ class FourDTransformer(nn.Module):
         cond_tokens = self._patchify(self.layers.cond_embedding, torch.cat([clean, m], dim=3))
         if self.reference_inputs:
             cond_tokens = cond_tokens + self._reference_tokens(cond, mask_ch)
+        if self.warp_input:
+            from .warp import warp_inputs
+
+            cond_tokens = cond_tokens + self._patchify(self.layers.warp_embedding, warp_inputs(cond, known_cells))
         ref = self.flow_reference(cond, known_cells)
         any_known = bool(known_cells.any())
         return Plan(mode, sync, B, V, T, hp, wp, layout, ropes, mask, text, kv, cond_tokens,

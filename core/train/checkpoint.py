@@ -83,7 +83,8 @@ def resume_flags(model_dir: str | os.PathLike, preset_name: str, layers: int | N
     """The ``launch.py train`` flags that resume a model folder into the shape of ``preset_name``:
     ``[]`` when it has that shape already (backbone sizes and the new layers' flags),
     ``["--anchor-input", "on"]`` when it has it but for the anchor input, which a resume adds by
-    widening (zero new channels; ``loop.load_model``), ``["--layers", "N"]`` (possibly with the
+    widening (zero new channels; ``loop.load_model``), likewise ``["--warp-input", "on"]`` for the
+    warp input, ``["--layers", "N"]`` (possibly with the
     anchor flags) when it has fewer blocks than the preset's N, which a resume adds as identity
     blocks (``FourDTransformer.grow_layers``), None when its weights cannot load into it (other
     sizes or flags, more blocks or an anchor the preset lacks, no readable configs). ``layers``:
@@ -114,9 +115,14 @@ def resume_flags(model_dir: str | os.PathLike, preset_name: str, layers: int | N
     if have != want or not flags_same:
         return None
     anchor_have, anchor_want = bool(flags.get("anchor_input", False)), bool(getattr(cfg, "anchor_input", False))
-    if anchor_have == anchor_want:
-        return grow
-    return ["--anchor-input", "on"] + grow if anchor_want else None
+    if anchor_have and not anchor_want:
+        return None
+    out = ["--anchor-input", "on"] if anchor_want and not anchor_have else []
+    # the warp input: a model without it resumes into a preset with it ('--warp-input on' adds it);
+    # one with it keeps it whatever the preset says (its saved config is what loads)
+    if bool(getattr(cfg, "warp_input", False)) and not bool(flags.get("warp_input", False)):
+        out += ["--warp-input", "on"]
+    return out + grow
 
 
 def same_architecture(model_dir: str | os.PathLike, preset_name: str) -> bool:

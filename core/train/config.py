@@ -69,6 +69,8 @@ class TrainConfig:
     # fresh start: override the preset's anchor (0, 0) input; resume: True widens a model without
     # it (zero new channels: outputs unchanged at the start), False refuses a model with it
     anchor_input: bool | None = None
+    # the same for the warp input (row 0 carried into each view by optical flow; pixel models)
+    warp_input: bool | None = None
     layers: int | None = None  # blocks of the transformer: a fresh start's depth, or a resume grows to it
     minutes: float = 18.0  # wall-clock budget of the session's loop (steps, curve points, saves)
     max_steps: int | None = None  # stop earlier after this many steps in this session

@@ -83,7 +83,8 @@ def load_model(cfg: TrainConfig):
 
     A resume with ``cfg.anchor_input`` True widens a model without the anchor input
     (``FourDTransformer.add_anchor_input``: zero new channels of the reference embedding, so the
-    model's outputs are unchanged at the start); the record then lists ``widened``. Only from a
+    model's outputs are unchanged at the start); ``cfg.warp_input`` True adds the warp input the
+    same way (``add_warp_input``: a zero new embedding); the record then lists ``widened``. Only from a
     model folder's weights: the optimizer starts fresh (as for every weights resume), and an
     exact ``state.pt`` of the narrow model is refused.
     """
@@ -95,12 +96,14 @@ def load_model(cfg: TrainConfig):
         from ..model.config import preset
 
         mcfg = preset(cfg.preset)
-        flags = {k: getattr(cfg, k) for k in ("reference_inputs", "residual", "anchor_input")
+        flags = {k: getattr(cfg, k) for k in ("reference_inputs", "residual", "anchor_input", "warp_input")
                  if getattr(cfg, k) is not None}
         if flags.get("reference_inputs") is False and cfg.anchor_input is None:
             flags["anchor_input"] = False  # the anchor is part of the reference inputs
         if flags.get("anchor_input") and not flags.get("reference_inputs", mcfg.reference_inputs):
             raise InputError("--anchor-input on needs the reference inputs (--reference-inputs on)")
+        if flags.get("warp_input") and mcfg.codec != "pixels":
+            raise InputError(f"--warp-input on needs a pixel-space model; preset {cfg.preset} uses {mcfg.codec}")
         if cfg.layers is not None:
             mcfg = dataclasses.replace(mcfg, backbone={**mcfg.backbone, "num_layers": int(cfg.layers)})
         return FourDModel.from_config(dataclasses.replace(mcfg, **flags), seed=cfg.seed), None, {}, []
@@ -122,6 +125,17 @@ def load_model(cfg: TrainConfig):
         tr.add_anchor_input()
         model.config.anchor_input = True
         widened.append("anchor_input")
+    if cfg.warp_input is False and tr.warp_input:
+        raise InputError(f"--warp-input off: the model in {src} has the warp input; a resume keeps it")
+    if cfg.warp_input and not tr.warp_input:
+        if model.config.codec != "pixels":
+            raise InputError(f"--warp-input on: the model in {src} is not pixel-space ({model.config.codec})")
+        if has_state:
+            raise InputError(f"--warp-input on adds to a model's weights, not an exact training state: "
+                             f"pass --resume {src} (its model folder) with a new --out")
+        tr.add_warp_input()
+        model.config.warp_input = True
+        widened.append("warp_input")
     if cfg.layers is not None and cfg.layers != tr.num_layers:
         if cfg.layers < tr.num_layers:
             raise InputError(f"--layers {cfg.layers}: the model in {src} has {tr.num_layers} blocks; "

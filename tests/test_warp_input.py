@@ -1,0 +1,185 @@
+"""The warp input (core/model/warp.py): row 0 carried into each view by the optical flow of the
+freeze-time column. The flow follows a known shift, the warp moves frames by it, the valid mask
+follows the known cells, a model given the input later computes exactly what it did, the new
+weights change the output only where the input is defined, and training adds and keeps it."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import InputError
+from core.model.config import preset
+from core.model.pipeline import FourDModel
+from core.model.warp import batch_view_flows, view_flows, warp_frames, warp_inputs, warp_valid
+from core.train.config import TrainConfig
+from core.train.loop import train
+
+torch.set_num_threads(1)
+
+
+def _texture(H, W, seed=0):
+    """Smooth random texture [3, H, W] in [-1, 1] (blobs a few pixels wide: DIS can follow it)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = rng.uniform(-1, 1, (H, W, 3)).astype(np.float32)
+    img = cv2.GaussianBlur(img, (0, 0), 2.0)
+    img = img / np.abs(img).max()
+    return img.transpose(2, 0, 1)
+
+
+def test_view_flows_follow_a_known_shift_through_the_chain():
+    H, W, dx = 48, 80, 3
+    big = _texture(H, W + 4 * dx)
+    # view v sees the scene moved left by v*dx: view v's pixel p shows view 0's p + (v*dx, 0)
+    col0 = np.stack([big[:, :, v * dx:v * dx + W] for v in range(3)])
+    fl = view_flows(col0)
+    assert fl.shape == (3, H, W, 2) and np.all(fl[0] == 0)
+    inner = (slice(8, -8), slice(8, -8 - 2 * dx))
+    for v in (1, 2):
+        err = np.abs(fl[v][inner][..., 0] - v * dx)
+        assert np.median(err) < 0.3, (v, np.median(err))
+        assert np.median(np.abs(fl[v][inner][..., 1])) < 0.3
+
+
+def test_warp_frames_moves_by_the_flow_and_keeps_the_dtype():
+    x = torch.arange(2 * 1 * 5 * 7, dtype=torch.float32).reshape(2, 1, 5, 7)
+    fl = torch.zeros(2, 5, 7, 2)
+    fl[..., 0] = 2.0  # read two pixels to the right
+    y = warp_frames(x, fl)
+    assert torch.allclose(y[..., :5], x[..., 2:])
+    assert torch.allclose(y[..., 5:], x[..., 6:7].expand(-1, -1, -1, 2))  # edges repeated
+    assert warp_frames(x.to(torch.bfloat16), fl).dtype == torch.bfloat16
+
+
+def test_warp_inputs_carry_row0_and_mark_where_they_are_defined():
+    B, V, T, H, W, dx = 2, 3, 2, 24, 32, 2
+    rng = torch.Generator().manual_seed(0)
+    cond = torch.rand(B, V, T, 3, H, W, generator=rng) * 2 - 1
+    known = torch.zeros(B, V, T, dtype=torch.bool)
+    known[:, 0, :] = True
+    known[:, :, 0] = True
+    known[1, 2, 0] = False  # grid 1 lacks part of column 0: no flows, no warp input
+    flows = torch.zeros(B, V, H, W, 2)
+    flows[:, :, :, :, 0] = torch.arange(V, dtype=torch.float32)[None, :, None, None] * dx
+    out = warp_inputs(cond, known, flows)
+    assert out.shape == (B, V, T, 7, H, W)
+    valid = warp_valid(known)
+    assert valid[0].all() and not valid[1].any()
+    assert torch.all(out[1] == 0)
+    assert torch.all(out[0, :, :, 6] == 1)
+    for v in range(V):
+        s = v * dx
+        for t in range(T):
+            assert torch.allclose(out[0, v, t, :3, :, :W - s], cond[0, 0, t, :, :, s:], atol=1e-4)
+            assert torch.allclose(out[0, v, t, 3:6, :, :W - s], cond[0, 0, 0, :, :, s:], atol=1e-4)
+    # with the flows computed here: view 0 is row 0 itself
+    own = warp_inputs(cond, known)
+    assert torch.allclose(own[0, 0, :, :3], cond[0, 0, :], atol=1e-4)
+    # no known cell at all: all zeros, nothing computed
+    assert torch.all(warp_inputs(cond, torch.zeros_like(known)) == 0)
+
+
+def test_batch_view_flows_computes_only_the_grids_asked():
+    V, H, W = 2, 16, 24
+    col0 = torch.from_numpy(np.stack([np.stack([_texture(H, W, s + v) for v in range(V)]) for s in range(3)]))
+    out = batch_view_flows(col0, torch.tensor([True, False, True]))
+    assert out.shape == (3, V, H, W, 2) and torch.all(out[1] == 0)
+    assert torch.allclose(out[2], torch.from_numpy(view_flows(col0[2].numpy())))
+
+
+def _grid_inputs(m, known_kind):
+    cfg = m.config
+    V, T, H, W = cfg.views, cfg.times, cfg.height, cfg.width
+    g = torch.Generator().manual_seed(1)
+    cond = torch.rand(1, V, T, 3, H, W, generator=g) * 2 - 1
+    noisy = torch.randn(1, V, T, 3, H, W, generator=g)
+    known = torch.zeros(1, V, T, dtype=torch.bool)
+    if known_kind == "row0+col0":
+        known[:, 0, :] = True
+        known[:, :, 0] = True
+    return cond, noisy, known, None
+
+
+def _velocity(m, cond, noisy, known):
+    tr = m.transformer
+    text = torch.zeros(1, 4, tr.backbone.config.text_dim)
+    sigma = torch.tensor([0.7])
+    with torch.no_grad():
+        return tr(noisy, sigma, text, cond, known)
+
+
+def test_a_model_given_the_warp_input_computes_the_same_until_it_trains():
+    cfg = dataclasses.replace(preset("tiny"), views=3, times=3, reference_inputs=True, residual=True)
+    m = FourDModel.from_config(cfg, seed=0)
+    m.transformer.eval()
+    with torch.no_grad():  # a fresh residual model's head is zero: give it one that shows its tokens
+        m.transformer.backbone.proj_out.weight.normal_(0, 0.05)
+    cond, noisy, known, _ = _grid_inputs(m, "row0+col0")
+    before = _velocity(m, cond, noisy, known)
+    assert m.transformer.add_warp_input() and not m.transformer.add_warp_input()
+    assert m.transformer.warp_input and m.transformer.layers.config.warp_input
+    assert torch.equal(_velocity(m, cond, noisy, known), before)
+    # trained weights change the output where row 0 and column 0 are known, and nowhere else
+    with torch.no_grad():
+        m.transformer.layers.warp_embedding.weight.normal_(0, 0.05)
+    assert not torch.allclose(_velocity(m, cond, noisy, known), before)
+    none = torch.zeros_like(known)
+    plain = FourDModel.from_config(cfg, seed=0)
+    plain.transformer.eval()
+    plain.transformer.backbone.proj_out.weight.data.copy_(m.transformer.backbone.proj_out.weight)
+    m.transformer.layers.warp_embedding.bias.data.zero_()
+    assert torch.equal(_velocity(m, cond, noisy, none), _velocity(plain, cond, noisy, none))
+
+
+def test_the_warp_input_needs_pixels():
+    with pytest.raises(ValueError, match="pixels codec"):
+        dataclasses.replace(preset("tiny-vae"), warp_input=True)
+
+
+def _cfg(out, **kw):
+    base = dict(out=str(out), preset="tiny", views=2, times=3, minutes=10, max_steps=1, batch=2,
+                schedule="3@16x16:1", eval_scenes=1, eval_steps=1, eval_size="16x16", eval_every_min=10,
+                save_every_min=10, log_every=1, warmup_steps=1, device="cpu",
+                reference_inputs=True, residual=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_adds_the_warp_input_to_saved_weights_and_keeps_it(tmp_path):
+    narrow = tmp_path / "narrow"
+    train(_cfg(narrow), log=lambda s: None)
+    assert not json.loads((narrow / "model" / "fourd_layers" / "config.json").read_text()).get("warp_input")
+    with pytest.raises(InputError, match="exact training state"):
+        train(_cfg(narrow, resume=str(narrow), warp_input=True), log=lambda s: None)
+    wide = tmp_path / "wide"
+    train(_cfg(wide, resume=str(narrow / "model"), warp_input=True, max_steps=2,
+               masks="row0+col0:1"), log=lambda s: None)
+    m = FourDModel.from_pretrained(wide / "model")
+    assert m.transformer.warp_input and m.config.warp_input
+    assert (m.transformer.layers.warp_embedding.weight != 0).any()  # the new weights trained
+    rec = json.loads((wide / "model" / "training.json").read_text())
+    assert rec["widened"][-1]["added"] == "warp_input"
+    # an exact resume keeps it without being told; asking it off is refused
+    s = train(_cfg(wide, resume=str(wide), max_steps=1, reference_inputs=None, residual=None), log=lambda s: None)
+    assert s["step"] == 4 and FourDModel.from_pretrained(wide / "model").transformer.warp_input
+    with pytest.raises(InputError, match="warp-input off"):
+        train(_cfg(tmp_path / "o", resume=str(wide / "model"), warp_input=False), log=lambda s: None)
+
+
+def test_resume_decision_adds_the_warp_input_when_the_preset_has_it(tmp_path, monkeypatch):
+    import core.model.config as mc
+    from core.train.checkpoint import resume_flags
+
+    plain = FourDModel.from_preset("default").save_pretrained(tmp_path / "plain")
+    warped = FourDModel.from_config(dataclasses.replace(preset("default"), warp_input=True)).save_pretrained(
+        tmp_path / "warped")
+    assert resume_flags(plain, "default") == [] and resume_flags(warped, "default") == []
+    real = mc.preset
+    monkeypatch.setattr(mc, "preset", lambda name: dataclasses.replace(real(name), warp_input=True)
+                        if name == "default" else real(name))
+    assert resume_flags(plain, "default") == ["--warp-input", "on"]
+    assert resume_flags(warped, "default") == []
