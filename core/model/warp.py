@@ -121,6 +121,7 @@ def warp_valid(known_cells: torch.Tensor) -> torch.Tensor:
     return col[:, None, None] & known_cells[:, :1, :]
 
 
+@torch.compiler.disable  # OpenCV on the CPU: a compiled forward calls it eagerly (a graph break)
 def warp_inputs(cond: torch.Tensor, known_cells: torch.Tensor, flows: torch.Tensor | None = None) -> torch.Tensor:
     """The warp input channels ``[B, V, T, 2·C + 1, h, w]``: for each cell (v, t) the frame of
     (0, t) and the frame of (0, 0), both carried into view v by ``flows`` (``batch_view_flows``

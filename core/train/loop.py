@@ -154,6 +154,14 @@ def load_model(cfg: TrainConfig):
     return model, state, record, widened
 
 
+def _uncompile(module: nn.Module) -> None:
+    """Undo ``nn.Module.compile`` (torch has no public call for it in every version we run)."""
+    if hasattr(module, "uncompile"):
+        module.uncompile()
+    else:
+        module._compiled_call_impl = None
+
+
 def trainable(model) -> nn.ModuleDict:
     """The modules that train: the 4D transformer (backbone + new layers) and the text encoder."""
     return nn.ModuleDict({"transformer": model.transformer, "text_encoder": model.text.encoder})
@@ -434,7 +442,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             # Compiling costs tens of seconds a shape: only for phases long enough to win it back.
             want = cfg.compile and not compile_failed and ph.share * budget >= cfg.compile_min_minutes * 60
             if want != compiled:
-                model.transformer.compile() if want else model.transformer.uncompile()
+                model.transformer.compile() if want else _uncompile(model.transformer)
             compiled = want
             log(f"phase {k + 1}/{len(phases)}: stage {ph.stage} ({STAGE_NAMES[ph.stage]}) at "
                 f"{ph.height}x{ph.width}, batch {b}, until minute {bounds[k] / 60:.1f}"
@@ -464,7 +472,7 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
                 raise  # (an error that is not the compiler's comes back in eager mode and ends here)
             log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                 "training eagerly")
-            model.transformer.uncompile()
+            _uncompile(model.transformer)
             compiled, compile_failed = False, True
             opt.zero_grad(set_to_none=True)
             continue
