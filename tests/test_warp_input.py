@@ -157,7 +157,7 @@ def test_training_adds_the_warp_input_to_saved_weights_and_keeps_it(tmp_path):
         train(_cfg(narrow, resume=str(narrow), warp_input=True), log=lambda s: None)
     wide = tmp_path / "wide"
     train(_cfg(wide, resume=str(narrow / "model"), warp_input=True, max_steps=2,
-               masks="row0+col0:1"), log=lambda s: None)
+               masks="row0+col0:1", reuse=0), log=lambda s: None)  # the replay pool, keeping flows
     m = FourDModel.from_pretrained(wide / "model")
     assert m.transformer.warp_input and m.config.warp_input
     assert (m.transformer.layers.warp_embedding.weight != 0).any()  # the new weights trained
@@ -183,3 +183,32 @@ def test_resume_decision_adds_the_warp_input_when_the_preset_has_it(tmp_path, mo
                         if name == "default" else real(name))
     assert resume_flags(plain, "default") == ["--warp-input", "on"]
     assert resume_flags(warped, "default") == []
+
+
+def test_the_replay_pool_keeps_each_grids_flows_and_mirrors_them():
+    from core.model.warp import batch_view_flows
+    from core.train.data import Batch, ReplayPool
+
+    V, T, H, W, dx = 3, 2, 24, 40, 2
+
+    def source():
+        k = 0
+        while True:
+            big = torch.from_numpy(_texture(H, W + 2 * dx * V, seed=k))
+            k += 1
+            frames = torch.stack([big[:, :, v * dx:v * dx + W] for v in range(V)])  # [V, 3, H, W]
+            x0 = frames[None, :, None].expand(1, V, T, 3, H, W).clone()
+            yield [Batch(x0, ["a grid"], torch.zeros(1, dtype=torch.long), [k])]
+
+    pool = ReplayPool(source(), batch=6, pool_size=8, generator=torch.Generator().manual_seed(0), flows=True)
+    signs = set()
+    for _ in range(4):
+        b = next(pool)[0]
+        assert b.flows is not None and b.flows.shape == (6, V, H, W, 2)
+        fresh = batch_view_flows(b.x0[:, :, 0])  # what the model would compute from the drawn frames
+        inner = (slice(None), slice(1, None), slice(6, -6), slice(6, -6))
+        assert float((b.flows[inner] - fresh[inner]).abs().median()) < 0.3
+        signs |= set(torch.sign(b.flows[:, 1, 6:-6, 6:-6, 0].median(dim=-1).values.median(dim=-1).values).tolist())
+    assert signs == {-1.0, 1.0}  # both mirrored and plain grids were drawn
+    plain = ReplayPool(source(), batch=2, pool_size=4, generator=torch.Generator().manual_seed(0))
+    assert next(plain)[0].flows is None

@@ -477,14 +477,16 @@ class FourDTransformer(nn.Module):
     def prepare(self, text_states: torch.Tensor, grid: tuple[int, int, int, int], *,
                 cond: torch.Tensor | None = None, known: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, mode: str = "soft", sync: bool = True,
-                fused_backend: str = "auto", cache: bool = True) -> Plan:
+                fused_backend: str = "auto", cache: bool = True, flows: torch.Tensor | None = None) -> Plan:
         """Precompute what does not change across steps for grids of ``grid = (V, T, h, w)``.
 
         text_states: ``[B, L, D_text]``; cond: ``[B, V, T, C, h, w]`` clean latents (anything in
         unknown cells); known: ``[B, V, T]`` bool or ``[B, V, T, m]`` per-channel masks;
         context: ``[B]`` long (config.CONTEXT_*); mode: one of ``MODES``; sync: False runs the two
         streams independently (tests); fused_backend: ``auto|dense|flex|split`` (auto: on CUDA split
-        for inference, flex with grad; on the CPU dense up to 4096 tokens, else split).
+        for inference, flex with grad; on the CPU dense up to 4096 tokens, else split); flows: the
+        warp input's flows of column 0 ``[B, V, h, w, 2]`` when the caller has them (training keeps
+        them with its pooled grids; ``warp.batch_view_flows``), else computed here when needed.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -552,7 +554,7 @@ class FourDTransformer(nn.Module):
         if self.warp_input:
             from .warp import warp_inputs
 
-            cond_tokens = cond_tokens + self._patchify(self.layers.warp_embedding, warp_inputs(cond, known_cells))
+            cond_tokens = cond_tokens + self._patchify(self.layers.warp_embedding, warp_inputs(cond, known_cells, flows))
         ref = self.flow_reference(cond, known_cells)
         any_known = bool(known_cells.any())
         return Plan(mode, sync, B, V, T, hp, wp, layout, ropes, mask, text, kv, cond_tokens,
@@ -596,7 +598,8 @@ class FourDTransformer(nn.Module):
     def forward(self, noisy: torch.Tensor, sigma: torch.Tensor, text_states: torch.Tensor,
                 cond: torch.Tensor | None = None, known: torch.Tensor | None = None, *,
                 mode: str = "soft", context: torch.Tensor | None = None, sync: bool = True,
-                fused_backend: str = "auto", return_streams: bool = False, output: str = "velocity"):
+                fused_backend: str = "auto", return_streams: bool = False, output: str = "velocity",
+                flows: torch.Tensor | None = None):
         """Velocity ``[B, V, T, C, h, w]`` for ``noisy [B, V, T, C, h, w]`` at ``sigma [B]``.
 
         With ``return_streams`` (parallel modes) returns ``(view, time)``: each stream through the
@@ -605,7 +608,7 @@ class FourDTransformer(nn.Module):
         """
         B, V, T, C, h, w = noisy.shape
         plan = self.prepare(text_states, (V, T, h, w), cond=cond, known=known, context=context,
-                            mode=mode, sync=sync, fused_backend=fused_backend, cache=False)
+                            mode=mode, sync=sync, fused_backend=fused_backend, cache=False, flows=flows)
         return self.step(plan, noisy, sigma, return_streams=return_streams, output=output)
 
     def step(self, plan: Plan, noisy: torch.Tensor, sigma: torch.Tensor, return_streams: bool = False,

@@ -23,10 +23,12 @@ class Batch:
     captions: list[str]
     context: torch.Tensor  # [B] long, CONTEXT_*
     seeds: list[int] | None = None  # scene identities (provenance: training seeds only)
+    flows: torch.Tensor | None = None  # [B, V, H, W, 2] warp-input flows of column 0 (None: computed later)
 
 
 def stage_batches(stage: int, batch: int, views: int, times: int, height: int, width: int, device,
-                  seed: int, workers: int = 0, reuse: float = 1.0, pool_size: int = 0, render_share: float = 0.5):
+                  seed: int, workers: int = 0, reuse: float = 1.0, pool_size: int = 0, render_share: float = 0.5,
+                  flows: bool = False):
     """An endless iterator of lists of ``Batch`` (one list per training step). ``workers`` > 0
     plans scenes in background processes (the GPU renders and trains meanwhile). In stages 2
     and 3, ``reuse`` > 1 draws from a ``ReplayPool`` of ``pool_size`` grids with about
@@ -38,10 +40,10 @@ def stage_batches(stage: int, batch: int, views: int, times: int, height: int, w
             chunk = max(1, math.ceil(batch / 8))
             src = rendered_batches(stage, chunk, views, times, height, width, device, seed, workers)
             return ReplayPool(src, batch, max(pool_size, 2 * batch), gen, chunks=(1, math.ceil(batch / chunk)),
-                              ratio=render_share)
+                              ratio=render_share, flows=flows)
         fresh = max(1, math.ceil(batch / reuse))
         src = rendered_batches(stage, fresh, views, times, height, width, device, seed, workers)
-        return ReplayPool(src, batch, max(pool_size, 2 * batch), gen)
+        return ReplayPool(src, batch, max(pool_size, 2 * batch), gen, flows=flows)
     return rendered_batches(stage, batch, views, times, height, width, device, seed, workers)
 
 
@@ -98,14 +100,19 @@ class ReplayPool:
     ``k`` source batches (``chunks = (lo, hi)`` bounds k; fixed at 1 by default). With a range,
     ``observe(step_seconds)`` adapts k so that rendering takes about ``ratio`` of the time of a
     training step. The known-cell masks are drawn per step, so a reused grid still poses a new task.
+    With ``flows`` it also keeps each grid's warp-input flows (``core.model.warp``), computed once
+    when the grid comes in (on the CPU: per step, not per grid drawn) and mirrored with it.
     """
 
     def __init__(self, source, batch: int, pool_size: int, generator: torch.Generator,
-                 chunks: tuple[int, int] = (1, 1), ratio: float = 0.5, reverse_views: bool = False):
+                 chunks: tuple[int, int] = (1, 1), ratio: float = 0.5, reverse_views: bool = False,
+                 flows: bool = False):
         self.source = source  # iterator of [Batch]
         self.batch = batch
         self.gen = generator
         self.frames: torch.Tensor | None = None  # uint8 [N, V, T, 3, H, W]
+        self.keep_flows = flows
+        self.flows: torch.Tensor | None = None  # float16 [N, V, H, W, 2] with keep_flows
         self.captions: list[str] = []
         self.seeds: list[int] = []
         self.context = None
@@ -142,12 +149,21 @@ class ReplayPool:
             self.captions = [""] * self.pool_size
             self.seeds = [-1] * self.pool_size
             self.context = b.context[:1]
+            if self.keep_flows:
+                V, _, _, H, W = x.shape[1:]
+                self.flows = torch.zeros((self.pool_size, V, H, W, 2), dtype=torch.float16, device=x.device)
         if self.filled < self.pool_size:
             idx = torch.arange(self.filled, min(self.pool_size, self.filled + n))
             self.filled += len(idx)
         else:
             idx = torch.randperm(self.pool_size, generator=self.gen)[:n]
         self.frames[idx.to(x.device)] = x[: len(idx)]
+        if self.keep_flows:
+            from ..model.warp import batch_view_flows
+
+            # from the stored uint8 frames, as the grid will be drawn
+            col0 = x[: len(idx), :, 0].float() / 127.5 - 1
+            self.flows[idx.to(x.device)] = batch_view_flows(col0).to(self.flows.dtype)
         for j, i in enumerate(idx.tolist()):
             self.captions[i] = b.captions[j]
             self.seeds[i] = b.seeds[j] if b.seeds is not None else -1
@@ -176,8 +192,19 @@ class ReplayPool:
         x = self.frames[idx.to(self.frames.device)].float() / 127.5 - 1  # [B, V, T, 3, H, W]
         flip = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None, None, None], x.flip(-1), x)
+        flows = None
+        if self.keep_flows:
+            fl = self.flows[idx.to(self.flows.device)].float()  # [B, V, H, W, 2]
+            # a mirrored grid's flow: the mirrored field, its x component negated
+            mirrored = fl.flip(-2) * torch.tensor([-1.0, 1.0], device=fl.device)
+            flows = torch.where(flip[:, None, None, None, None], mirrored, fl)
         if self.reverse_views:
             rev = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
             x = torch.where(rev[:, None, None, None, None, None], x.flip(1), x)
+            if flows is not None and bool(rev.any()):  # another view 0: flows computed afresh
+                from ..model.warp import batch_view_flows
+
+                flows = torch.where(rev[:, None, None, None, None], batch_view_flows(x[:, :, 0], rev), flows)
         caps = [self.captions[i] for i in idx.tolist()]
-        return [Batch(x, caps, self.context.expand(self.batch).clone(), [self.seeds[i] for i in idx.tolist()])]
+        return [Batch(x, caps, self.context.expand(self.batch).clone(), [self.seeds[i] for i in idx.tolist()],
+                      flows)]

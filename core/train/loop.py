@@ -245,7 +245,8 @@ def train_step(model, net: nn.Module, opt: torch.optim.Optimizer, batches: list[
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             text = encode_text_train(model.text, caps, device)
             out = model.transformer(xt, sigma, text, cond=x0, known=known, mode=mode, context=b.context,
-                                    output="velocity" if ref is None else "x0")
+                                    output="velocity" if ref is None else "x0",
+                                    flows=None if b.flows is None else b.flows.to(device))
         if ref is None:
             loss = masked_velocity_loss(out, noise - x0, known)
         else:  # the same velocity loss, from the exact x0 estimate, 1/σ floored (x-prediction)
@@ -438,7 +439,8 @@ def train(cfg: TrainConfig, on_progress: ProgressFn | None = None,
             it = stage_batches(ph.stage, b, cfg.views, cfg.times, ph.height, ph.width, device,
                                seed=cfg.seed * 1_000_003 + step, workers=cfg.workers,
                                reuse=cfg.reuse, pool_size=cfg.pool_grids * 64 // (cfg.views * cfg.times)
-                               * (ref_hw[0] * ref_hw[1]) // (ph.height * ph.width), render_share=cfg.render_share)
+                               * (ref_hw[0] * ref_hw[1]) // (ph.height * ph.width), render_share=cfg.render_share,
+                               flows=model.transformer.warp_input)
             # Compiling costs tens of seconds a shape: only for phases long enough to win it back.
             want = cfg.compile and not compile_failed and ph.share * budget >= cfg.compile_min_minutes * 60
             if want != compiled:
