@@ -273,3 +273,16 @@ def test_a_weights_resume_with_a_warm_ema_stays_near_the_loaded_weights(tmp_path
     assert 0.05 < moved["warm"] / moved["fresh"] < 0.2, moved
     with pytest.raises(InputError, match="ema_start"):
         check_config(_tiny_cfg(tmp_path / "x", ema_start="lukewarm"))
+
+
+def test_uncompile_undoes_module_compile():
+    from core.train.loop import _uncompile
+
+    m = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    eager = m(x)
+    m.compile(backend="eager")
+    assert m._compiled_call_impl is not None
+    _uncompile(m)
+    assert m._compiled_call_impl is None
+    assert torch.equal(m(x), eager)
