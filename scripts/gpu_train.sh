@@ -30,6 +30,12 @@
 #       CPU (over half of an eval's time outside sampling on the development CPU), since made
 #       about 10 x faster: on an H100 the 2-scene eval and the two of 64 scenes now take about
 #       3 minutes together (0.62-0.87 s a grid sampling).
+#       COMPARE_OLD=FILE (with COMPARE_WITH=DIR) takes DIR's scores from an earlier
+#       'launch.py eval --seeds N --modes soft --no-consistency --json FILE' (e.g. docs/eval64_187min.json
+#       for assets/model) instead of scoring DIR again: about 70 s of an H100 saved a call; refused
+#       unless FILE scored the same weights (model hash) on N scenes. Against the shipped weights
+#       scored afresh and as scored on an H100 sessions before, the same new weights gave the same
+#       paired statistics to the last digit shown; an H100 and an H200 agree to 0.01 dB.
 #   scripts/gpu_train.sh status        running or not, the last log lines, the curve so far
 #       (the GPU machine is given back ~30 s after a call ends, killing the background job: chain
 #       calls back to back, e.g. 'sleep 540; scripts/gpu_train.sh status', until collect)
@@ -135,6 +141,25 @@ start)
   if [ -n "${COMPARE_WITH:-}" ] && [ ! -f "$COMPARE_WITH/transformer/config.json" ]; then
     echo "COMPARE_WITH=$COMPARE_WITH is not a model folder (no transformer/config.json in it)"; exit 2
   fi
+  if [ -n "${COMPARE_OLD:-}" ]; then
+    # scores of the COMPARE_WITH weights from an earlier run stand in for scoring them again
+    if [ "$compare" -eq 0 ] || [ -z "${COMPARE_WITH:-}" ]; then
+      echo "COMPARE_OLD=$COMPARE_OLD needs COMPARE=N and COMPARE_WITH=DIR (the weights it scored)"; exit 2
+    fi
+    why=$("$PY" -c '
+import json, sys
+from core.model.pipeline import model_hash
+try:
+    d = json.load(open(sys.argv[1]))
+    have, n = d["model_info"]["hash"], len(d["seeds"])
+except (OSError, ValueError, KeyError, TypeError):
+    print("it is not a readable result of launch.py eval --json"); sys.exit()
+want, m = model_hash(sys.argv[2]), int(sys.argv[3])
+if (have, n) != (want, m):
+    print(f"it scored model {have} on {n} scenes, not {want} on {m}")
+' "$COMPARE_OLD" "$COMPARE_WITH" "$compare") || why="it could not be checked"
+    if [ -n "$why" ]; then echo "COMPARE_OLD=$COMPARE_OLD cannot stand in for scoring $COMPARE_WITH: $why"; exit 2; fi
+  fi
   mkdir -p "$DIR"
   rm -f "$DIR"/train.rc "$DIR"/eval.rc "$DIR"/skip-eval "$DIR"/compare.cmd "$DIR"/compare.txt
   rm -rf "$DIR/start_model"
@@ -198,7 +223,11 @@ start)
   if [ -n "$start_from" ]; then
     cmp_args="--seeds $compare --device ${DEVICE:-cuda} --modes soft --no-consistency"
     {
-      echo "$(printf '%q' "$PY") launch.py eval --model $(printf '%q' "$DIR/start_model") $cmp_args --json $(printf '%q' "$DIR/compare_old.json") &&"
+      if [ -n "${COMPARE_OLD:-}" ]; then
+        echo "cp $(printf '%q' "$COMPARE_OLD") $(printf '%q' "$DIR/compare_old.json") &&"
+      else
+        echo "$(printf '%q' "$PY") launch.py eval --model $(printf '%q' "$DIR/start_model") $cmp_args --json $(printf '%q' "$DIR/compare_old.json") &&"
+      fi
       echo "$(printf '%q' "$PY") launch.py eval --model $(printf '%q' "$RUN/model") $cmp_args --json $(printf '%q' "$DIR/compare_new.json") &&"
       echo "$(printf '%q' "$PY") scripts/compare_evals.py $(printf '%q' "$DIR/compare_old.json") $(printf '%q' "$DIR/compare_new.json")"
     } > "$DIR/compare.cmd"

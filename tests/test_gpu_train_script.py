@@ -273,3 +273,33 @@ def test_an_exact_resume_goes_on_at_the_smaller_batch_the_run_last_trained_at(tm
     assert r.returncode == 0, r.stdout + r.stderr
     assert "--batch 16 " in (tmp_path / "train" / "train.cmd").read_text()
     subprocess.run(["kill", "--", f"-{(tmp_path / 'train' / 'job.pid').read_text().strip()}"], capture_output=True)
+
+
+def test_start_takes_the_shipped_weights_scores_from_an_earlier_run_when_they_match(tmp_path):
+    from core.model.pipeline import model_hash
+
+    root, depth = _checkout_with_deeper_weights(tmp_path)
+    good = tmp_path / "old64.json"
+    good.write_text(json.dumps({"model_info": {"hash": model_hash(root / "assets" / "model")},
+                                "seeds": list(range(64))}))
+    r = _start(root, tmp_path, "--layers", str(depth), COMPARE="64", COMPARE_WITH="assets/model",
+               COMPARE_OLD=str(good))
+    assert r.returncode == 0, r.stdout + r.stderr
+    cmd = (tmp_path / "train" / "compare.cmd").read_text()
+    assert f"cp {good} " in cmd and "start_model" not in cmd  # not scored again
+    assert "compare_evals.py" in cmd and "--model " in cmd  # the new weights still are, and compared
+
+
+@pytest.mark.parametrize("doc, env, message", [
+    ({"model_info": {"hash": "0123456789abcdef"}, "seeds": list(range(64))}, {"COMPARE_WITH": "assets/model"},
+     "it scored model 0123456789abcdef on 64 scenes"),
+    (None, {"COMPARE_WITH": "assets/model"}, "not a readable result"),
+    ({}, {}, "needs COMPARE=N and COMPARE_WITH"),
+])
+def test_start_refuses_earlier_scores_that_cannot_stand_in(tmp_path, doc, env, message):
+    root, depth = _checkout_with_deeper_weights(tmp_path)
+    old = tmp_path / "old64.json"
+    old.write_text("not json" if doc is None else json.dumps(doc))
+    r = _start(root, tmp_path, "--layers", str(depth), COMPARE="64", COMPARE_OLD=str(old), **env)
+    assert r.returncode == 2 and message in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "train" / "job.pid").exists()
