@@ -5,10 +5,11 @@ splits them), next to the two copy baselines. No model is involved.
 
     python scripts/warp_probe.py [--seeds 16] [--size 72x128]
 
-Rows: ``copy column 0`` and ``copy row 0`` (the baselines); ``warp, chained`` (what the model
-is given: view v's flow to view 0 chained through its neighbours, OpenCV DIS medium);
-``warp, direct`` (one flow from view v straight to view 0); ``warp, chained, DIS fast`` and
-``ultrafast`` (cheaper presets), each with its flow time per grid on this machine.
+Rows: ``copy column 0`` and ``copy row 0`` (the baselines); ``warp, chained`` (the carried
+(0, t) the model is given: view v's flow to view 0 chained through its neighbours, OpenCV DIS
+medium); ``warp, direct`` (one flow from view v straight to view 0); ``warp, chained, DIS fast``
+and ``ultrafast`` (cheaper presets), each with its view-flow time per grid on this machine;
+``(v, 0) moved by view 0's motion`` (the input's third frame) and ``mean of the two``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from core.model import warp as W  # noqa: E402
 from core.model.codec import frames_to_model  # noqa: E402
 
 
-def _flows(col0: np.ndarray, preset: str, chained: bool) -> np.ndarray:
+def _view_flows(col0: np.ndarray, preset: str, chained: bool) -> np.ndarray:
     import cv2
 
     dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{preset.upper()}"))
@@ -57,22 +58,31 @@ def main() -> int:
     cv2.setNumThreads(1)
     scenes = render_eval_scenes(a.seeds, 8, 8, H, Wd)
     rows = {name: ([], [], []) for name in ("copy column 0", "copy row 0", "warp, chained", "warp, direct",
-                                            "warp, chained, DIS fast", "warp, chained, DIS ultrafast")}
+                                            "warp, chained, DIS fast", "warp, chained, DIS ultrafast",
+                                            "(v, 0) moved by view 0's motion", "mean of the two")}
     for sc in scenes:
         V, T = sc.frames.shape[:2]
         known = known_mask(V, T, "row0+col0")
         x = frames_to_model(sc.frames)[0]  # [V, T, 3, H, W] in [-1, 1]
+        times = torch.from_numpy(W.time_flows(x[0].numpy()))
+        kc = torch.from_numpy(known)[None]
+
+        def as_frames(t):
+            return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+
         preds = {"copy column 0": np.broadcast_to(sc.frames[:, :1], sc.frames.shape).copy(),
                  "copy row 0": np.broadcast_to(sc.frames[:1], sc.frames.shape).copy()}
         for name, preset, chained in (("warp, chained", "medium", True), ("warp, direct", "medium", False),
                                       ("warp, chained, DIS fast", "fast", True),
                                       ("warp, chained, DIS ultrafast", "ultrafast", True)):
             t0 = time.perf_counter()
-            fl = _flows(x[:, 0].numpy(), preset, chained)
+            fl = torch.from_numpy(_view_flows(x[:, 0].numpy(), preset, chained))
             rows[name][2].append(time.perf_counter() - t0)
-            kc = torch.from_numpy(known)[None]
-            w = W.warp_inputs(x[None].float(), kc, torch.from_numpy(fl)[None])[0, :, :, :3]
-            preds[name] = ((w.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+            w = W.warp_inputs(x[None].float(), kc, torch.cat([fl, times])[None])[0]
+            preds[name] = as_frames(w[:, :, :3])
+            if name == "warp, chained":
+                preds["(v, 0) moved by view 0's motion"] = as_frames(w[:, :, 6:9])
+                preds["mean of the two"] = as_frames((w[:, :, :3] + w[:, :, 6:9]) / 2)
         for name, p in preds.items():
             rows[name][0].append(psnr_unknown(p, sc.frames, known))
             rows[name][1].append(psnr_unknown_regions(p, sc.frames, known))

@@ -13,7 +13,8 @@ import torch
 from core.errors import InputError
 from core.model.config import preset
 from core.model.pipeline import FourDModel
-from core.model.warp import batch_view_flows, view_flows, warp_frames, warp_inputs, warp_valid
+from core.model.warp import (batch_grid_flows, grid_flows, mirror_flows, time_flows, view_flows, warp_frames,
+                             warp_inputs, warp_valid)
 from core.train.config import TrainConfig
 from core.train.loop import train
 
@@ -55,40 +56,65 @@ def test_warp_frames_moves_by_the_flow_and_keeps_the_dtype():
     assert warp_frames(x.to(torch.bfloat16), fl).dtype == torch.bfloat16
 
 
-def test_warp_inputs_carry_row0_and_mark_where_they_are_defined():
-    B, V, T, H, W, dx = 2, 3, 2, 24, 32, 2
+def test_time_flows_follow_what_moved_since_time_0():
+    H, W, dx = 40, 64, 2
+    big = _texture(H, W + 3 * dx)
+    row0 = np.stack([big[:, :, t * dx:t * dx + W] for t in range(3)])
+    fl = time_flows(row0)
+    assert fl.shape == (3, H, W, 2) and np.all(fl[0] == 0)
+    inner = (slice(8, -8), slice(8, -8 - 2 * dx))
+    for t in (1, 2):
+        assert np.median(np.abs(fl[t][inner][..., 0] - t * dx)) < 0.3
+
+
+def test_warp_inputs_carry_row0_move_column0_and_mark_where_they_are_defined():
+    B, V, T, H, W, dx, mv = 2, 3, 2, 24, 32, 2, 3
     rng = torch.Generator().manual_seed(0)
     cond = torch.rand(B, V, T, 3, H, W, generator=rng) * 2 - 1
     known = torch.zeros(B, V, T, dtype=torch.bool)
     known[:, 0, :] = True
     known[:, :, 0] = True
     known[1, 2, 0] = False  # grid 1 lacks part of column 0: no flows, no warp input
-    flows = torch.zeros(B, V, H, W, 2)
-    flows[:, :, :, :, 0] = torch.arange(V, dtype=torch.float32)[None, :, None, None] * dx
+    flows = torch.zeros(B, V + T, H, W, 2)
+    flows[:, :V, :, :, 0] = torch.arange(V, dtype=torch.float32)[None, :, None, None] * dx  # view v -> 0
+    flows[:, V + 1:, :, :, 1] = mv  # what moved by time 1 came from mv rows further down
     out = warp_inputs(cond, known, flows)
-    assert out.shape == (B, V, T, 7, H, W)
+    assert out.shape == (B, V, T, 10, H, W)
     valid = warp_valid(known)
     assert valid[0].all() and not valid[1].any()
     assert torch.all(out[1] == 0)
-    assert torch.all(out[0, :, :, 6] == 1)
+    assert torch.all(out[0, :, :, 9] == 1)
     for v in range(V):
         s = v * dx
         for t in range(T):
             assert torch.allclose(out[0, v, t, :3, :, :W - s], cond[0, 0, t, :, :, s:], atol=1e-4)
             assert torch.allclose(out[0, v, t, 3:6, :, :W - s], cond[0, 0, 0, :, :, s:], atol=1e-4)
-    # with the flows computed here: view 0 is row 0 itself
+        # (v, 0) moved by view 0's motion: unmoved at time 0, read mv rows down at time 1
+        assert torch.allclose(out[0, v, 0, 6:9], cond[0, v, 0], atol=1e-4)
+        assert torch.allclose(out[0, v, 1, 6:9, :H - mv], cond[0, v, 0, :, mv:], atol=1e-4)
+    # with the flows computed here: view 0 is row 0 itself, and (0, 0) moved along row 0
     own = warp_inputs(cond, known)
     assert torch.allclose(own[0, 0, :, :3], cond[0, 0, :], atol=1e-4)
     # no known cell at all: all zeros, nothing computed
     assert torch.all(warp_inputs(cond, torch.zeros_like(known)) == 0)
 
 
-def test_batch_view_flows_computes_only_the_grids_asked():
-    V, H, W = 2, 16, 24
-    col0 = torch.from_numpy(np.stack([np.stack([_texture(H, W, s + v) for v in range(V)]) for s in range(3)]))
-    out = batch_view_flows(col0, torch.tensor([True, False, True]))
-    assert out.shape == (3, V, H, W, 2) and torch.all(out[1] == 0)
-    assert torch.allclose(out[2], torch.from_numpy(view_flows(col0[2].numpy())))
+def test_batch_grid_flows_computes_only_the_grids_asked():
+    V, T, H, W = 2, 3, 16, 24
+    grid = torch.rand(3, V, T, 3, H, W, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    for b in range(3):
+        for v in range(V):
+            grid[b, v, 0] = torch.from_numpy(_texture(H, W, 10 * b + v))
+        for t in range(1, T):
+            grid[b, 0, t] = torch.from_numpy(_texture(H, W, 10 * b + 5 + t))
+    out = batch_grid_flows(grid, torch.tensor([True, False, True]))
+    assert out.shape == (3, V + T, H, W, 2) and torch.all(out[1] == 0)
+    want = grid_flows(grid[2, :, 0].numpy(), grid[2, 0].numpy())
+    assert torch.allclose(out[2], torch.from_numpy(want))
+    assert torch.allclose(out[0, V:], torch.from_numpy(time_flows(grid[0, 0].numpy())))
+    # mirrored flows: the field mirrored, x negated
+    m = mirror_flows(out)
+    assert torch.equal(m[..., 0], -out.flip(-2)[..., 0]) and torch.equal(m[..., 1], out.flip(-2)[..., 1])
 
 
 def _grid_inputs(m, known_kind):
@@ -186,7 +212,6 @@ def test_resume_decision_adds_the_warp_input_when_the_preset_has_it(tmp_path, mo
 
 
 def test_the_replay_pool_keeps_each_grids_flows_and_mirrors_them():
-    from core.model.warp import batch_view_flows
     from core.train.data import Batch, ReplayPool
 
     V, T, H, W, dx = 3, 2, 24, 40, 2
@@ -198,15 +223,16 @@ def test_the_replay_pool_keeps_each_grids_flows_and_mirrors_them():
             k += 1
             frames = torch.stack([big[:, :, v * dx:v * dx + W] for v in range(V)])  # [V, 3, H, W]
             x0 = frames[None, :, None].expand(1, V, T, 3, H, W).clone()
+            x0[0, 0, 1] = torch.from_numpy(_texture(H, W + 2 * dx * V, seed=k + 100))[:, :, :W]
             yield [Batch(x0, ["a grid"], torch.zeros(1, dtype=torch.long), [k])]
 
     pool = ReplayPool(source(), batch=6, pool_size=8, generator=torch.Generator().manual_seed(0), flows=True)
     signs = set()
     for _ in range(4):
         b = next(pool)[0]
-        assert b.flows is not None and b.flows.shape == (6, V, H, W, 2)
-        fresh = batch_view_flows(b.x0[:, :, 0])  # what the model would compute from the drawn frames
-        inner = (slice(None), slice(1, None), slice(6, -6), slice(6, -6))
+        assert b.flows is not None and b.flows.shape == (6, V + T, H, W, 2)
+        fresh = batch_grid_flows(b.x0)  # what the model would compute from the drawn frames
+        inner = (slice(None), slice(1, V), slice(6, -6), slice(6, -6))
         assert float((b.flows[inner] - fresh[inner]).abs().median()) < 0.3
         signs |= set(torch.sign(b.flows[:, 1, 6:-6, 6:-6, 0].median(dim=-1).values.median(dim=-1).values).tolist())
     assert signs == {-1.0, 1.0}  # both mirrored and plain grids were drawn

@@ -34,8 +34,8 @@ second convolution over those channels alone so that a model widened into it
 unchanged (x-space in, x-space velocity out) except that sampling starts from ``ref + ε``
 (``flow_reference``); a zero head returns ``ref`` exactly (a fresh residual model zeroes it).
 ``warp_input`` (pixel models) adds, through its own zero-initialised patch embedding, the frames
-of (0, t) and (0, 0) carried into view v by the optical flow between the freeze-time frames, with
-their valid mask (``warp.py``); a model given it later (``FourDLayers.with_warp_input``) computes
+of (0, t) and (0, 0) carried into view v by the optical flow between the freeze-time frames, the
+frame of (v, 0) moved by view 0's motion since time 0, and their valid mask (``warp.py``); a model given it later (``FourDLayers.with_warp_input``) computes
 exactly what it did until the new weights train.
 """
 
@@ -85,8 +85,8 @@ class FourDLayers(ModelMixin, ConfigMixin):
             self.ref_embedding = nn.Conv3d(groups * (in_channels + mask_channels), dim, kernel_size=patch, stride=patch)
             nn.init.zeros_(self.ref_embedding.weight)
             nn.init.zeros_(self.ref_embedding.bias)
-        if warp_input:  # (0, t) and (0, 0) carried into view v, and their valid mask (warp.py)
-            self.warp_embedding = nn.Conv3d(2 * in_channels + 1, dim, kernel_size=patch, stride=patch)
+        if warp_input:  # (0, t), (0, 0) carried into view v, (v, 0) moved, the valid mask (warp.py)
+            self.warp_embedding = nn.Conv3d(3 * in_channels + 1, dim, kernel_size=patch, stride=patch)
             nn.init.zeros_(self.warp_embedding.weight)
             nn.init.zeros_(self.warp_embedding.bias)
         self.context_embedding = nn.Embedding(num_contexts, dim)
@@ -485,8 +485,8 @@ class FourDTransformer(nn.Module):
         context: ``[B]`` long (config.CONTEXT_*); mode: one of ``MODES``; sync: False runs the two
         streams independently (tests); fused_backend: ``auto|dense|flex|split`` (auto: on CUDA split
         for inference, flex with grad; on the CPU dense up to 4096 tokens, else split); flows: the
-        warp input's flows of column 0 ``[B, V, h, w, 2]`` when the caller has them (training keeps
-        them with its pooled grids; ``warp.batch_view_flows``), else computed here when needed.
+        warp input's flows ``[B, V + T, h, w, 2]`` when the caller has them (training keeps them
+        with its pooled grids; ``warp.batch_grid_flows``), else computed here when needed.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

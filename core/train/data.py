@@ -23,7 +23,7 @@ class Batch:
     captions: list[str]
     context: torch.Tensor  # [B] long, CONTEXT_*
     seeds: list[int] | None = None  # scene identities (provenance: training seeds only)
-    flows: torch.Tensor | None = None  # [B, V, H, W, 2] warp-input flows of column 0 (None: computed later)
+    flows: torch.Tensor | None = None  # [B, V + T, H, W, 2] warp-input flows (None: computed later)
 
 
 def stage_batches(stage: int, batch: int, views: int, times: int, height: int, width: int, device,
@@ -112,7 +112,7 @@ class ReplayPool:
         self.gen = generator
         self.frames: torch.Tensor | None = None  # uint8 [N, V, T, 3, H, W]
         self.keep_flows = flows
-        self.flows: torch.Tensor | None = None  # float16 [N, V, H, W, 2] with keep_flows
+        self.flows: torch.Tensor | None = None  # float16 [N, V + T, H, W, 2] with keep_flows
         self.captions: list[str] = []
         self.seeds: list[int] = []
         self.context = None
@@ -150,8 +150,8 @@ class ReplayPool:
             self.seeds = [-1] * self.pool_size
             self.context = b.context[:1]
             if self.keep_flows:
-                V, _, _, H, W = x.shape[1:]
-                self.flows = torch.zeros((self.pool_size, V, H, W, 2), dtype=torch.float16, device=x.device)
+                V, T, _, H, W = x.shape[1:]
+                self.flows = torch.zeros((self.pool_size, V + T, H, W, 2), dtype=torch.float16, device=x.device)
         if self.filled < self.pool_size:
             idx = torch.arange(self.filled, min(self.pool_size, self.filled + n))
             self.filled += len(idx)
@@ -159,11 +159,10 @@ class ReplayPool:
             idx = torch.randperm(self.pool_size, generator=self.gen)[:n]
         self.frames[idx.to(x.device)] = x[: len(idx)]
         if self.keep_flows:
-            from ..model.warp import batch_view_flows
+            from ..model.warp import batch_grid_flows
 
-            # from the stored uint8 frames, as the grid will be drawn
-            col0 = x[: len(idx), :, 0].float() / 127.5 - 1
-            self.flows[idx.to(x.device)] = batch_view_flows(col0).to(self.flows.dtype)
+            # from the stored uint8 frames, as the grid will be drawn (column 0 and row 0 are read)
+            self.flows[idx.to(x.device)] = batch_grid_flows(x[: len(idx)].float() / 127.5 - 1).to(self.flows.dtype)
         for j, i in enumerate(idx.tolist()):
             self.captions[i] = b.captions[j]
             self.seeds[i] = b.seeds[j] if b.seeds is not None else -1
@@ -194,17 +193,17 @@ class ReplayPool:
         x = torch.where(flip[:, None, None, None, None, None], x.flip(-1), x)
         flows = None
         if self.keep_flows:
-            fl = self.flows[idx.to(self.flows.device)].float()  # [B, V, H, W, 2]
-            # a mirrored grid's flow: the mirrored field, its x component negated
-            mirrored = fl.flip(-2) * torch.tensor([-1.0, 1.0], device=fl.device)
-            flows = torch.where(flip[:, None, None, None, None], mirrored, fl)
+            from ..model.warp import mirror_flows
+
+            fl = self.flows[idx.to(self.flows.device)].float()  # [B, V + T, H, W, 2]
+            flows = torch.where(flip[:, None, None, None, None], mirror_flows(fl), fl)
         if self.reverse_views:
             rev = (torch.rand(self.batch, generator=self.gen) < 0.5).to(x.device)
             x = torch.where(rev[:, None, None, None, None, None], x.flip(1), x)
             if flows is not None and bool(rev.any()):  # another view 0: flows computed afresh
-                from ..model.warp import batch_view_flows
+                from ..model.warp import batch_grid_flows
 
-                flows = torch.where(rev[:, None, None, None, None], batch_view_flows(x[:, :, 0], rev), flows)
+                flows = torch.where(rev[:, None, None, None, None], batch_grid_flows(x, rev), flows)
         caps = [self.captions[i] for i in idx.tolist()]
         return [Batch(x, caps, self.context.expand(self.batch).clone(), [self.seeds[i] for i in idx.tolist()],
                       flows)]
