@@ -238,3 +238,31 @@ def test_the_replay_pool_keeps_each_grids_flows_and_mirrors_them():
     assert signs == {-1.0, 1.0}  # both mirrored and plain grids were drawn
     plain = ReplayPool(source(), batch=2, pool_size=4, generator=torch.Generator().manual_seed(0))
     assert next(plain)[0].flows is None
+
+
+@pytest.mark.parametrize("mode, times", [("soft", 3), ("hard", 3), ("sequential", 3), ("fused", 3), ("soft", 5)])
+def test_a_model_with_the_warp_input_generates_in_every_mode_and_in_chunks(engine_files, tmp_path, mode, times):
+    """The studio's path: a saved model with (trained, non-zero) warp weights loads and generates
+    from two videos in every stream mode and past its chunk of times; the known cells come back
+    exactly as read."""
+    from core.engine import Engine, GenerateRequest
+    from core.grid import Grid
+    from core.model.testing import tiny_model
+    from core.video import load_inputs
+
+    m = tiny_model(trained=True)
+    assert m.transformer.add_warp_input()
+    m.config.warp_input = True
+    with torch.no_grad():
+        m.transformer.layers.warp_embedding.weight.normal_(0, 0.05)
+    folder = m.save_pretrained(tmp_path / "model")
+    assert FourDModel.from_pretrained(folder).transformer.warp_input
+    req = GenerateRequest(fixed_view=engine_files["fixed"], freeze_time=engine_files["orbit"], views=2, times=times,
+                          height=16, width=16, steps=2, mode=mode, dense=False)
+    out = tmp_path / "run"
+    Engine(str(folder), "cpu").generate(req, out)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "done"
+    grid = Grid.load_npz(out / "grid.npz")
+    assert grid.frames.shape == (2, times, 16, 16, 3) and (out / "grid.png").is_file()
+    inp = load_inputs(engine_files["fixed"], engine_files["orbit"], 2, times, 16, 16)
+    assert np.array_equal(grid.frames[0], inp["row0"]) and np.array_equal(grid.frames[1:, 0], inp["col0"][1:])
