@@ -31,22 +31,6 @@ from core.model import warp as W  # noqa: E402
 from core.model.codec import frames_to_model  # noqa: E402
 
 
-def _view_flows(col0: np.ndarray, preset: str, chained: bool) -> np.ndarray:
-    import cv2
-
-    dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{preset.upper()}"))
-    V, _, H, Wd = col0.shape
-    gray = [W._gray(col0[v]) for v in range(V)]
-    out = np.zeros((V, H, Wd, 2), np.float32)
-    for v in range(1, V):
-        if chained:
-            step = dis.calc(gray[v], gray[v - 1], None)
-            out[v] = step + W._resample(out[v - 1], step)
-        else:
-            out[v] = dis.calc(gray[v], gray[0], None)
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=16)
@@ -76,7 +60,7 @@ def main() -> int:
                                       ("warp, chained, DIS fast", "fast", True),
                                       ("warp, chained, DIS ultrafast", "ultrafast", True)):
             t0 = time.perf_counter()
-            fl = torch.from_numpy(_view_flows(x[:, 0].numpy(), preset, chained))
+            fl = torch.from_numpy(W.view_flows(x[:, 0].numpy(), preset, chained))
             rows[name][2].append(time.perf_counter() - t0)
             w = W.warp_inputs(x[None].float(), kc, torch.cat([fl, times])[None])[0]
             preds[name] = as_frames(w[:, :, :3])

@@ -32,18 +32,26 @@ def _texture(H, W, seed=0):
     return img.transpose(2, 0, 1)
 
 
+def _shifted_frames(H, W, step, n):
+    """``n`` frames [n, 3, H, W] of one texture, frame k moved left by k * step: frame k's pixel p
+    shows frame 0's p + (k * step, 0)."""
+    big = _texture(H, W + (n + 1) * step)
+    return np.stack([big[:, :, k * step:k * step + W] for k in range(n)])
+
+
+def _assert_follows_shift(fl, step):
+    assert fl.shape[0] == 3 and np.all(fl[0] == 0)
+    inner = (slice(8, -8), slice(8, -8 - 2 * step))
+    for k in (1, 2):
+        err = np.abs(fl[k][inner][..., 0] - k * step)
+        assert np.median(err) < 0.3, (k, np.median(err))
+        assert np.median(np.abs(fl[k][inner][..., 1])) < 0.3
+
+
 def test_view_flows_follow_a_known_shift_through_the_chain():
-    H, W, dx = 48, 80, 3
-    big = _texture(H, W + 4 * dx)
-    # view v sees the scene moved left by v*dx: view v's pixel p shows view 0's p + (v*dx, 0)
-    col0 = np.stack([big[:, :, v * dx:v * dx + W] for v in range(3)])
-    fl = view_flows(col0)
-    assert fl.shape == (3, H, W, 2) and np.all(fl[0] == 0)
-    inner = (slice(8, -8), slice(8, -8 - 2 * dx))
-    for v in (1, 2):
-        err = np.abs(fl[v][inner][..., 0] - v * dx)
-        assert np.median(err) < 0.3, (v, np.median(err))
-        assert np.median(np.abs(fl[v][inner][..., 1])) < 0.3
+    fl = view_flows(_shifted_frames(48, 80, 3, 3))
+    assert fl.shape == (3, 48, 80, 2)
+    _assert_follows_shift(fl, 3)
 
 
 def test_warp_frames_moves_by_the_flow_and_keeps_the_dtype():
@@ -57,14 +65,9 @@ def test_warp_frames_moves_by_the_flow_and_keeps_the_dtype():
 
 
 def test_time_flows_follow_what_moved_since_time_0():
-    H, W, dx = 40, 64, 2
-    big = _texture(H, W + 3 * dx)
-    row0 = np.stack([big[:, :, t * dx:t * dx + W] for t in range(3)])
-    fl = time_flows(row0)
-    assert fl.shape == (3, H, W, 2) and np.all(fl[0] == 0)
-    inner = (slice(8, -8), slice(8, -8 - 2 * dx))
-    for t in (1, 2):
-        assert np.median(np.abs(fl[t][inner][..., 0] - t * dx)) < 0.3
+    fl = time_flows(_shifted_frames(40, 64, 2, 3))
+    assert fl.shape == (3, 40, 64, 2)
+    _assert_follows_shift(fl, 2)
 
 
 def test_warp_inputs_carry_row0_move_column0_and_mark_where_they_are_defined():

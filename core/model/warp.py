@@ -38,13 +38,13 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def _dis():
+def _dis(preset: str = "medium"):
     import cv2
 
-    d = getattr(_local, "dis", None)
-    if d is None:  # one per thread: a DIS object is not safe to share
-        d = _local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return d
+    cache = _local.__dict__.setdefault("dis", {})  # one per thread: a DIS object is not safe to share
+    if preset not in cache:
+        cache[preset] = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{preset.upper()}"))
+    return cache[preset]
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
@@ -63,18 +63,22 @@ def _resample(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return out.reshape(H, W, -1)
 
 
-def view_flows(column0: np.ndarray) -> np.ndarray:
+def view_flows(column0: np.ndarray, preset: str = "medium", chained: bool = True) -> np.ndarray:
     """Flows ``[V, H, W, 2]`` (x, y in pixels) from each view's frame to view 0's, for the
     freeze-time frames ``column0`` float ``[V, 3, H, W]`` in [-1, 1]: view v's pixel p shows what
     view 0 shows at p + flow[v](p). View 0's flow is zero; the others chain the flows between
-    neighbouring views (v → v−1 → … → 0)."""
+    neighbouring views (v → v−1 → … → 0), or with ``chained`` False are one flow straight to view
+    0 (``scripts/warp_probe.py`` compares the two; ``preset``: OpenCV's DIS preset)."""
     V, _, H, W = column0.shape
     out = np.zeros((V, H, W, 2), np.float32)
     if V < 2 or max(H, W) < MIN_SIDE:
         return out
-    dis = _dis()
+    dis = _dis(preset)
     gray = [_gray(column0[v]) for v in range(V)]
     for v in range(1, V):
+        if not chained:
+            out[v] = dis.calc(gray[v], gray[0], None)
+            continue
         step = dis.calc(gray[v], gray[v - 1], None)  # v -> v-1
         out[v] = step + _resample(out[v - 1], step)  # then v-1 -> 0, read where the step lands
     return out
@@ -100,10 +104,6 @@ def grid_flows(column0: np.ndarray, row0: np.ndarray) -> np.ndarray:
     return np.concatenate([view_flows(column0), time_flows(row0)])
 
 
-def _grid_flows(pair) -> np.ndarray:
-    return grid_flows(*pair)
-
-
 def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
@@ -121,10 +121,9 @@ def batch_grid_flows(grid: torch.Tensor, which: torch.Tensor | None = None) -> t
     out = torch.zeros(B, V + T, H, W, 2, dtype=torch.float32)
     idx = list(range(B)) if which is None else [int(i) for i in torch.nonzero(which.cpu()).flatten()]
     if idx:
-        col = grid[idx][:, :, 0].detach().float().cpu().numpy()
-        row = grid[idx][:, 0].detach().float().cpu().numpy()
-        pairs = list(zip(col, row))
-        flows = [_grid_flows(pairs[0])] if len(idx) == 1 else list(_executor().map(_grid_flows, pairs))
+        col = grid[:, :, 0][idx].detach().float().cpu().numpy()  # only column 0 and row 0 leave the device
+        row = grid[:, 0][idx].detach().float().cpu().numpy()
+        flows = [grid_flows(col[0], row[0])] if len(idx) == 1 else list(_executor().map(grid_flows, col, row))
         out[idx] = torch.from_numpy(np.stack(flows))
     return out.to(grid.device)
 

@@ -78,6 +78,13 @@ def prepare_out(cfg: TrainConfig) -> Path:
     return out
 
 
+def _weights_only(has_state: bool, what: str, src) -> None:
+    """Refuse to change the shape of an exact training state (its optimizer moments would not fit)."""
+    if has_state:
+        raise InputError(f"{what} a model's weights, not an exact training state: "
+                         f"pass --resume {src} (its model folder) with a new --out")
+
+
 def load_model(cfg: TrainConfig):
     """(FourDModel on the CPU in fp32, exact state or None, training record, what was widened).
 
@@ -119,9 +126,7 @@ def load_model(cfg: TrainConfig):
     if cfg.anchor_input and not tr.anchor_input:
         if not tr.reference_inputs:
             raise InputError(f"--anchor-input on: the model in {src} has no reference inputs to widen")
-        if has_state:
-            raise InputError(f"--anchor-input on widens a model's weights, not an exact training state: "
-                             f"pass --resume {src} (its model folder) with a new --out")
+        _weights_only(has_state, "--anchor-input on widens", src)
         tr.add_anchor_input()
         model.config.anchor_input = True
         widened.append("anchor_input")
@@ -130,9 +135,7 @@ def load_model(cfg: TrainConfig):
     if cfg.warp_input and not tr.warp_input:
         if model.config.codec != "pixels":
             raise InputError(f"--warp-input on: the model in {src} is not pixel-space ({model.config.codec})")
-        if has_state:
-            raise InputError(f"--warp-input on adds to a model's weights, not an exact training state: "
-                             f"pass --resume {src} (its model folder) with a new --out")
+        _weights_only(has_state, "--warp-input on adds to", src)
         tr.add_warp_input()
         model.config.warp_input = True
         widened.append("warp_input")
@@ -140,9 +143,7 @@ def load_model(cfg: TrainConfig):
         if cfg.layers < tr.num_layers:
             raise InputError(f"--layers {cfg.layers}: the model in {src} has {tr.num_layers} blocks; "
                              f"a resume can keep them or add blocks, not remove them")
-        if has_state:
-            raise InputError(f"--layers {cfg.layers} grows a model's weights, not an exact training state: "
-                             f"pass --resume {src} (its model folder) with a new --out")
+        _weights_only(has_state, f"--layers {cfg.layers} grows", src)
         before = tr.num_layers
         tr.grow_layers(int(cfg.layers))
         model.config.backbone = {**model.config.backbone, "num_layers": int(cfg.layers)}
