@@ -243,6 +243,53 @@ def test_the_replay_pool_keeps_each_grids_flows_and_mirrors_them():
     assert next(plain)[0].flows is None
 
 
+def test_the_pools_background_flows_change_nothing_but_when_a_grid_enters(monkeypatch):
+    """The flows are computed while the step trains: a fresh grid enters the pool one step later,
+    and what is drawn does not depend on how long the flows take."""
+    import time as _time
+
+    import core.model.warp as warp
+    from core.train.data import Batch, ReplayPool
+
+    V, T, H, W = 2, 2, 16, 24
+
+    def source():
+        k = 0
+        while True:
+            k += 1
+            g = torch.Generator().manual_seed(k)
+            yield [Batch(torch.rand(2, V, T, 3, H, W, generator=g) * 2 - 1, [f"grid {k}"] * 2,
+                         torch.zeros(2, dtype=torch.long), [2 * k, 2 * k + 1])]
+
+    def draws(delay):
+        real = warp.column_row_flows
+
+        def slow(col, row):
+            _time.sleep(delay)
+            return real(col, row)
+
+        monkeypatch.setattr(warp, "column_row_flows", slow)
+        pool = ReplayPool(source(), batch=3, pool_size=6, generator=torch.Generator().manual_seed(0), flows=True)
+        out = []
+        for step in range(5):
+            b = next(pool)[0]
+            out.append((b.x0, b.flows, b.seeds))
+            # the first step waits to fill a batch; after it, each step's fresh grids wait for their flows
+            assert len(pool._pending) == (0 if step == 0 else 1)
+        return out, pool
+
+    fast, pool = draws(0.0)
+    slow, _ = draws(0.05)
+    for (x, f, s), (x2, f2, s2) in zip(fast, slow):
+        assert torch.equal(x, x2) and torch.equal(f, f2) and s == s2
+    # the first step filled the pool from two source batches (4 grids); after it one batch a step,
+    # entering a step late: the third to fifth steps put in batches 3-5, batch 6 waits
+    assert pool.fresh_seen == 4 + 2 * 3 and max(max(s) for _, _, s in fast) <= 2 * 5 + 1
+    # each stored grid's flows are those of its frames
+    stored = pool.frames[: pool.filled].float() / 127.5 - 1
+    assert torch.allclose(pool.flows[: pool.filled].float(), batch_grid_flows(stored).half().float(), atol=1e-2)
+
+
 @pytest.mark.parametrize("mode, times", [("soft", 3), ("hard", 3), ("sequential", 3), ("fused", 3), ("soft", 5)])
 def test_a_model_with_the_warp_input_generates_in_every_mode_and_in_chunks(engine_files, tmp_path, mode, times):
     """The studio's path: a saved model with (trained, non-zero) warp weights loads and generates

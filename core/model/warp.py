@@ -113,6 +113,16 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+def column_row_flows(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """``grid_flows`` of a batch from its column 0 ``[B, V, 3, H, W]`` and row 0 ``[B, T, 3, H, W]``
+    (in [-1, 1], any device) -> ``[B, V + T, H, W, 2]`` float32 on the CPU, the grids spread over
+    the flow threads."""
+    col = col.detach().float().cpu().numpy()
+    row = row.detach().float().cpu().numpy()
+    flows = [grid_flows(col[0], row[0])] if len(col) == 1 else list(_executor().map(grid_flows, col, row))
+    return torch.from_numpy(np.stack(flows))
+
+
 def batch_grid_flows(grid: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
     """``grid_flows`` of a batch of grids ``[B, V, T, 3, H, W]`` in [-1, 1] (only column 0 and
     row 0 are read) -> ``[B, V + T, H, W, 2]`` float32 on ``grid``'s device; only grids where
@@ -120,11 +130,8 @@ def batch_grid_flows(grid: torch.Tensor, which: torch.Tensor | None = None) -> t
     B, V, T, _, H, W = grid.shape
     out = torch.zeros(B, V + T, H, W, 2, dtype=torch.float32)
     idx = list(range(B)) if which is None else [int(i) for i in torch.nonzero(which.cpu()).flatten()]
-    if idx:
-        col = grid[:, :, 0][idx].detach().float().cpu().numpy()  # only column 0 and row 0 leave the device
-        row = grid[:, 0][idx].detach().float().cpu().numpy()
-        flows = [grid_flows(col[0], row[0])] if len(idx) == 1 else list(_executor().map(grid_flows, col, row))
-        out[idx] = torch.from_numpy(np.stack(flows))
+    if idx:  # only column 0 and row 0 leave the device
+        out[idx] = column_row_flows(grid[:, :, 0][idx], grid[:, 0][idx])
     return out.to(grid.device)
 
 

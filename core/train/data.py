@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -101,7 +102,9 @@ class ReplayPool:
     ``observe(step_seconds)`` adapts k so that rendering takes about ``ratio`` of the time of a
     training step. The known-cell masks are drawn per step, so a reused grid still poses a new task.
     With ``flows`` it also keeps each grid's warp-input flows (``core.model.warp``), computed once
-    when the grid comes in (on the CPU: per step, not per grid drawn) and mirrored with it.
+    per grid rendered (not per grid drawn) and mirrored with it. They are computed on the CPU in
+    the background while the step trains, so a fresh grid enters the pool one step later (the
+    first step waits for its batch).
     """
 
     def __init__(self, source, batch: int, pool_size: int, generator: torch.Generator,
@@ -126,6 +129,8 @@ class ReplayPool:
         self.step_s: float | None = None
         self.fresh_seen = 0
         self.drawn = 0
+        self._pending: list = []  # grids whose flows are being computed: (frames, captions, seeds, future)
+        self._flow_worker: ThreadPoolExecutor | None = None
 
     @staticmethod
     def to_uint8(x0: torch.Tensor) -> torch.Tensor:
@@ -134,6 +139,8 @@ class ReplayPool:
     def _pull(self) -> None:
         t = time.perf_counter()
         b = next(self.source)[0]
+        if self.context is None:
+            self.context = b.context[:1]
         if b.x0.device.type == "cuda":
             torch.cuda.synchronize(b.x0.device)
         dt = time.perf_counter() - t
@@ -142,13 +149,34 @@ class ReplayPool:
 
     def _add(self, b: Batch) -> None:
         x = self.to_uint8(b.x0)
+        if not self.keep_flows:
+            self._insert(x, b.captions, b.seeds, None)
+            return
+        # the flows of the stored uint8 frames, as the grid will be drawn (only column 0 and row 0
+        # are read), computed in the background while the GPU trains; the grid enters the pool
+        # once they are ready (``_settle``)
+        from ..model.warp import column_row_flows
+
+        if self._flow_worker is None:
+            self._flow_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pool-flows")
+        col, row = x[:, :, 0].cpu().float() / 127.5 - 1, x[:, 0].cpu().float() / 127.5 - 1
+        self._pending.append((x, b.captions, b.seeds, self._flow_worker.submit(column_row_flows, col, row)))
+
+    def _settle(self, n: int | None = None) -> None:
+        """Put the first ``n`` pending grids (all by default) into the pool, waiting for their
+        flows if need be; always in the order they came, so a run is the same however fast the
+        flows are."""
+        for _ in range(len(self._pending) if n is None else min(n, len(self._pending))):
+            x, captions, seeds, flows = self._pending.pop(0)
+            self._insert(x, captions, seeds, flows.result())
+
+    def _insert(self, x: torch.Tensor, captions: list[str], seeds, flows: torch.Tensor | None) -> None:
         n = x.shape[0]
         self.fresh_seen += n
         if self.frames is None:
             self.frames = torch.empty((self.pool_size,) + tuple(x.shape[1:]), dtype=torch.uint8, device=x.device)
             self.captions = [""] * self.pool_size
             self.seeds = [-1] * self.pool_size
-            self.context = b.context[:1]
             if self.keep_flows:
                 V, T, _, H, W = x.shape[1:]
                 self.flows = torch.zeros((self.pool_size, V + T, H, W, 2), dtype=torch.float16, device=x.device)
@@ -158,14 +186,11 @@ class ReplayPool:
         else:
             idx = torch.randperm(self.pool_size, generator=self.gen)[:n]
         self.frames[idx.to(x.device)] = x[: len(idx)]
-        if self.keep_flows:
-            from ..model.warp import batch_grid_flows
-
-            # from the stored uint8 frames, as the grid will be drawn (column 0 and row 0 are read)
-            self.flows[idx.to(x.device)] = batch_grid_flows(x[: len(idx)].float() / 127.5 - 1).to(self.flows.dtype)
+        if flows is not None:
+            self.flows[idx.to(x.device)] = flows[: len(idx)].to(x.device, self.flows.dtype)
         for j, i in enumerate(idx.tolist()):
-            self.captions[i] = b.captions[j]
-            self.seeds[i] = b.seeds[j] if b.seeds is not None else -1
+            self.captions[i] = captions[j]
+            self.seeds[i] = seeds[j] if seeds is not None else -1
 
     def observe(self, step_seconds: float) -> None:
         """Tell the pool how long the last training step took (adapts the fresh share)."""
@@ -182,10 +207,13 @@ class ReplayPool:
         return self
 
     def __next__(self) -> list[Batch]:
+        earlier = len(self._pending)  # with flows: grids of the steps before enter now, this step's next time
         for _ in range(self.k):  # fresh grids every step
             self._pull()
+        self._settle(earlier)
         while self.filled < min(self.pool_size, self.batch):  # the first step fills one batch
             self._pull()
+            self._settle()
         idx = torch.randint(0, self.filled, (self.batch,), generator=self.gen)
         self.drawn += self.batch
         x = self.frames[idx.to(self.frames.device)].float() / 127.5 - 1  # [B, V, T, 3, H, W]
