@@ -203,14 +203,17 @@ def test_resume_decision_adds_the_warp_input_when_the_preset_has_it(tmp_path, mo
     import core.model.config as mc
     from core.train.checkpoint import resume_flags
 
-    plain = FourDModel.from_preset("default").save_pretrained(tmp_path / "plain")
-    warped = FourDModel.from_config(dataclasses.replace(preset("default"), warp_input=True)).save_pretrained(
-        tmp_path / "warped")
-    assert resume_flags(plain, "default") == [] and resume_flags(warped, "default") == []
-    real = mc.preset
-    monkeypatch.setattr(mc, "preset", lambda name: dataclasses.replace(real(name), warp_input=True)
-                        if name == "default" else real(name))
+    assert preset("default").warp_input  # the shipped weights have it
+    plain = FourDModel.from_config(dataclasses.replace(preset("default"), warp_input=False)).save_pretrained(
+        tmp_path / "plain")
+    warped = FourDModel.from_preset("default").save_pretrained(tmp_path / "warped")
     assert resume_flags(plain, "default") == ["--warp-input", "on"]
+    assert resume_flags(warped, "default") == []
+    # a preset without it: weights without it resume as they are, and weights with it keep it
+    real = mc.preset
+    monkeypatch.setattr(mc, "preset", lambda name: dataclasses.replace(real(name), warp_input=False)
+                        if name == "default" else real(name))
+    assert resume_flags(plain, "default") == []
     assert resume_flags(warped, "default") == []
 
 

@@ -141,6 +141,8 @@ def preset(name: str) -> FourDConfig:
         # identity blocks put in each time, outputs unchanged, then trained).
         # Reference inputs + residual flow: it starts at the copy-column-0 baseline. The anchor
         # (0, 0) input shows each cell what moved (a shipped model without it widens into it).
+        # The warp input (``warp.py``) carries column 0 and row 0 into each cell by optical flow
+        # (the shipped weights gained it at 187.5 training minutes, zero-initialised).
         # Sampling shift 9 (the 6-block weights: 21.29 -> 21.65 dB on the evaluation scenes against
         # shift 2, chosen on other seeds, where PSNR rose steadily from shift 1 to 9; more of the
         # 25 steps at high noise: the last step starts at sigma 0.075 instead of 0.004).
@@ -149,7 +151,7 @@ def preset(name: str) -> FourDConfig:
             chunk_times=8, max_views=8, steps=25, shift=9.0,
             backbone=_wan((1, 8, 8), 4, 48, 3, 64, 512, 8, rope_len=256),
             text=_tiny_text(64, 16, 128, 2, 4), sync_rank=32, sync_embed_dim=64,
-            reference_inputs=True, residual=True, anchor_input=True,
+            reference_inputs=True, residual=True, anchor_input=True, warp_input=True,
         )
     if name == "wan2.1-1.3b":
         # 288 x 512 frames through the Wan VAE (x8) and 1x2x2 patches: 18 x 32 = 576 tokens.
