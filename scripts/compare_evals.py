@@ -81,6 +81,17 @@ def compare(old: np.ndarray, new: np.ndarray, resamples: int = 10000, seed: int 
             "ci95": [lo, hi], "sign_p": p, "worst": float(d.min()), "best": float(d.max()), "verdict": verdict}
 
 
+def _info(res: dict) -> dict:
+    return res.get("model_info") if isinstance(res.get("model_info"), dict) else {}
+
+
+def _label(res: dict) -> str:
+    """The weights a result scored: the folder as it was named then and, where the eval recorded
+    it, the weights' hash (a folder such as a training run's holds other weights later)."""
+    h = _info(res).get("hash")
+    return f"{res.get('model')}, hash {h}" if h else f"{res.get('model')}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("old", help="eval JSON of the weights in use")
@@ -107,7 +118,13 @@ def main(argv=None) -> int:
         return 2
     s = compare(pa, pb)
     print(f"{args.row}, {s['scenes']} scenes (seeds {a['seeds'][0]}..{a['seeds'][-1]}): "
-          f"old {s['old_mean']:.2f} dB ({a.get('model')}), new {s['new_mean']:.2f} dB ({b.get('model')})")
+          f"old {s['old_mean']:.2f} dB ({_label(a)}), new {s['new_mean']:.2f} dB ({_label(b)})")
+    ha, hb = (_info(r).get("hash") for r in (a, b))
+    if ha and ha == hb:
+        print(f"note: both results are of the same weights (hash {ha})")
+    da, db = (_info(r).get("device") or r.get("device") for r in (a, b))
+    if da and db and da != db:
+        print(f"note: scored on {da} and on {db}; the devices round differently (a few thousandths of a dB a scene)")
     print(f"new - old: {s['mean_diff']:+.3f} dB (95% interval {s['ci95'][0]:+.3f} .. {s['ci95'][1]:+.3f}; "
           f"scenes {s['worst']:+.2f} .. {s['best']:+.2f}), {s['up']} scenes up, {s['down']} down, {s['ties']} equal, "
           f"sign test p = {s['sign_p']:.2g}")

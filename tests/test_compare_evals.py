@@ -53,7 +53,17 @@ def test_verdicts_on_the_eval_commands_own_files(real_eval, tmp_path, capsys, lo
     # the real file against itself: nothing changed
     old = _with_scores(real_eval, per, tmp_path / "old.json")
     assert mod.main([str(old), str(old)]) == 0
-    assert "verdict: not measurably different" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "verdict: not measurably different" in text
+    h = real_eval["model_info"]["hash"]
+    assert f"hash {h}" in text and f"both results are of the same weights (hash {h})" in text
+    # other weights scored on another device: said, not refused
+    other = copy.deepcopy(real_eval)
+    other["model_info"].update(hash="0123456789abcdef", device="cuda")
+    other = _with_scores(other, per, tmp_path / "other.json")
+    assert mod.main([str(old), str(other)]) == 0
+    text = capsys.readouterr().out
+    assert "same weights" not in text and "hash 0123456789abcdef" in text and "scored on cpu and on cuda" in text
 
     # 64 scenes: a steady +0.15 dB with scene noise of 0.1 dB is better; the same noise around 0 is not
     rng = np.random.default_rng(1)
