@@ -18,7 +18,7 @@ and (0, t) known).
 
 Pixel-space models only (the flow needs frames). The flows (V − 1 between views, T − 1 along row
 0) are computed once per plan on the CPU, in a thread pool over the batch, or once per rendered
-grid in training (``ReplayPool``).
+grid in training, in the background while the step trains (``ReplayPool``).
 """
 
 from __future__ import annotations
