@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         print(f"note: both results are of the same weights (hash {ha})")
     da, db = (_info(r).get("device") or r.get("device") for r in (a, b))
     if da and db and da != db:
-        print(f"note: scored on {da} and on {db}; the devices round differently, so the same weights score slightly apart")
+        print(f"note: scored on {da} and on {db}; the devices round differently, so one model scores slightly apart on them")
     print(f"new - old: {s['mean_diff']:+.3f} dB (95% interval {s['ci95'][0]:+.3f} .. {s['ci95'][1]:+.3f}; "
           f"scenes {s['worst']:+.2f} .. {s['best']:+.2f}), {s['up']} scenes up, {s['down']} down, {s['ties']} equal, "
           f"sign test p = {s['sign_p']:.2g}")
