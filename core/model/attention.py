@@ -105,16 +105,20 @@ def _sdpa_op(qt, kt, vt, backend: str, lse: bool):
 
 
 # -- RoPE ------------------------------------------------------------------------------------
-def rope_table(rope, frame_pos: torch.Tensor, hp: int, wp: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table(rope, frame_pos: torch.Tensor, hp: int, wp: int,
+               max_pos: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin ``[F·hp·wp, d/2]`` (float32) for frames at positions ``frame_pos [F]``.
 
     ``rope`` is the backbone's ``WanRotaryPosEmbed``: head_dim split into (frame, height, width)
     parts; tokens are frame-major, then row, then column, as in ``WanTransformer3DModel``.
+    ``max_pos``: the largest of ``frame_pos`` when the caller knows it (reading it off the tensor
+    is a graph break in a compiled forward).
     """
     limit = rope.max_seq_len
-    if int(frame_pos.max()) >= limit or max(hp, wp) > limit:
+    top = int(frame_pos.max()) if max_pos is None else int(max_pos)
+    if top >= limit or max(hp, wp) > limit:
         raise ValueError(
-            f"RoPE positions up to {int(frame_pos.max())} (frames) and {max(hp, wp)} (patches) exceed "
+            f"RoPE positions up to {top} (frames) and {max(hp, wp)} (patches) exceed "
             f"the backbone's rope_max_seq_len {limit}: use a smaller grid"
         )
     split = [rope.t_dim, rope.h_dim, rope.w_dim]

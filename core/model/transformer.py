@@ -504,15 +504,15 @@ class FourDTransformer(nn.Module):
         ar = lambda n: torch.arange(n, device=rope.freqs_cos.device)  # noqa: E731
         ropes, mask = {}, None
         if mode in ("soft", "hard", "sequential"):
-            ropes["view"] = tuple(r.to(dev) for r in A.rope_table(rope, ar(V), hp, wp))
-            ropes["time"] = tuple(r.to(dev) for r in A.rope_table(rope, ar(T), hp, wp))
+            ropes["view"] = tuple(r.to(dev) for r in A.rope_table(rope, ar(V), hp, wp, V - 1))
+            ropes["time"] = tuple(r.to(dev) for r in A.rope_table(rope, ar(T), hp, wp, T - 1))
             kind = "streams" if mode in ("soft", "hard") else "sequential"
             layout = Layout(kind, B, V, T, P)
         else:
             if T > self.chunk_times:
                 raise ValueError(f"fused mode makes at most {self.chunk_times} times a pass, got {T}")
             pos = (ar(V)[:, None] * self.chunk_times + ar(T)[None, :]).flatten()
-            ropes["fused"] = tuple(r.to(dev) for r in A.rope_table(rope, pos, hp, wp))
+            ropes["fused"] = tuple(r.to(dev) for r in A.rope_table(rope, pos, hp, wp, (V - 1) * self.chunk_times + T - 1))
             backend = self._fused_backend(fused_backend, dev, V * T * P)
             if backend == "dense":
                 mask = A.fused_dense_mask(V, T, P, str(dev))
@@ -556,7 +556,9 @@ class FourDTransformer(nn.Module):
 
             cond_tokens = cond_tokens + self._patchify(self.layers.warp_embedding, warp_inputs(cond, known_cells, flows))
         ref = self.flow_reference(cond, known_cells)
-        any_known = bool(known_cells.any())
+        # Without known cells the step's paste changes nothing; compiled, keep it rather than read
+        # the answer back from the device (a graph break).
+        any_known = torch.compiler.is_compiling() or bool(known_cells.any())
         return Plan(mode, sync, B, V, T, hp, wp, layout, ropes, mask, text, kv, cond_tokens,
                     cond if any_known else None, known_cells if any_known else None, context.to(dev), ref,
                     text_rows=rows)

@@ -123,6 +123,7 @@ def column_row_flows(col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack(flows))
 
 
+@torch.compiler.disable  # OpenCV on the CPU: a compiled forward calls it eagerly (a graph break)
 def batch_grid_flows(grid: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
     """``grid_flows`` of a batch of grids ``[B, V, T, 3, H, W]`` in [-1, 1] (only column 0 and
     row 0 are read) -> ``[B, V + T, H, W, 2]`` float32 on ``grid``'s device; only grids where
@@ -160,20 +161,20 @@ def warp_valid(known_cells: torch.Tensor) -> torch.Tensor:
     return col[:, None, None] & known_cells[:, :1, :]
 
 
-@torch.compiler.disable  # OpenCV on the CPU: a compiled forward calls it eagerly (a graph break)
 def warp_inputs(cond: torch.Tensor, known_cells: torch.Tensor, flows: torch.Tensor | None = None) -> torch.Tensor:
     """The warp input channels ``[B, V, T, 3·C + 1, h, w]`` for each cell (v, t): the frame of
     (0, t) and the frame of (0, 0), both carried into view v by the view flows; the frame of
     (v, 0) moved by what moved in view 0 between time 0 and t (the time flow of row 0, read where
     view v's pixels land in view 0); and the valid mask (``warp_valid``); zero where not valid.
     ``flows``: ``batch_grid_flows`` of the grid ``[B, V + T, h, w, 2]`` (computed here when None).
-    ``cond``: clean pixels ``[B, V, T, C, h, w]`` in [-1, 1] (only known cells read)."""
+    ``cond``: clean pixels ``[B, V, T, C, h, w]`` in [-1, 1] (only known cells read). With the
+    flows given (training) it is torch alone and compiles into the forward's graph."""
     B, V, T, C, h, w = cond.shape
     valid = warp_valid(known_cells.to(torch.bool))  # [B, V, T]
     out = cond.new_zeros(B, V, T, 3 * C + 1, h, w)
     grids = valid.flatten(1).any(dim=1)  # [B]
-    if not bool(grids.any()):
-        return out
+    if not torch.compiler.is_compiling() and not bool(grids.any()):
+        return out  # (compiled, it goes on: every product below is masked to zero there)
     if flows is None:
         flows = batch_grid_flows(cond, grids)
     flows = flows.to(cond.device, torch.float32)
