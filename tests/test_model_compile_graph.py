@@ -6,20 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.model.config import preset
-from core.model.testing import grid_inputs, perturb_new_layers
-from core.model.transformer import FourDTransformer
-
-
-def small_default_like(**flags) -> FourDTransformer:
-    cfg = preset("tiny")
-    cfg.backbone["num_layers"] = 2
-    for k, v in flags.items():
-        setattr(cfg, k, v)
-    torch.manual_seed(0)
-    model = FourDTransformer.from_config(cfg).train()
-    perturb_new_layers(model)
-    return model
+from core.model.testing import grid_inputs, tiny_transformer
 
 
 @pytest.mark.parametrize("flags", [
@@ -28,7 +15,7 @@ def small_default_like(**flags) -> FourDTransformer:
 ], ids=["plain", "default-inputs"])
 def test_the_training_forward_has_no_graph_breaks(flags):
     torch._dynamo.reset()
-    model = small_default_like(**flags)
+    model = tiny_transformer(2, **flags).train()
     x, sigma, text, cond, known = grid_inputs(2, 2, 3, 3, 16, 16, text_len=8, seed=2)
     V, T, h, w = 2, 3, 16, 16
     kwargs = dict(cond=cond, known=known, mode="soft", context=torch.zeros(2, dtype=torch.long),

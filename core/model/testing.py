@@ -30,14 +30,19 @@ def perturb_new_layers(transformer, seed: int = 1, scale: float = 0.05) -> None:
         p.add_(torch.randn(p.shape, generator=g).to(p.device, p.dtype) * scale)
 
 
-def tiny_transformer(num_layers: int = 2, fuse: bool = False, seed: int = 0):
+def tiny_transformer(num_layers: int = 2, fuse: bool = False, seed: int = 0, **flags):
     """A bare ``FourDTransformer`` of the ``tiny`` preset with ``num_layers`` blocks and trained-like
-    new layers (float32, CPU); ``fuse``: Q/K/V fused into one matmul."""
+    new layers (float32, CPU, eval mode); ``fuse``: Q/K/V fused into one matmul; ``flags``: config
+    fields set before building (e.g. ``warp_input=True``)."""
     from .config import preset
     from .transformer import FourDTransformer
 
     cfg = preset("tiny")
     cfg.backbone["num_layers"] = num_layers
+    for key, value in flags.items():
+        if not hasattr(cfg, key):
+            raise TypeError(f"tiny_transformer: the model config has no field {key!r}")
+        setattr(cfg, key, value)
     torch.manual_seed(seed)
     model = FourDTransformer.from_config(cfg).eval()
     perturb_new_layers(model)
