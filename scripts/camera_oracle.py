@@ -6,7 +6,9 @@ A diagnostic, not part of the reconstruction: it renders (or reuses, in ``--cach
 ``python -m core.recon.bench --cameras-only --cache`` does) the evaluation scene SEED at 8 x 8,
 288x512, finds the verified matches the estimate would use (column 0, or with ``--whole-grid`` the
 matches pooled over every time column), and prints for each view pair how many there are and
-which share lands within 1.5 px of its true partner (from the rendered depth and true cameras).
+which share lands within 1.5 px of its true partner (from the rendered depth and true cameras);
+with ``--whole-grid`` also that share by how many time columns the keypoints were found at (a
+static point is found at every time and pooled into one keypoint).
 Then it runs the estimate twice: as it is, and with only the matches ground truth calls right
 (within ``--tol`` px) -- the "oracle". If the oracle passes and the estimate does not, the
 matches hold enough right ones and the trouble is telling them from the wrong ones; if the
@@ -75,13 +77,24 @@ def main(argv=None) -> int:
 
     verified = C.verified_matches
     report: dict = {}
+    by_times: list[tuple[np.ndarray, np.ndarray]] = []  # (error, times seen) of every verified match
+
+    def times_seen(f: dict) -> np.ndarray:
+        # at how many time columns each pooled keypoint was found (a static point merges into one)
+        n = np.zeros(len(f["xy"]), int)
+        for idx in f.get("local", {}).values():
+            n[idx] += 1
+        return n if "local" in f else np.ones(len(f["xy"]), int)
 
     def measured(feats, cfg, thr_px, coherence_px=np.inf, oracle=False):
         pairs = verified(feats, cfg, thr_px, coherence_px)
         out = {}
+        by_times.clear()  # keep the last verification's (the one the cameras were fitted to)
         for (i, j), m in pairs.items():
             err = truth.errors(feats, i, j, m)
             report[(i, j)] = (len(m), float((err < 1.5).mean()))
+            if not oracle:
+                by_times.append((err, np.minimum(times_seen(feats[i])[m[:, 0]], times_seen(feats[j])[m[:, 1]])))
             keep = err < args.tol
             if not oracle:
                 out[(i, j)] = m
@@ -99,6 +112,14 @@ def main(argv=None) -> int:
         if not oracle:
             for (i, j), (n, share) in sorted(report.items()):
                 print(f"pair {i}-{j}: {n} verified matches, {100 * share:.0f}% within 1.5 px of the truth")
+            if args.whole_grid and by_times:
+                err = np.concatenate([e for e, _ in by_times])
+                seen = np.concatenate([k for _, k in by_times])
+                for lo, hi in ((1, 1), (2, grid.T - 1), (grid.T, grid.T)):
+                    s = (seen >= lo) & (seen <= hi)
+                    if s.any():
+                        print(f"keypoints found at {lo}{'' if lo == hi else f'-{hi}'} of {grid.T} times (the fewer of "
+                              f"the pair): {int(s.sum())} matches, {100 * (err[s] > 1.5).mean():.0f}% more than 1.5 px off")
         e = camera_errors(est.viewmats, gt)
         name = f"oracle (right within {args.tol:g} px)" if oracle else "as estimated"
         ok = e["rot_deg_max"] <= 2.0 and e["tdir_deg_max"] <= 5.0
