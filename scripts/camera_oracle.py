@@ -90,11 +90,12 @@ def main(argv=None) -> int:
         pairs = verified(feats, cfg, thr_px, coherence_px)
         out = {}
         by_times.clear()  # keep the last verification's (the one the cameras were fitted to)
+        seen = [times_seen(f) for f in feats] if not oracle else []
         for (i, j), m in pairs.items():
             err = truth.errors(feats, i, j, m)
             report[(i, j)] = (len(m), float((err < 1.5).mean()))
             if not oracle:
-                by_times.append((err, np.minimum(times_seen(feats[i])[m[:, 0]], times_seen(feats[j])[m[:, 1]])))
+                by_times.append((err, np.minimum(seen[i][m[:, 0]], seen[j][m[:, 1]])))
             keep = err < args.tol
             if not oracle:
                 out[(i, j)] = m

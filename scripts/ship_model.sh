@@ -26,13 +26,13 @@ work=/tmp/ship
 rm -rf "$work" && mkdir -p "$work"
 
 if [ -f "$src/model.tar" ]; then
-  cp "$src/model.tar" "$work/model.tar"
+  parts=("$src/model.tar")
 elif compgen -G "$src/model.tar.part-*" > /dev/null; then
-  cat "$src"/model.tar.part-* > "$work/model.tar"
+  parts=("$src"/model.tar.part-*)
 else
   echo "no model.tar (or model.tar.part-NN) in $src"; exit 2
 fi
-tar -xf "$work/model.tar" -C "$work" || { echo "$src: the model tar is damaged (a missing part?)"; exit 2; }
+cat "${parts[@]}" | tar -xf - -C "$work" || { echo "$src: the model tar is damaged (a missing part?)"; exit 2; }
 for f in transformer/config.json transformer/diffusion_pytorch_model.safetensors fourd.json training.json; do
   [ -f "$work/model/$f" ] || { echo "$src: the model folder lacks $f; assets/model left as it was"; exit 2; }
 done
@@ -48,8 +48,7 @@ if [ -n "$table" ]; then
   [ "$got" = "$new_hash" ] || { echo "$table scored weights $got, not these ($new_hash)"; exit 2; }
 fi
 
-rm -rf assets/model && cp -r "$work/model" assets/model && chmod -R u+rwX,go+rX assets/model
-find assets/model -type f -exec chmod 644 {} +
+rm -rf assets/model && cp -r "$work/model" assets/model && find assets/model -type f -exec chmod 644 {} +
 cp "$src/learning_curve.json" "$src/learning_curve.png" docs/
 echo "assets/model: $old_hash -> $new_hash; docs/learning_curve.* copied"
 
