@@ -8,7 +8,9 @@ A diagnostic, not part of the reconstruction: it renders (or reuses, in ``--cach
 matches pooled over every time column), and prints for each view pair how many there are and
 which share lands within 1.5 px of its true partner (from the rendered depth and true cameras);
 with ``--whole-grid`` also that share by how many time columns the keypoints were found at (a
-static point is found at every time and pooled into one keypoint).
+static point is found at every time and pooled into one keypoint); and that share where dense flow
+to the next view disagrees with itself (``cameras.flow_disagreement``: silhouettes, and repeated
+texture where flow fails) and where it does not.
 Then it runs the estimate twice: as it is, and with only the matches ground truth calls right
 (within ``--tol`` px) -- the "oracle". If the oracle passes and the estimate does not, the
 matches hold enough right ones and the trouble is telling them from the wrong ones; if the
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
     verified = C.verified_matches
     report: dict = {}
     by_times: list[tuple[np.ndarray, np.ndarray]] = []  # (error, times seen) of every verified match
+    by_flow: list[tuple[np.ndarray, np.ndarray]] = []  # (error, flow disagreement px) of every verified match
 
     def times_seen(f: dict) -> np.ndarray:
         # at how many time columns each pooled keypoint was found (a static point merges into one)
@@ -90,12 +93,15 @@ def main(argv=None) -> int:
         pairs = verified(feats, cfg, thr_px, coherence_px)
         out = {}
         by_times.clear()  # keep the last verification's (the one the cameras were fitted to)
+        by_flow.clear()
         seen = [times_seen(f) for f in feats] if not oracle else []
         for (i, j), m in pairs.items():
             err = truth.errors(feats, i, j, m)
             report[(i, j)] = (len(m), float((err < 1.5).mean()))
             if not oracle:
                 by_times.append((err, np.minimum(seen[i][m[:, 0]], seen[j][m[:, 1]])))
+                if "flow_fb" in feats[i]:  # SfMConfig.occlusion_fb_px: before the matches are dropped
+                    by_flow.append((err, np.maximum(feats[i]["flow_fb"][m[:, 0]], feats[j]["flow_fb"][m[:, 1]])))
             keep = err < args.tol
             if not oracle:
                 out[(i, j)] = m
@@ -121,6 +127,17 @@ def main(argv=None) -> int:
                     if s.any():
                         print(f"keypoints found at {lo}{'' if lo == hi else f'-{hi}'} of {grid.T} times (the fewer of "
                               f"the pair): {int(s.sum())} matches, {100 * (err[s] > 1.5).mean():.0f}% more than 1.5 px off")
+            if by_flow:
+                err = np.concatenate([e for e, _ in by_flow])
+                fb = np.concatenate([d for _, d in by_flow]) > C.SfMConfig().occlusion_fb_px * max(grid.H, grid.W) / 512
+                px = f"{C.SfMConfig().occlusion_fb_px:g} px at 512 wide"
+                for name, s in ((f"disagrees with itself by more than {px}", fb), (f"agrees with itself within {px}", ~fb)):
+                    if s.any():
+                        print(f"keypoints where the flow to the next view {name}: {int(s.sum())} matches, "
+                              f"{100 * (err[s] > 1.5).mean():.0f}% more than 1.5 px off")
+                print(f"  dropping them would drop {100 * fb[err <= 1.5].mean():.0f}% of the right matches and "
+                      f"{100 * fb[err > 1.5].mean():.0f}% of the wrong ones (done when they are at most "
+                      f"{100 * C.SfMConfig().occlusion_max_share:g}% of all)")
         e = camera_errors(est.viewmats, gt)
         name = f"oracle (right within {args.tol:g} px)" if oracle else "as estimated"
         ok = e["rot_deg_max"] <= 2.0 and e["tdir_deg_max"] <= 5.0

@@ -346,7 +346,8 @@ def test_choose_heldout_without_held_out_pairs_keeps_column_0_when_the_fields_of
 def test_whole_grid_replaces_column_0_when_their_fields_of_view_disagree(toy_grid, monkeypatch):
     """Column 0 complete and kept, the whole grid complete too: more than ``fov_cross_check``
     degrees between their fields of view sends the choice to the whole grid, with a warning;
-    within it, or a whole grid with guided views, column 0 stays. Off, or the field of view
+    within it, a whole grid with guided views, or one whose field of view is implausible while
+    column 0's is not, column 0 stays. Off, or the field of view
     given, the whole grid is not even made."""
     import core.recon.api as api
 
@@ -374,6 +375,16 @@ def test_whole_grid_replaces_column_0_when_their_fields_of_view_disagree(toy_gri
     est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
     assert est is col0 and not used_grid
     pool.n_guided = 0
+    # a whole grid whose own field of view is implausible (outside 30-75 deg) does not replace a
+    # plausible column 0; the disagreement is still warned about
+    col0.fov_x_deg, pool.fov_x_deg = 59.2, 5.8
+    est, times, used_grid, warnings = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is col0 and not used_grid and times == [0] * V
+    assert any("disagree on the field of view (59.2 against 5.8 deg; column 0's is used" in w for w in warnings)
+    col0.fov_x_deg = 80.0  # both implausible: the whole grid, as before
+    est, _, used_grid, _ = api.grid_cameras(toy_grid.frames, train, cfg)
+    assert est is pool and used_grid
+    col0.fov_x_deg, pool.fov_x_deg = 66.6, 53.7
     for off in (SfMConfig(threads=1, choose_heldout=False, fov_cross_check=None),
                 SfMConfig(threads=1, choose_heldout=False, fov_x_deg=60.0)):
         calls.clear()

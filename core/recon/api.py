@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .cameras import (CameraEstimate, SfMConfig, affine_fallback_config, estimate_cameras, heldout_error,
-                      heldout_matches, off_orbit_warnings, unusual_fov_warnings)
+from .cameras import (USUAL_FOV_DEG, CameraEstimate, SfMConfig, affine_fallback_config, estimate_cameras,
+                      heldout_error, heldout_matches, off_orbit_warnings, unusual_fov_warnings)
 from .checks import check_fov, check_grid_for_recon
 from .fit import FitConfig, build_model, fit, preset_for, render_all
 from .metrics import camera_errors, psnr
@@ -222,7 +222,15 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
             if log:
                 log(f"field of view cross-check: column 0 {est.fov_x_deg:.1f} deg, whole grid {pooled.fov_x_deg:.1f} deg")
             notes = fov_disagreement(pooled, est)
-            if notes:
+            lo, hi = USUAL_FOV_DEG
+            if notes and not lo <= pooled.fov_x_deg <= hi and lo <= est.fov_x_deg <= hi:
+                # the whole grid's field of view is itself implausible: column 0 stays (1000000059
+                # with the flow check: the whole grid's first fit 8.8 deg, then 5.8, 68.6 deg off)
+                warnings.append(f"column 0 and the whole grid disagree on the field of view ({est.fov_x_deg:.1f} "
+                                f"against {pooled.fov_x_deg:.1f} deg; column 0's is used, the other is outside the "
+                                f"{lo:g}-{hi:g} deg of most video cameras): the cameras may be several degrees off; "
+                                "give the field of view if it is known (reconstruct --fov)")
+            elif notes:
                 return kept(pooled, (pooled, None, True, notes))
     if complete:
         return kept(est, (est, cam_times, False, warnings))

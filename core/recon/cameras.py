@@ -16,6 +16,7 @@ Ground-truth cameras are never read here.
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -89,6 +90,19 @@ class SfMConfig:
     min_pair_inliers: int = 16  # a verified pair needs this many matches
     ransac_px: float = 1.5  # epipolar / PnP threshold, in pixels of a 512-wide image (scaled)
     coherence: float = 0.012  # a match may differ from its neighbours' motion by this x image size
+    # matches whose keypoint (in either view) lies where dense optical flow to the neighbouring view
+    # disagrees with itself, forward against backward, by more than this (px of a 512-wide image,
+    # scaled; the largest disagreement within 9 px at 512) are dropped (``flow_disagreement``): at a
+    # silhouette a keypoint mixes the object with the background behind it, and its match slides
+    # (whole grids of 1000000062..71: 42-80 % of the matches where the true depth jumps are wrong,
+    # 13-32 % elsewhere). Only where flow mostly agrees with itself: a verification that would
+    # lose more than ``occlusion_max_share`` of its matches keeps them all, since flow fails over
+    # whole checker and striped floors too, where it tells right matches from wrong no better than
+    # chance (1000000004: 52 % of the right and 78 % of the wrong ones). 0: off. Seeds
+    # 1000000000..79 at 8x8, 288x512: 55 -> 57 of 80 pass (23, 68, 71 gained; 17 lost), the 4 px
+    # and 0.2 chosen on 04, 08, 44, 59, 62, 65, 68 and 71 (docs/cameras.md)
+    occlusion_fb_px: float = 4.0
+    occlusion_max_share: float = 0.2
     three_view_from: int = 4  # grids with this many views keep only points seen by 3+ views
     final_two_view: bool = True  # whole grid: the last bundle adjustment takes two-view tracks that fit
     whole_grid: bool = False  # the reconstruction pools every training cell's matches (see estimate_cameras)
@@ -1253,11 +1267,89 @@ def affine_fallback_config(cfg: SfMConfig, corners_only: bool = False) -> SfMCon
                    min_cornerness=cfg.affine_fallback_cornerness if corners_only else cfg.min_cornerness)
 
 
+def flow_disagreement(frames: np.ndarray, usable: np.ndarray | None = None, threads: int = 0) -> np.ndarray:
+    """How far dense optical flow disagrees with itself around each pixel: for each cell of
+    ``frames`` uint8 [V, T, H, W, 3] (or [V, H, W, 3]), OpenCV's DIS flow (medium preset) to the
+    next view at the same time (the last view: the one before), the distance between a pixel's
+    forward flow and the backward flow where it lands, then the largest such distance within a
+    square of 9 px at 512 wide (scaled). High along silhouettes, where one view sees what the other
+    does not, and over repeated texture, where the flow locks onto the wrong period. Cells whose
+    neighbouring views are not ``usable`` get 0 (nothing known). float32 [V, T, H, W] (or [V, H, W])."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+
+    grid = frames if frames.ndim == 5 else frames[:, None]
+    V, T, H, W = grid.shape[:4]
+    usable = np.ones((V, T), bool) if usable is None else np.asarray(usable, bool).reshape(V, T)
+    r = max(1, round(4 * max(H, W) / 512))
+    kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    gx, gy = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
+    out = np.zeros((V, T, H, W), np.float32)
+    local = threading.local()
+
+    def one(cell: tuple[int, int]) -> None:
+        v, t = cell
+        w = next((u for u in (v + 1, v - 1) if 0 <= u < V and usable[u, t]), None)
+        if w is None or not usable[v, t]:
+            return
+        if not hasattr(local, "dis"):  # a DIS object is not safe to share between threads
+            local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        a = cv2.cvtColor(np.ascontiguousarray(grid[v, t]), cv2.COLOR_RGB2GRAY)
+        b = cv2.cvtColor(np.ascontiguousarray(grid[w, t]), cv2.COLOR_RGB2GRAY)
+        fwd, bwd = local.dis.calc(a, b, None), local.dis.calc(b, a, None)
+        back = cv2.remap(bwd, gx + fwd[..., 0], gy + fwd[..., 1], cv2.INTER_LINEAR)
+        out[v, t] = cv2.dilate(np.linalg.norm(fwd + back, axis=2), kernel)
+
+    cells = [(v, t) for v in range(V) for t in range(T)]
+    n = threads or min(16, os.cpu_count() or 1)
+    if n <= 1:
+        for c in cells:
+            one(c)
+    else:
+        with ThreadPoolExecutor(n) as ex:
+            list(ex.map(one, cells))
+    return out if frames.ndim == 5 else out[:, 0]
+
+
+def attach_flow_disagreement(feats: list[dict], disagreement: np.ndarray) -> None:
+    """Give each keypoint of ``feats`` (one set per view; pooled sets carry each keypoint's 'time')
+    the ``flow_disagreement`` at its position, as 'flow_fb' [n]; ``disagreement`` [V, T, H, W] or
+    [V, H, W]."""
+    d = disagreement if disagreement.ndim == 4 else disagreement[:, None]
+    H, W = d.shape[2:]
+    for v, f in enumerate(feats):
+        ij = np.clip(np.floor(f["xy"]).astype(int), 0, [W - 1, H - 1]) if len(f["xy"]) else np.zeros((0, 2), int)
+        t = f["time"] if "time" in f else np.zeros(len(ij), int)
+        f["flow_fb"] = d[v, t, ij[:, 1], ij[:, 0]]
+
+
+def drop_flow_disagreeing(feats: list[dict], pairs: dict[tuple[int, int], np.ndarray], cfg: SfMConfig,
+                          H: int, W: int) -> dict[tuple[int, int], np.ndarray]:
+    """``SfMConfig.occlusion_fb_px``: drop the matches with a keypoint where the flow disagrees with
+    itself (``attach_flow_disagreement``), unless that would drop more than
+    ``cfg.occlusion_max_share`` of all the matches (then flow is failing over whole regions, and
+    ``pairs`` come back as they are). Pairs left with too few matches are dropped."""
+    if cfg.occlusion_fb_px <= 0 or not pairs or any("flow_fb" not in f for f in feats):
+        return pairs
+    thr = cfg.occlusion_fb_px * max(H, W) / 512.0
+    bad = {k: np.maximum(feats[k[0]]["flow_fb"][m[:, 0]], feats[k[1]]["flow_fb"][m[:, 1]]) > thr
+           for k, m in pairs.items()}
+    if sum(int(b.sum()) for b in bad.values()) > cfg.occlusion_max_share * sum(len(m) for m in pairs.values()):
+        return pairs
+    kept = {k: m[~bad[k]] for k, m in pairs.items()}
+    return {k: m for k, m in kept.items() if len(m) >= cfg.min_pair_inliers}
+
+
 def checked_matches(feats: list[dict], cfg: SfMConfig, H: int, W: int) -> tuple[float, dict[tuple[int, int], np.ndarray]]:
     """The matches the camera estimate starts from: ``verified_matches`` at the epipolar threshold
-    scaled to the frame size, then the chain check. Returns (threshold px, pairs)."""
+    scaled to the frame size, without those where the flow disagrees with itself
+    (``drop_flow_disagreeing``, when the features carry it), then the chain check. Returns
+    (threshold px, pairs)."""
     thr = max(0.75, cfg.ransac_px * max(H, W) / 512.0)
     pairs = verified_matches(feats, cfg, thr, coherence_px=max(3.0, cfg.coherence * max(H, W)))
+    pairs = drop_flow_disagreeing(feats, pairs, cfg, H, W)
     if cfg.chain_check:
         pairs = {k: m for k, m in chain_check(pairs, cfg.chain_min_frac).items() if len(m) >= cfg.min_pair_inliers}
     return thr, pairs
@@ -1282,6 +1374,11 @@ def estimate_cameras(images: np.ndarray, cfg: SfMConfig | None = None, log=None,
         feats = pooled_features(images, usable, cfg)
     else:
         feats = _detect_many(list(images), cfg)
+    if cfg.occlusion_fb_px > 0:
+        used = usable
+        if images.ndim == 5:  # only the time columns that were matched
+            used = usable & np.isin(np.arange(images.shape[1]), sorted({t for f in feats for t in f["local"]}))[None]
+        attach_flow_disagreement(feats, flow_disagreement(images, used, cfg.threads))
     thr, pairs = checked_matches(feats, cfg, H, W)
     warnings: list[str] = []
     par = check_parallax(feats, pairs)
