@@ -99,7 +99,7 @@ class SfMConfig:
     # lose more than ``occlusion_max_share`` of its matches keeps them all, since flow fails over
     # whole checker and striped floors too, where it tells right matches from wrong no better than
     # chance (1000000004: 52 % of the right and 78 % of the wrong ones). 0: off. Seeds
-    # 1000000000..79 at 8x8, 288x512: 55 -> 57 of 80 pass (23, 68, 71 gained; 17 lost), the 4 px
+    # 1000000000..79 at 8x8, 288x512: 55 -> 57 of 80 pass (22, 23 and 71 gained, 17 lost), the 4 px
     # and 0.2 chosen on 04, 08, 44, 59, 62, 65, 68 and 71 (docs/cameras.md)
     occlusion_fb_px: float = 4.0
     occlusion_max_share: float = 0.2
