@@ -8,9 +8,9 @@ A diagnostic, not part of the reconstruction: it renders (or reuses, in ``--cach
 matches pooled over every time column), and prints for each view pair how many there are and
 which share lands within 1.5 px of its true partner (from the rendered depth and true cameras);
 with ``--whole-grid`` also that share by how many time columns the keypoints were found at (a
-static point is found at every time and pooled into one keypoint); and that share where dense flow
-to the next view disagrees with itself (``cameras.flow_disagreement``: silhouettes, and repeated
-texture where flow fails) and where it does not.
+static point is found at every time and pooled into one keypoint); and, either way, that share where
+dense flow to the next view disagrees with itself (``cameras.flow_disagreement``: silhouettes, and
+repeated texture where flow fails) and where it does not.
 Then it runs the estimate twice: as it is, and with only the matches ground truth calls right
 (within ``--tol`` px) -- the "oracle". If the oracle passes and the estimate does not, the
 matches hold enough right ones and the trouble is telling them from the wrong ones; if the

@@ -179,12 +179,13 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
                 f"{est_c.reproj_px:.3f} px against {est_a.reproj_px:.3f}" + (" (used)" if better else " (not used)"))
         return est_c if better else est_a
 
-    def fov_disagreement(kept_est: CameraEstimate, other: CameraEstimate) -> list[str]:
+    def fov_disagreement(kept_est: CameraEstimate, other: CameraEstimate, used: str = "the whole grid's is used"
+                         ) -> list[str]:
         # the two estimates' focal lengths far apart: the cameras may be several degrees off
         if cfg.fov_cross_check is None or abs(kept_est.fov_x_deg - other.fov_x_deg) <= cfg.fov_cross_check:
             return []
         return [f"column 0 and the whole grid disagree on the field of view ({other.fov_x_deg:.1f} against "
-                f"{kept_est.fov_x_deg:.1f} deg; the whole grid's is used): the cameras may be several degrees "
+                f"{kept_est.fov_x_deg:.1f} deg; {used}): the cameras may be several degrees "
                 "off; give the field of view if it is known (reconstruct --fov)"]
 
     def moved(e: CameraEstimate) -> bool:
@@ -226,10 +227,8 @@ def grid_cameras(frames: np.ndarray, train: np.ndarray, cfg: SfMConfig,
             if notes and not lo <= pooled.fov_x_deg <= hi and lo <= est.fov_x_deg <= hi:
                 # the whole grid's field of view is itself implausible: column 0 stays (1000000059
                 # with the flow check: the whole grid's first fit 8.8 deg, then 5.8, 68.6 deg off)
-                warnings.append(f"column 0 and the whole grid disagree on the field of view ({est.fov_x_deg:.1f} "
-                                f"against {pooled.fov_x_deg:.1f} deg; column 0's is used, the other is outside the "
-                                f"{lo:g}-{hi:g} deg of most video cameras): the cameras may be several degrees off; "
-                                "give the field of view if it is known (reconstruct --fov)")
+                warnings += fov_disagreement(pooled, est, f"column 0's is used, the other is outside the {lo:g}-{hi:g} "
+                                             "deg of most video cameras")
             elif notes:
                 return kept(pooled, (pooled, None, True, notes))
     if complete:
