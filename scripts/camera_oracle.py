@@ -129,15 +129,16 @@ def main(argv=None) -> int:
                               f"the pair): {int(s.sum())} matches, {100 * (err[s] > 1.5).mean():.0f}% more than 1.5 px off")
             if by_flow:
                 err = np.concatenate([e for e, _ in by_flow])
-                fb = np.concatenate([d for _, d in by_flow]) > C.SfMConfig().occlusion_fb_px * max(grid.H, grid.W) / 512
-                px = f"{C.SfMConfig().occlusion_fb_px:g} px at 512 wide"
+                default = C.SfMConfig()
+                fb = np.concatenate([d for _, d in by_flow]) > default.occlusion_fb_px * max(grid.H, grid.W) / 512
+                px = f"{default.occlusion_fb_px:g} px at 512 wide"
                 for name, s in ((f"disagrees with itself by more than {px}", fb), (f"agrees with itself within {px}", ~fb)):
                     if s.any():
                         print(f"keypoints where the flow to the next view {name}: {int(s.sum())} matches, "
                               f"{100 * (err[s] > 1.5).mean():.0f}% more than 1.5 px off")
                 print(f"  dropping them would drop {100 * fb[err <= 1.5].mean():.0f}% of the right matches and "
                       f"{100 * fb[err > 1.5].mean():.0f}% of the wrong ones (done when they are at most "
-                      f"{100 * C.SfMConfig().occlusion_max_share:g}% of all)")
+                      f"{100 * default.occlusion_max_share:g}% of all)")
         e = camera_errors(est.viewmats, gt)
         name = f"oracle (right within {args.tol:g} px)" if oracle else "as estimated"
         ok = e["rot_deg_max"] <= 2.0 and e["tdir_deg_max"] <= 5.0

@@ -38,7 +38,8 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def _dis(preset: str = "medium"):
+def dis_flow(preset: str = "medium"):
+    """This thread's OpenCV DIS optical flow object of ``preset`` (made once per thread)."""
     import cv2
 
     cache = _local.__dict__.setdefault("dis", {})  # one per thread: a DIS object is not safe to share
@@ -73,7 +74,7 @@ def view_flows(column0: np.ndarray, preset: str = "medium", chained: bool = True
     out = np.zeros((V, H, W, 2), np.float32)
     if V < 2 or max(H, W) < MIN_SIDE:
         return out
-    dis = _dis(preset)
+    dis = dis_flow(preset)
     gray = [_gray(column0[v]) for v in range(V)]
     for v in range(1, V):
         if not chained:
@@ -92,7 +93,7 @@ def time_flows(row0: np.ndarray) -> np.ndarray:
     out = np.zeros((T, H, W, 2), np.float32)
     if T < 2 or max(H, W) < MIN_SIDE:
         return out
-    dis = _dis()
+    dis = dis_flow()
     first = _gray(row0[0])
     for t in range(1, T):
         out[t] = dis.calc(_gray(row0[t]), first, None)

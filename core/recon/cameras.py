@@ -16,7 +16,6 @@ Ground-truth cameras are never read here.
 from __future__ import annotations
 
 import math
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -1280,6 +1279,8 @@ def flow_disagreement(frames: np.ndarray, usable: np.ndarray | None = None, thre
 
     import cv2
 
+    from ..model.warp import dis_flow
+
     grid = frames if frames.ndim == 5 else frames[:, None]
     V, T, H, W = grid.shape[:4]
     usable = np.ones((V, T), bool) if usable is None else np.asarray(usable, bool).reshape(V, T)
@@ -1287,18 +1288,16 @@ def flow_disagreement(frames: np.ndarray, usable: np.ndarray | None = None, thre
     kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
     gx, gy = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
     out = np.zeros((V, T, H, W), np.float32)
-    local = threading.local()
 
     def one(cell: tuple[int, int]) -> None:
         v, t = cell
         w = next((u for u in (v + 1, v - 1) if 0 <= u < V and usable[u, t]), None)
         if w is None or not usable[v, t]:
             return
-        if not hasattr(local, "dis"):  # a DIS object is not safe to share between threads
-            local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        dis = dis_flow("medium")  # one per thread: a DIS object is not safe to share
         a = cv2.cvtColor(np.ascontiguousarray(grid[v, t]), cv2.COLOR_RGB2GRAY)
         b = cv2.cvtColor(np.ascontiguousarray(grid[w, t]), cv2.COLOR_RGB2GRAY)
-        fwd, bwd = local.dis.calc(a, b, None), local.dis.calc(b, a, None)
+        fwd, bwd = dis.calc(a, b, None), dis.calc(b, a, None)
         back = cv2.remap(bwd, gx + fwd[..., 0], gy + fwd[..., 1], cv2.INTER_LINEAR)
         out[v, t] = cv2.dilate(np.linalg.norm(fwd + back, axis=2), kernel)
 
