@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.eval.baselines import copy_column0, copy_row0
+from core.eval.baselines import copy_cell0, copy_column0, copy_row0
 from core.eval.consistency import epipolar_consistency
 from core.eval.metrics import PSNR_CAP, changing_pixels, psnr_batch_unknown, psnr_unknown, psnr_unknown_regions, ssim_unknown
 from core.grid import known_mask
@@ -74,6 +74,11 @@ def test_copy_baselines_are_exact_on_a_constructed_grid():
         for t in range(T):
             assert (c0[v, t] == (10 * v + t if known[v, t] else 10 * v)).all()
             assert (r0[v, t] == (10 * v + t if known[v, t] else t)).all()
+    one = known_mask(V, T, "cell0")
+    c00 = copy_cell0(g, one)
+    assert (c00[0, 0] == 0).all() and (c00[1:] == 0).all() and (c00[:, 1:] == 0).all()
+    g[0, 0] = 7
+    assert (copy_cell0(g, one) == 7).all() and copy_cell0(g, one).flags.writeable
 
 
 def _textured_views(V, H=72, W=128, seed=0, consistent=True):

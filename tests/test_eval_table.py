@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import launch
-from core.eval.baselines import copy_column0
+from core.eval.baselines import copy_cell0, copy_column0
 from core.eval.metrics import psnr_unknown
 from core.eval.run import render_eval_scenes, untrained_soft
 from core.grid import known_mask
@@ -36,11 +36,17 @@ def test_eval_command_writes_the_table_with_true_baselines(tiny_folder, tmp_path
     assert "--precision bf16" in res["command"]
     rows = {r["row"]: r for r in res["rows"]}
     assert set(rows) == {"ground truth", "copy_column0", "copy_row0", "parallel soft trained",
-                         "parallel soft untrained", "fused", "image-to-4D", "text-to-4D"}
+                         "parallel soft untrained", "fused", "copy_cell0", "image-to-4D", "text-to-4D"}
+    names = [r["row"] for r in res["rows"]]
+    assert names.index("copy_cell0") == names.index("image-to-4D") - 1  # image to 4D's own bar, beside it
     scenes = render_eval_scenes(2, 2, 3, 16, 16)
     known = known_mask(2, 3, "row0+col0")
     expect = np.mean([psnr_unknown(copy_column0(s.frames, known), s.frames, known) for s in scenes])
     assert rows["copy_column0"]["psnr"] == pytest.approx(expect)
+    one = known_mask(2, 3, "cell0")
+    per = [psnr_unknown(copy_cell0(s.frames, one), s.frames, one) for s in scenes]
+    assert rows["copy_cell0"]["psnr_per_scene"] == pytest.approx(per) and rows["copy_cell0"]["mask"] == "cell0"
+    assert rows["copy_cell0"]["psnr"] != pytest.approx(rows["copy_column0"]["psnr"])
     assert rows["text-to-4D"]["psnr"] is None and rows["image-to-4D"]["psnr"] is not None
     assert "| parallel soft trained |" in capsys.readouterr().out
     assert res["command"].startswith("python launch.py eval --model")

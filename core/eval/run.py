@@ -3,6 +3,8 @@ scenes (never seen in training), per stream mode, beside the copy baselines.
 
 Rows of the table (each over the same scenes, given row 0 + column 0 unless said otherwise):
 - ``copy_column0`` / ``copy_row0``: the baselines (no model);
+- ``copy_cell0``: the baseline of image to 4D (only cell (0, 0) known, copied everywhere), in the
+  table just before the ``image-to-4D`` row when that row is asked for;
 - ``sequential``, ``parallel hard``, ``parallel soft untrained``, ``parallel soft trained``,
   ``fused``: the model in each mode. The default model is trained in one mode (its training
   record says which); the other modes reuse its weights, with their own new layers as they are
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from ..grid import dense_every, dense_size, known_mask
-from .baselines import BASELINES, baseline
+from .baselines import BASELINES, IMAGE_BASELINE, baseline
 from .consistency import epipolar_consistency
 from .metrics import psnr_unknown, psnr_unknown_regions, ssim_unknown
 
@@ -64,10 +66,11 @@ def region_means(regions: list) -> dict:
     return out
 
 
-def baseline_scores(scenes: list[EvalScene], mask_kind: str = "row0+col0", consistency: bool = False) -> dict:
-    """name -> {"psnr", "ssim"[, "consistency"]} means over scenes."""
+def baseline_scores(scenes: list[EvalScene], mask_kind: str = "row0+col0", consistency: bool = False,
+                    names: tuple = BASELINES) -> dict:
+    """name -> {"psnr", "ssim", "psnr_per_scene"[, "consistency"]} means over scenes."""
     res = {}
-    for name in BASELINES:
+    for name in names:
         ps, ss, cons, regions = [], [], [], []
         for sc in scenes:
             known = known_mask(sc.frames.shape[0], sc.frames.shape[1], mask_kind)
@@ -77,7 +80,8 @@ def baseline_scores(scenes: list[EvalScene], mask_kind: str = "row0+col0", consi
             regions.append(psnr_unknown_regions(pred, sc.frames, known))
             if consistency:
                 cons.append(epipolar_consistency(pred, times=consistency_times(pred.shape[1])))
-        res[name] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), **region_means(regions)}
+        res[name] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "psnr_per_scene": ps,
+                     **region_means(regions)}
         if consistency:
             res[name]["consistency"] = pooled(cons)
     return res
@@ -211,6 +215,11 @@ def evaluate(es: EvalSettings, log=print, should_cancel=None) -> dict:
     trained_mode = model.config.mode
     trained = trained_modes(eng.path)
     for row in es.rows:
+        if row == "image-to-4D":
+            # Its own bar: the one given image copied into every cell (views identical: no consistency)
+            r = baseline_scores(scenes, ROW_MASK[row], names=(IMAGE_BASELINE,))[IMAGE_BASELINE]
+            rows.append({"row": IMAGE_BASELINE, "mask": ROW_MASK[row], **r, "seconds": 0.0})
+            log(f"{IMAGE_BASELINE} (image to 4D's baseline): PSNR {r['psnr']:.2f} dB")
         mode = ROW_MODE[row] or trained_mode
         m = untrained_soft(model) if row == "parallel soft untrained" else model
         r = score_scenes(m, dense, ROW_MASK.get(row, "row0+col0"), es.steps, mode, guidance=es.guidance,
