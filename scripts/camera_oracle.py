@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             if not oracle:
                 by_times.append((err, np.minimum(seen[i][m[:, 0]], seen[j][m[:, 1]])))
                 if "flow_fb" in feats[i]:  # SfMConfig.occlusion_fb_px: before the matches are dropped
-                    by_flow.append((err, np.maximum(feats[i]["flow_fb"][m[:, 0]], feats[j]["flow_fb"][m[:, 1]])))
+                    by_flow.append((err, C.match_flow_disagreement(feats, (i, j), m)))
             keep = err < args.tol
             if not oracle:
                 out[(i, j)] = m
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
             if by_flow:
                 err = np.concatenate([e for e, _ in by_flow])
                 default = C.SfMConfig()
-                fb = np.concatenate([d for _, d in by_flow]) > default.occlusion_fb_px * max(grid.H, grid.W) / 512
+                fb = np.concatenate([d for _, d in by_flow]) > C.occlusion_px(default, grid.H, grid.W)
                 px = f"{default.occlusion_fb_px:g} px at 512 wide"
                 for name, s in ((f"disagrees with itself by more than {px}", fb), (f"agrees with itself within {px}", ~fb)):
                     if s.any():

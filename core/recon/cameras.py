@@ -322,16 +322,22 @@ def seeded_cv2(seed: int = 0):
         cv2.setNumThreads(n)
 
 
-def _detect_many(images: list[np.ndarray], cfg: SfMConfig) -> list[dict]:
-    """``detect_features`` of many images, in threads (OpenCV releases the GIL)."""
+def _map_threads(fn, items: list, threads: int) -> list:
+    """``[fn(x) for x in items]`` in ``threads`` threads (0: one per core, at most 16); OpenCV
+    releases the GIL."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    n = cfg.threads or min(16, os.cpu_count() or 1)
-    if n <= 1 or len(images) <= 1:
-        return [detect_features(img[None], cfg)[0] for img in images]
+    n = threads or min(16, os.cpu_count() or 1)
+    if n <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
     with ThreadPoolExecutor(n) as ex:
-        return list(ex.map(lambda img: detect_features(img[None], cfg)[0], images))
+        return list(ex.map(fn, items))
+
+
+def _detect_many(images: list[np.ndarray], cfg: SfMConfig) -> list[dict]:
+    """``detect_features`` of many images, in threads."""
+    return _map_threads(lambda img: detect_features(img[None], cfg)[0], images, cfg.threads)
 
 
 def pooled_features(frames: np.ndarray, usable: np.ndarray, cfg: SfMConfig) -> list[dict]:
@@ -1274,9 +1280,6 @@ def flow_disagreement(frames: np.ndarray, usable: np.ndarray | None = None, thre
     square of 9 px at 512 wide (scaled). High along silhouettes, where one view sees what the other
     does not, and over repeated texture, where the flow locks onto the wrong period. Cells whose
     neighbouring views are not ``usable`` get 0 (nothing known). float32 [V, T, H, W] (or [V, H, W])."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
     import cv2
 
     from ..model.warp import dis_flow
@@ -1301,14 +1304,7 @@ def flow_disagreement(frames: np.ndarray, usable: np.ndarray | None = None, thre
         back = cv2.remap(bwd, gx + fwd[..., 0], gy + fwd[..., 1], cv2.INTER_LINEAR)
         out[v, t] = cv2.dilate(np.linalg.norm(fwd + back, axis=2), kernel)
 
-    cells = [(v, t) for v in range(V) for t in range(T)]
-    n = threads or min(16, os.cpu_count() or 1)
-    if n <= 1:
-        for c in cells:
-            one(c)
-    else:
-        with ThreadPoolExecutor(n) as ex:
-            list(ex.map(one, cells))
+    _map_threads(one, [(v, t) for v in range(V) for t in range(T)], threads)
     return out if frames.ndim == 5 else out[:, 0]
 
 
@@ -1324,6 +1320,17 @@ def attach_flow_disagreement(feats: list[dict], disagreement: np.ndarray) -> Non
         f["flow_fb"] = d[v, t, ij[:, 1], ij[:, 0]]
 
 
+def occlusion_px(cfg: SfMConfig, H: int, W: int) -> float:
+    """``cfg.occlusion_fb_px`` scaled from a 512-wide frame to one of H x W."""
+    return cfg.occlusion_fb_px * max(H, W) / 512.0
+
+
+def match_flow_disagreement(feats: list[dict], pair: tuple[int, int], m: np.ndarray) -> np.ndarray:
+    """[n]: for each match ``m`` [n, 2] of views ``pair``, the larger 'flow_fb' of its two keypoints."""
+    i, j = pair
+    return np.maximum(feats[i]["flow_fb"][m[:, 0]], feats[j]["flow_fb"][m[:, 1]])
+
+
 def drop_flow_disagreeing(feats: list[dict], pairs: dict[tuple[int, int], np.ndarray], cfg: SfMConfig,
                           H: int, W: int) -> dict[tuple[int, int], np.ndarray]:
     """``SfMConfig.occlusion_fb_px``: drop the matches with a keypoint where the flow disagrees with
@@ -1332,9 +1339,8 @@ def drop_flow_disagreeing(feats: list[dict], pairs: dict[tuple[int, int], np.nda
     ``pairs`` come back as they are). Pairs left with too few matches are dropped."""
     if cfg.occlusion_fb_px <= 0 or not pairs or any("flow_fb" not in f for f in feats):
         return pairs
-    thr = cfg.occlusion_fb_px * max(H, W) / 512.0
-    bad = {k: np.maximum(feats[k[0]]["flow_fb"][m[:, 0]], feats[k[1]]["flow_fb"][m[:, 1]]) > thr
-           for k, m in pairs.items()}
+    thr = occlusion_px(cfg, H, W)
+    bad = {k: match_flow_disagreement(feats, k, m) > thr for k, m in pairs.items()}
     if sum(int(b.sum()) for b in bad.values()) > cfg.occlusion_max_share * sum(len(m) for m in pairs.values()):
         return pairs
     kept = {k: m[~bad[k]] for k, m in pairs.items()}
